@@ -1,0 +1,3 @@
+"""Views of the annotate app: thin, they call services and selectors."""
+
+from __future__ import annotations

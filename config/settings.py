@@ -1,0 +1,213 @@
+"""Loupe settings: one module, every knob read from the environment with a safe local default.
+
+Embedded defaults (no servers): SQLite in WAL mode, Celery on kombu's filesystem transport, media on
+local disk under ``var/``. Production sets ``LOUPE_PRODUCTION=1`` plus ``DATABASE_URL`` (PostgreSQL),
+``CELERY_BROKER_URL`` (Redis), ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS``; it refuses to start
+without them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+PRODUCTION = env_bool("LOUPE_PRODUCTION", False)
+TESTING = env_bool("LOUPE_TESTING", False)
+
+# Everything the embedded mode writes lives under one folder, so a demo is wiped by deleting it.
+DATA_DIR = Path(os.environ.get("LOUPE_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when LOUPE_PRODUCTION=1.")
+    SECRET_KEY = "insecure-local-only-key-do-not-use-in-production"
+
+DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set when LOUPE_PRODUCTION=1.")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "template_partials",
+    "django_celery_beat",
+    "pool",
+    "annotate",
+    "scoring",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "annotate.roles.roles_context",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'loupe.sqlite3'}"),
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets the web process read while the worker writes; IMMEDIATE takes the write lock at
+        # BEGIN so two writers queue on the busy timeout instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # Tests that start a real worker need the test database in a file both processes can open.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+elif PRODUCTION and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("Production runs on PostgreSQL: set DATABASE_URL=postgres://...")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if TESTING:
+    # Hashing is the slowest part of a login; tests log in hundreds of times.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("LOUPE_TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("LOUPE_STATIC_ROOT", DATA_DIR / "static"))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(os.environ.get("LOUPE_MEDIA_ROOT", DATA_DIR / "media"))
+
+# Embedding cache (float16 shards per encoder) and exports: large, so separately placeable.
+EMBEDDING_CACHE_DIR = Path(os.environ.get("LOUPE_EMBEDDING_CACHE_DIR", DATA_DIR / "embeddings"))
+EXPORT_DIR = Path(os.environ.get("LOUPE_EXPORT_DIR", DATA_DIR / "exports"))
+MODEL_DIR = Path(os.environ.get("LOUPE_MODEL_DIR", DATA_DIR / "models"))
+
+# Encoder used when a job names none. The offline fallback is the only one that works without internet.
+LOUPE_DEFAULT_ENCODER = os.environ.get("LOUPE_DEFAULT_ENCODER", "offline:effnet-minilm")
+
+# Import limits: refuse decompression bombs and runaway captions instead of trusting the source.
+LOUPE_MAX_IMAGE_PIXELS = int(os.environ.get("LOUPE_MAX_IMAGE_PIXELS", str(64_000_000)))
+LOUPE_MAX_CAPTION_CHARS = int(os.environ.get("LOUPE_MAX_CAPTION_CHARS", "2000"))
+LOUPE_MIN_IMAGE_SIDE = int(os.environ.get("LOUPE_MIN_IMAGE_SIDE", "64"))
+# Import reads only below these roots (comma separated); empty means "anywhere" for the CLI but the
+# API always requires one.
+LOUPE_IMPORT_ROOTS = env_list("LOUPE_IMPORT_ROOTS", "")
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
+
+# --- Celery -------------------------------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+BROKER_DIR = Path(os.environ.get("LOUPE_BROKER_DIR", DATA_DIR / "broker"))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport: a real broker in a folder, so the demo needs no server.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+    for _folder in ("queue", "control"):
+        # The transport fails on a missing folder; creating them here keeps every process in step.
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+else:
+    # Redis redelivers an unacknowledged task after this long: longer than any one chunk runs.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# No result backend: every task records its outcome on a run row, which is what the pages read.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Routed by module: the machines' work (encoders, training) goes to GPU workers.
+CELERY_TASK_ROUTES = {
+    "scoring.tasks.*": {"queue": "gpu"},
+    "training.tasks.*": {"queue": "gpu"},
+}
+# Our tasks are idempotent (upserts, status checks, locks), so a task lost with its worker is redone.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+
+# --- Security -----------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie, but admin JS needs it.
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOUPE_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from config import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("pool/", include("pool.urls")),
+    path("annotate/", include("annotate.urls")),
+    path("scoring/", include("scoring.urls")),
+    path("models/", include("training.urls")),
+    path("admin/", admin.site.urls),
+    # Media behind login: pool images are not public. Production serves them the same way (or via
+    # X-Accel-Redirect in front of it), never as an open static folder.
+    path("media/<path:path>", views.media, name="media"),
+]

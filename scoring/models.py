@@ -1,0 +1,86 @@
+"""The machines over the pool: scores per (caption, encoder, reward model), scoring runs, filter runs, exports.
+
+``scoring`` never imports ``training``: a reward model is referred to by its integer version
+(0 = no reward model, CLIPScore only).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from pool.models import Caption, Run
+
+
+class Score(models.Model):
+    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="scores")
+    encoder = models.CharField(max_length=255)
+    reward_model_version = models.PositiveIntegerField(default=0)
+    cosine = models.FloatField(null=True, blank=True)
+    clipscore = models.FloatField(null=True, blank=True, help_text="2.5 * max(cos, 0), Hessel et al. 2021")
+    reward = models.FloatField(null=True, blank=True)
+    criteria = models.JSONField(null=True, blank=True, help_text="Predicted 1-5 score per criterion.")
+    uncertainty = models.FloatField(null=True, blank=True, help_text="Spread of the reward ensemble.")
+    truncated = models.BooleanField(default=False, help_text="Caption longer than the text tower's context.")
+    error = models.CharField(max_length=500, blank=True, help_text="Why the pair could not be scored.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Chunks upsert on this key, so a retried chunk never doubles a score.
+            models.UniqueConstraint(
+                fields=["caption", "encoder", "reward_model_version"], name="score_unique_per_model"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["encoder", "reward_model_version", "reward"], name="score_reward_idx"),
+            models.Index(fields=["encoder", "reward_model_version", "clipscore"], name="score_clip_idx"),
+        ]
+
+
+class ScoringRun(Run):
+    encoder = models.CharField(max_length=255)
+    reward_model_version = models.PositiveIntegerField(default=0)
+    chunk_size = models.PositiveIntegerField(default=2048)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    failed_pairs = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"Scoring {self.pk} ({self.encoder})"
+
+
+class FilterRun(Run):
+    """A cut of the pool: the rule, the model it used, and what it kept (a .npy of caption ids)."""
+
+    encoder = models.CharField(max_length=255)
+    reward_model_version = models.PositiveIntegerField(default=0)
+    rule = models.JSONField(default=dict)
+    considered = models.PositiveBigIntegerField(default=0)
+    kept = models.PositiveBigIntegerField(default=0)
+    kept_file = models.CharField(max_length=1024, blank=True)
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return self.considered / self.kept if self.kept else None
+
+    def __str__(self) -> str:
+        return f"Filter {self.pk}"
+
+
+class Export(Run):
+    class Kind(models.TextChoices):
+        PARQUET = "parquet", "Parquet"
+        WEBDATASET = "webdataset", "WebDataset shards"
+        NPY = "npy", "DataComp uids (.npy)"
+        JSONL = "jsonl", "JSONL"
+        PREFERENCES = "preferences", "preference pairs (JSONL)"
+        COCO_HF = "coco_hf", "COCO-HF judgments (JSON)"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    filter_run = models.ForeignKey(FilterRun, null=True, blank=True, on_delete=models.SET_NULL)
+    path = models.CharField(max_length=1024)
+    manifest = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"Export {self.pk} ({self.kind})"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole suite, as CI runs it: installs what is missing, starts PostgreSQL and Redis on loopback,
+# lints, runs every test against PostgreSQL (real worker, browser, faults included), then the fast
+# tests again on SQLite, the embedded default. Extra arguments go to both pytest runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v uv >/dev/null || python3 -m pip install --quiet uv
+uv sync --locked --quiet
+scripts/system-deps.sh
+scripts/services.sh start
+eval "$(scripts/services.sh env)"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+
+echo "== ruff"
+uv run --no-sync ruff check .
+uv run --no-sync ruff format --check .
+
+echo "== docs/issue-free settings check"
+LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync python manage.py check
+LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync python manage.py makemigrations --check --dry-run >/dev/null
+
+echo "== pytest on PostgreSQL (all tests)"
+LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync pytest tests "$@"
+
+echo "== pytest on SQLite (fast tests: the embedded default)"
+env -u DATABASE_URL LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync pytest tests -m "not system and not e2e and not postgres" -q "$@"

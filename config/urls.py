@@ -10,9 +10,12 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("pool/", include("pool.urls")),
+    path("annotate/review/", include("annotate.review_urls")),
     path("annotate/", include("annotate.urls")),
+    path("scoring/filters/", include("scoring.filter_urls")),
     path("scoring/", include("scoring.urls")),
     path("models/", include("training.urls")),
+    path("console/", include("training.console_urls")),
     path("admin/", admin.site.urls),
     # Media behind login: pool images are not public. Production serves them the same way (or via
     # X-Accel-Redirect in front of it), never as an open static folder.

@@ -176,6 +176,8 @@ else:
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Task modules beside each app's tasks.py (autodiscovered); these run on CPU workers.
+CELERY_IMPORTS = ("scoring.filter_tasks", "annotate.review_tasks", "training.loop_tasks")
 # Routed by module: the machines' work (encoders, training) goes to GPU workers.
 CELERY_TASK_ROUTES = {
     "scoring.tasks.*": {"queue": "gpu"},

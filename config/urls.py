@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from config import views
+from config.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,6 +17,7 @@ urlpatterns = [
     path("scoring/", include("scoring.urls")),
     path("models/", include("training.urls")),
     path("console/", include("training.console_urls")),
+    path("api/", api.urls),
     path("admin/", admin.site.urls),
     # Media behind login: pool images are not public. Production serves them the same way (or via
     # X-Accel-Redirect in front of it), never as an open static folder.

@@ -1,0 +1,3 @@
+"""Celery tasks (default queue)."""
+
+from __future__ import annotations

@@ -116,6 +116,10 @@ class Task(models.Model):
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.OPEN)
     # Denormalised so the queue never counts judgments per request.
     judgment_count = models.PositiveIntegerField(default=0)
+    # Active (unsubmitted, not yet expired) assignments, also denormalised. It lives on the task row so
+    # the claim's row lock re-checks "judgments + holders < overlap" against the latest committed
+    # version: a count in a subquery would read a stale snapshot and let two claims over-fill a task.
+    claim_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -159,7 +163,11 @@ class Assignment(models.Model):
             # One user sees a task at most once; skipping also takes it out of their queue.
             models.UniqueConstraint(fields=["task", "user"], name="assignment_unique_per_user"),
         ]
-        indexes = [models.Index(fields=["task", "status", "expires_at"])]
+        indexes = [
+            models.Index(fields=["task", "status", "expires_at"]),
+            # Lazy expiry scans only the active assignments that have run out.
+            models.Index(fields=["status", "expires_at"], name="assignment_expiry_idx"),
+        ]
 
 
 class Judgment(models.Model):

@@ -1,0 +1,147 @@
+"""Exports of judgments, streamed task by task so a campaign of any size fits in memory.
+
+Formats are documented in docs/annotation.md ("Exports").
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from typing import TextIO
+
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from annotate.agreement import midranks
+from annotate.models import Campaign, Judgment, Task, TaskCaption
+
+CHUNK = 500
+
+
+def _tasks_with_judgments(campaign: Campaign):
+    """Tasks that have at least one judgment, with captions and judgments fetched per chunk."""
+    tasks = (
+        Task.objects.filter(campaign=campaign, judgment_count__gt=0)
+        .select_related("image")
+        .prefetch_related(
+            Prefetch(
+                "task_captions",
+                queryset=TaskCaption.objects.select_related("caption").order_by("position"),
+            ),
+            Prefetch("judgments", queryset=Judgment.objects.select_related("user").order_by("id")),
+        )
+        .order_by("id")
+    )
+    return tasks.iterator(chunk_size=CHUNK)
+
+
+def _dump(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
+    """COCO-HF-style JSON: one record per judged task with its image, captions and every judgment.
+
+    Returns the number of task records written.
+    """
+    info = {
+        "campaign": campaign.name,
+        "campaign_id": campaign.pk,
+        "criteria": campaign.criteria,
+        "captions_per_task": campaign.captions_per_task,
+        "overlap": campaign.overlap,
+        "exported_at": timezone.now().isoformat(),
+        "format": "loupe-coco-hf/1",
+        "ranking_format": "tiers of caption ids, best first; ids in one tier are tied",
+    }
+    stream.write('{"info":' + _dump(info) + ',"annotations":[')
+    written = 0
+    for task in _tasks_with_judgments(campaign):
+        image = task.image
+        record = {
+            "task_id": task.pk,
+            "image": {
+                "id": image.pk,
+                "file_name": image.file,
+                "sha256": image.sha256,
+                "width": image.width,
+                "height": image.height,
+                "source": image.source,
+                "source_key": image.source_key,
+            },
+            "captions": [
+                {
+                    "id": link.caption_id,
+                    "uid": f"{image.sha256[:16]}{link.caption.text_sha256[:16]}",
+                    "text": link.caption.text,
+                    "source": link.caption.source,
+                }
+                for link in task.task_captions.all()
+            ],
+            "is_gold": task.is_gold,
+            "gold_ranking": task.gold_ranking if task.is_gold else None,
+            "judgments": [
+                {
+                    "judgment_id": j.pk,
+                    "annotator": j.user.username,
+                    "annotator_id": j.user_id,
+                    "ranking": j.ranking,
+                    "ratings": j.ratings,
+                    "duration_ms": j.duration_ms,
+                    "created_at": j.created_at.isoformat(),
+                }
+                for j in task.judgments.all()
+            ],
+        }
+        stream.write(("," if written else "") + "\n" + _dump(record))
+        written += 1
+    stream.write("\n]}\n")
+    return written
+
+
+def pairs_from_ranking(ranking: list[list[int]]) -> list[tuple[int, int, bool]]:
+    """(better, worse, tie) for every pair of captions in a ranking; for a tie the order is by id."""
+    ranks = midranks(ranking)
+    pairs = []
+    for x, y in combinations(sorted(ranks), 2):
+        if ranks[x] == ranks[y]:
+            pairs.append((x, y, True))
+        elif ranks[x] < ranks[y]:
+            pairs.append((x, y, False))
+        else:
+            pairs.append((y, x, False))
+    return pairs
+
+
+def preference_pairs_jsonl(*, campaign: Campaign, stream: TextIO) -> int:
+    """One JSON line per caption pair of every judgment; each judgment's pair weights sum to 1.
+
+    Returns the number of lines written.
+    """
+    lines = 0
+    for task in _tasks_with_judgments(campaign):
+        texts = {link.caption_id: link.caption.text for link in task.task_captions.all()}
+        for judgment in task.judgments.all():
+            pairs = pairs_from_ranking(judgment.ranking)
+            weight = 1.0 / len(pairs) if pairs else 0.0
+            for chosen, rejected, tie in pairs:
+                stream.write(
+                    _dump(
+                        {
+                            "task_id": task.pk,
+                            "image_id": task.image_id,
+                            "judgment_id": judgment.pk,
+                            "annotator": judgment.user.username,
+                            "chosen_id": chosen,
+                            "chosen_text": texts.get(chosen, ""),
+                            "rejected_id": rejected,
+                            "rejected_text": texts.get(rejected, ""),
+                            "tie": tie,
+                            "weight": weight,
+                            "is_gold": task.is_gold,
+                        }
+                    )
+                    + "\n"
+                )
+                lines += 1
+    return lines

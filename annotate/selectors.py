@@ -1,0 +1,216 @@
+"""Reads of the annotation workflow: progress, the task screen's data, agreement and annotator stats."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, F, Q
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from annotate import agreement
+from annotate.models import Assignment, AssignmentStatus, Campaign, Judgment, Task, TaskCaption, TaskStatus
+
+# An annotator is flagged for low gold accuracy only once this many gold judgments exist: one unlucky
+# gold task is not evidence.
+MIN_GOLD_FOR_FLAG = 3
+LETTERS = "ABCDEFGH"
+
+
+def _today_start() -> datetime:
+    now = timezone.localtime()
+    return timezone.make_aware(datetime.combine(now.date(), time.min), now.tzinfo)
+
+
+def campaigns_active() -> list[Campaign]:
+    return list(Campaign.objects.filter(is_active=True).order_by("-created_at"))
+
+
+def campaign_progress(*, campaign: Campaign, user) -> dict:
+    """Numbers the annotator sees: done today, done in total, and tasks left for them in the queue."""
+    judged = Judgment.objects.filter(task__campaign=campaign, user=user)
+    seen = Assignment.objects.filter(user=user, task__campaign=campaign).exclude(
+        status=AssignmentStatus.EXPIRED
+    )
+    # Tasks this user could still be given; gold is counted like any task so it stays invisible.
+    open_tasks = Task.objects.filter(campaign=campaign, status=TaskStatus.OPEN).exclude(
+        id__in=seen.values("task_id")
+    )
+    queue_left = open_tasks.filter(
+        Q(is_gold=True) | Q(judgment_count__lt=campaign.overlap - F("claim_count"))
+    ).count()
+    return {
+        "done_today": judged.filter(created_at__gte=_today_start()).count(),
+        "done_total": judged.count(),
+        "queue_left": queue_left,
+    }
+
+
+@dataclass
+class CaptionView:
+    id: int
+    letter: str
+    text: str
+
+
+@dataclass
+class TaskView:
+    """What the task screen shows: captions in a display order stable for the assignment."""
+
+    assignment: Assignment
+    task: Task
+    captions: list[CaptionView]
+    criteria: list[dict]
+    tiers: list[int] = field(default_factory=list)
+
+
+def task_view(*, assignment: Assignment) -> TaskView:
+    task = assignment.task
+    rows = list(
+        TaskCaption.objects.filter(task=task).order_by("position").values_list("caption_id", "caption__text")
+    )
+    # Shuffled per assignment: annotators never learn a position bias from the build order, and a
+    # reload shows the same order.
+    random.Random(f"{assignment.pk}").shuffle(rows)
+    captions = [CaptionView(id=cid, letter=LETTERS[i], text=text) for i, (cid, text) in enumerate(rows)]
+    return TaskView(assignment=assignment, task=task, captions=captions, criteria=task.campaign.criteria)
+
+
+def _judgments_by_task(campaign: Campaign) -> dict[int, list[Judgment]]:
+    grouped: dict[int, list[Judgment]] = defaultdict(list)
+    for judgment in (
+        Judgment.objects.filter(task__campaign=campaign)
+        .only("id", "task_id", "user_id", "ranking", "ratings", "duration_ms", "created_at")
+        .order_by("task_id", "id")
+        .iterator(chunk_size=5000)
+    ):
+        grouped[judgment.task_id].append(judgment)
+    return grouped
+
+
+def task_agreement(*, task: Task) -> dict:
+    """Ranking agreement of one task's judgments: mean pairwise tau-b and Kendall's W."""
+    rankings = [j.ranking for j in Judgment.objects.filter(task=task).order_by("id")]
+    return {
+        "judgments": len(rankings),
+        "mean_tau": agreement.mean_pairwise_tau(rankings) if len(rankings) >= 2 else float("nan"),
+        "kendalls_w": agreement.kendalls_w(rankings) if len(rankings) >= 2 else float("nan"),
+    }
+
+
+def _nan_mean(values) -> float:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    return float(sum(clean) / len(clean)) if clean else float("nan")
+
+
+def annotator_stats(*, campaign: Campaign, by_task: dict[int, list[Judgment]] | None = None) -> list[dict]:
+    """Per annotator: judgments, agreement with the leave-one-out consensus, gold accuracy, median time."""
+    by_task = by_task if by_task is not None else _judgments_by_task(campaign)
+    gold = dict(Task.objects.filter(campaign=campaign, is_gold=True).values_list("id", "gold_ranking"))
+    loo: dict[int, list[float]] = defaultdict(list)
+    gold_scores: dict[int, list[float]] = defaultdict(list)
+    times: dict[int, list[int]] = defaultdict(list)
+    for task_id, judgments in by_task.items():
+        for j in judgments:
+            times[j.user_id].append(j.duration_ms)
+            if task_id in gold and gold[task_id]:
+                gold_scores[j.user_id].append(agreement.pairwise_accuracy(j.ranking, gold[task_id]))
+        if len(judgments) >= 2:
+            for user_id, tau in agreement.leave_one_out_agreement(
+                {j.user_id: j.ranking for j in judgments}
+            ).items():
+                loo[user_id].append(tau)
+    names = dict(get_user_model().objects.filter(id__in=list(times)).values_list("id", "username"))
+    rows = []
+    for user_id in sorted(times, key=lambda uid: names.get(uid, "")):
+        gold_list = [g for g in gold_scores.get(user_id, []) if not math.isnan(g)]
+        gold_accuracy = _nan_mean(gold_list)
+        rows.append(
+            {
+                "user_id": user_id,
+                "username": names.get(user_id, str(user_id)),
+                "judgments": len(times[user_id]),
+                "loo_agreement": _nan_mean(loo.get(user_id, [])),
+                "gold_judgments": len(gold_list),
+                "gold_accuracy": gold_accuracy,
+                "median_seconds": statistics.median(times[user_id]) / 1000
+                if times[user_id]
+                else float("nan"),
+                "flagged": len(gold_list) >= MIN_GOLD_FOR_FLAG
+                and gold_accuracy < campaign.gold_accuracy_threshold,
+            }
+        )
+    return rows
+
+
+def criterion_alpha(
+    *, campaign: Campaign, by_task: dict[int, list[Judgment]] | None = None
+) -> dict[str, float]:
+    """Krippendorff's alpha (ordinal) per criterion; units are (task, caption) pairs, coders annotators."""
+    by_task = by_task if by_task is not None else _judgments_by_task(campaign)
+    result = {}
+    for criterion in campaign.criteria:
+        key = criterion["key"]
+        units = []
+        for judgments in by_task.values():
+            if len(judgments) < 2:
+                continue
+            caption_ids = judgments[0].ratings.keys()
+            for cid in caption_ids:
+                units.append([j.ratings.get(cid, {}).get(key) for j in judgments])
+        result[key] = agreement.krippendorff_alpha_ordinal(units)
+    return result
+
+
+def campaign_stats(*, campaign: Campaign, days: int = 30) -> dict:
+    """Everything the campaign page shows. Reads every judgment of the campaign once, in chunks."""
+    by_task = _judgments_by_task(campaign)
+    task_taus, task_ws = [], []
+    for judgments in by_task.values():
+        if len(judgments) >= 2:
+            rankings = [j.ranking for j in judgments]
+            task_taus.append(agreement.mean_pairwise_tau(rankings))
+            task_ws.append(agreement.kendalls_w(rankings))
+    counts = Task.objects.filter(campaign=campaign).aggregate(
+        total=Count("id"),
+        complete=Count("id", filter=Q(status=TaskStatus.COMPLETE)),
+        gold=Count("id", filter=Q(is_gold=True)),
+    )
+    since = _today_start() - timedelta(days=days - 1)
+    per_day = dict(
+        Judgment.objects.filter(task__campaign=campaign, created_at__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values_list("day")
+        .annotate(n=Count("id"))
+        .values_list("day", "n")
+    )
+    day_labels, day_values = [], []
+    for offset in range(days):
+        day = (since + timedelta(days=offset)).date()
+        day_labels.append(day.strftime("%m-%d"))
+        day_values.append(per_day.get(day, 0))
+    hist_counts, hist_edges = agreement.histogram(task_taus, lo=-1.0, hi=1.0, bins=10)
+    return {
+        "tasks_total": counts["total"],
+        "tasks_complete": counts["complete"],
+        "tasks_gold": counts["gold"],
+        "judgments": sum(len(js) for js in by_task.values()),
+        "active_assignments": Assignment.objects.filter(
+            task__campaign=campaign, status=AssignmentStatus.ACTIVE, expires_at__gt=timezone.now()
+        ).count(),
+        "tasks_with_overlap": len(task_taus),
+        "mean_tau": _nan_mean(task_taus),
+        "mean_w": _nan_mean(task_ws),
+        "alpha": criterion_alpha(campaign=campaign, by_task=by_task),
+        "annotators": annotator_stats(campaign=campaign, by_task=by_task),
+        "tau_hist_counts": hist_counts,
+        "tau_hist_edges": hist_edges,
+        "day_labels": day_labels,
+        "day_values": day_values,
+    }

@@ -117,29 +117,68 @@ class RewardEnsemble(nn.Module):
         nn.init.zeros_(self.b1)
         nn.init.zeros_(self.b2)
 
-    def pair_features(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-        k = self.config.embed_dim
-        img, txt = image_feats.float(), text_feats.float()
+    def _check_widths(self, img: torch.Tensor, txt: torch.Tensor) -> None:
         if img.shape[1] != self.config.image_dim or txt.shape[1] != self.config.text_dim:
             raise ValueError(
                 f"features have widths image {img.shape[1]} / text {txt.shape[1]}, the model expects "
                 f"{self.config.image_dim} / {self.config.text_dim}: were they made by another encoder?"
             )
-        ie, te = img[:, :k], txt[:, :k]
-        cos = nn.functional.cosine_similarity(ie, te, dim=1, eps=1e-8).unsqueeze(1)
-        return torch.cat([img, txt, ie * te, (ie - te).abs(), cos], dim=1)
 
-    def fit_feature_stats(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> None:
+    def _text_side(self, img_embed: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """Everything but the image row: text row, product and |difference| of the shared parts, cosine."""
+        te = txt[:, : self.config.embed_dim]
+        cos = nn.functional.cosine_similarity(img_embed, te, dim=1, eps=1e-8).unsqueeze(1)
+        return torch.cat([txt, img_embed * te, (img_embed - te).abs(), cos], dim=1)
+
+    def pair_features(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+        img, txt = image_feats.float(), text_feats.float()
+        self._check_widths(img, txt)
+        return torch.cat([img, self._text_side(img[:, : self.config.embed_dim], txt)], dim=1)
+
+    def fit_feature_stats(
+        self, image_feats: torch.Tensor, text_feats: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> None:
+        """Fit the standardisation on training features (chunked: a pool-sized matrix never exists)."""
+        img, txt = torch.as_tensor(image_feats).float(), torch.as_tensor(text_feats).float()
+        self._check_widths(img, txt)
+        if image_index is None:
+            image_index = torch.arange(len(txt))
         with torch.no_grad():
-            x = self.pair_features(image_feats, text_feats)
-            self.feat_mean.copy_(x.mean(dim=0))
-            self.feat_std.copy_(x.std(dim=0, unbiased=False).clamp_min(1e-4))
+            s1 = torch.zeros(self.config.input_dim, dtype=torch.float64)
+            s2 = torch.zeros_like(s1)
+            for start in range(0, len(txt), 8192):
+                idx = torch.as_tensor(image_index[start : start + 8192])
+                x = self.pair_features(img[idx], txt[start : start + 8192]).double()
+                s1 += x.sum(dim=0)
+                s2 += x.square().sum(dim=0)
+            n = max(len(txt), 1)
+            mean = s1 / n
+            std = (s2 / n - mean.square()).clamp_min(0).sqrt()
+            self.feat_mean.copy_(mean.float())
+            self.feat_std.copy_(std.float().clamp_min(1e-4))
 
-    def raw_outputs(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-        """[E, N, 1 + C]: unbounded reward, then criterion logits."""
-        x = (self.pair_features(image_feats, text_feats) - self.feat_mean) / self.feat_std
-        x = x.unsqueeze(0).expand(self.config.n_heads, -1, -1)
-        hidden = self.dropout(nn.functional.gelu(torch.baddbmm(self.b1, x, self.w1)))
+    def raw_outputs(
+        self, image_feats: torch.Tensor, text_feats: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[E, N, 1 + C]: unbounded reward, then criterion logits.
+
+        With ``image_index`` [N], ``image_feats`` holds distinct images and row n pairs text n with
+        image ``image_index[n]``: the image half of the first layer (the widest part) then runs once
+        per image instead of once per caption, which is most of the training time.
+        """
+        img, txt = torch.as_tensor(image_feats).float(), torch.as_tensor(text_feats).float()
+        self._check_widths(img, txt)
+        fi, k, e = self.config.image_dim, self.config.embed_dim, self.config.n_heads
+        img_std = (img - self.feat_mean[:fi]) / self.feat_std[:fi]
+        img_part = torch.matmul(img_std.unsqueeze(0), self.w1[:, :fi])  # [E, I, h]
+        img_embed = img[:, :k]
+        if image_index is not None:
+            img_part = img_part[:, image_index]
+            img_embed = img_embed[image_index]
+        rest = (self._text_side(img_embed, txt) - self.feat_mean[fi:]) / self.feat_std[fi:]
+        rest = rest.unsqueeze(0).expand(e, -1, -1)
+        hidden = torch.baddbmm(self.b1, rest, self.w1[:, fi:]) + img_part
+        hidden = self.dropout(nn.functional.gelu(hidden))
         return torch.baddbmm(self.b2, hidden, self.w2)
 
     @staticmethod
@@ -148,8 +187,6 @@ class RewardEnsemble(nn.Module):
         return 1.0 + 4.0 * torch.sigmoid(logits)
 
     def forward(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> RewardOutput:
-        image_feats = torch.as_tensor(image_feats)
-        text_feats = torch.as_tensor(text_feats)
         out = self.raw_outputs(image_feats, text_feats)
         rewards = out[..., 0]
         member_criteria = self.criteria_from_logits(out[..., 1:])

@@ -1,0 +1,53 @@
+"""Celery tasks of the pool (default queue: CPU work). Each takes a run id, re-reads the run and calls
+one service; a run that already finished is left alone, so a redelivered task does nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from pool.models import CleaningRun, ImportRun, RunStatus
+from pool.services import ImportFailed, pool_clean, pool_import
+
+logger = logging.getLogger(__name__)
+RUNNABLE = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+@shared_task(name="pool.tasks.import_run_execute")
+def import_run_execute(run_id: int) -> None:
+    # A "running" run is picked up again on purpose: acks_late redelivers a task whose worker died,
+    # and the import is idempotent, so finishing it is the right thing to do.
+    run = ImportRun.objects.filter(pk=run_id, status__in=RUNNABLE).first()
+    if run is None:
+        logger.info("import run %s is missing or already finished; nothing to do", run_id)
+        return
+    params = run.params or {}
+    try:
+        pool_import(
+            source=run.source,
+            format=params.get("format") or run.format or None,
+            image_column=params.get("image_column") or None,
+            caption_columns=params.get("caption_columns") or None,
+            caption_source=params.get("caption_source") or "alt",
+            batch_size=int(params.get("batch_size") or 500),
+            root=params.get("root") or None,
+            run=run,
+        )
+    except ImportFailed:
+        # Recorded on the run for people to read; retrying cannot fix a missing file or column.
+        return
+
+
+@shared_task(name="pool.tasks.cleaning_run_execute")
+def cleaning_run_execute(run_id: int) -> None:
+    run = CleaningRun.objects.filter(pk=run_id, status__in=RUNNABLE).first()
+    if run is None:
+        logger.info("cleaning run %s is missing or already finished; nothing to do", run_id)
+        return
+    params = run.params or {}
+    pool_clean(
+        min_side=params.get("min_side"),
+        hamming_radius=int(params.get("hamming_radius", 6)),
+        run=run,
+    )

@@ -62,10 +62,14 @@ INSTALLED_APPS = [
     "annotate",
     "scoring",
     "training",
+    "accounts",
+    "ninja",  # serves /api/docs from its bundled static files instead of a CDN
 ]
 
 MIDDLEWARE = [
+    "config.security.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -73,6 +77,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "config.security.LoginRateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -194,16 +199,51 @@ CELERY_TIMEZONE = TIME_ZONE
 # --- Security -----------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie, but admin JS needs it.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Sent on every response by config.security.ContentSecurityPolicyMiddleware (Django 5.2 has no CSP of
+# its own). Pages load htmx and their scripts as files and carry no inline script, handler or style.
+LOUPE_CONTENT_SECURITY_POLICY = os.environ.get(
+    "LOUPE_CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+)
+# Hard cap on any request body, files included (DATA_UPLOAD_MAX_MEMORY_SIZE above only covers form
+# fields and JSON): larger requests get 413 before anything reads them.
+LOUPE_MAX_REQUEST_BYTES = int(os.environ.get("LOUPE_MAX_REQUEST_BYTES", str(64 * 1024 * 1024)))
+# Uploads bigger than this go to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
+# An uploaded ZIP for the import API: limits on what it may unpack to (zip bombs).
+LOUPE_UPLOAD_MAX_UNPACKED_BYTES = int(os.environ.get("LOUPE_UPLOAD_MAX_UNPACKED_BYTES", str(512 * 1024 * 1024)))
+LOUPE_UPLOAD_MAX_FILES = int(os.environ.get("LOUPE_UPLOAD_MAX_FILES", "20000"))
+# Login rate limit: this many failed logins for one username from one address within the window
+# lock that pair out (429) until the window passes; the per-address limit stops password spraying.
+LOUPE_LOGIN_MAX_FAILURES = int(os.environ.get("LOUPE_LOGIN_MAX_FAILURES", "5"))
+LOUPE_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("LOUPE_LOGIN_MAX_FAILURES_PER_IP", "50"))
+LOUPE_LOGIN_WINDOW_SECONDS = int(os.environ.get("LOUPE_LOGIN_WINDOW_SECONDS", "900"))
+# Behind a reverse proxy the client address is the last hop it appends to X-Forwarded-For; set this
+# to the number of proxies in front of Django (0: use REMOTE_ADDR, which a client cannot forge).
+LOUPE_NUM_PROXIES = int(os.environ.get("LOUPE_NUM_PROXIES", "0"))
 if PRODUCTION:
+    # The DATABASES block above only checks engines other than SQLite; an unset DATABASE_URL falls back
+    # to SQLite, which production must not run on either.
+    if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("Production runs on PostgreSQL: set DATABASE_URL=postgres://...")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    # Sent only on HTTPS responses (SecurityMiddleware), i.e. behind TLS.
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+    # The health check is probed over plain HTTP inside the compose network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 LOGGING = {
     "version": 1,

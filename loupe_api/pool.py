@@ -1,0 +1,362 @@
+"""The pool (curators read images, captions, scores and flags) and imports (admins)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import F
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import File, Form, Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+from pydantic import Field
+
+from annotate.models import Flag
+from annotate.roles import ADMIN, CURATOR
+from loupe_api.auth import require_role
+from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
+from pool.models import Caption, Image, ImportRun
+from scoring.models import Score
+
+router = Router(tags=["pool"])
+
+
+class CaptionOut(Schema):
+    id: int
+    image_id: int
+    text: str
+    source: str
+    status: str
+    decision: str
+    parent_id: int | None
+
+
+class ImageOut(Schema):
+    id: int
+    sha256: str
+    width: int
+    height: int
+    format: str
+    status: str
+    status_reason: str
+    source: str
+    url: str
+    created_at: datetime
+
+
+class ImageDetail(ImageOut):
+    captions: list[CaptionOut]
+
+    @staticmethod
+    def resolve_captions(obj: Image) -> list[Caption]:
+        return list(obj.captions.order_by("id"))
+
+
+class ImageQuery(PageQuery):
+    status: FilterText | None = None
+    source: FilterText | None = None
+
+
+class CaptionQuery(PageQuery):
+    image_id: Id | None = None
+    status: FilterText | None = None
+    source: FilterText | None = None
+    decision: FilterText | None = Field(None, description="accept, reject, rewrite, or 'none' for undecided.")
+    q: FilterText | None = Field(None, description="Text the caption contains (case-insensitive).")
+
+
+@router.get("/images", response=Page[ImageOut], summary="List pool images")
+def image_list(request: HttpRequest, query: Query[ImageQuery]):
+    require_role(request, CURATOR)
+    images = Image.objects.order_by("id")
+    if query.status:
+        images = images.filter(status=query.status)
+    if query.source:
+        images = images.filter(source=query.source)
+    return paginate(images, query)
+
+
+@router.get("/images/{image_id}", response=ImageDetail, summary="One image with its captions")
+def image_detail(request: HttpRequest, image_id: Id):
+    require_role(request, CURATOR)
+    return get_object_or_404(Image, pk=image_id)
+
+
+@router.get("/captions", response=Page[CaptionOut], summary="List captions (image-text pairs)")
+def caption_list(request: HttpRequest, query: Query[CaptionQuery]):
+    require_role(request, CURATOR)
+    captions = Caption.objects.order_by("id")
+    if query.image_id:
+        captions = captions.filter(image_id=query.image_id)
+    if query.status:
+        captions = captions.filter(status=query.status)
+    if query.source:
+        captions = captions.filter(source=query.source)
+    if query.decision:
+        captions = captions.filter(decision="" if query.decision == "none" else query.decision)
+    if query.q:
+        captions = captions.filter(text__icontains=query.q)
+    return paginate(captions, query)
+
+
+class ScoreOut(Schema):
+    id: int
+    caption_id: int
+    image_id: int
+    text: str
+    encoder: str
+    reward_model_version: int
+    cosine: float | None
+    clipscore: float | None
+    reward: float | None
+    criteria: dict | None
+    uncertainty: float | None
+    truncated: bool
+    error: str
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_image_id(obj: Score) -> int:
+        return obj.caption.image_id
+
+    @staticmethod
+    def resolve_text(obj: Score) -> str:
+        return obj.caption.text
+
+
+SCORE_ORDERS = {
+    "id": "id",
+    "reward": "reward",
+    "-reward": "-reward",
+    "clipscore": "clipscore",
+    "-clipscore": "-clipscore",
+    "uncertainty": "uncertainty",
+    "-uncertainty": "-uncertainty",
+}
+
+
+class ScoreQuery(PageQuery):
+    encoder: FilterText | None = None
+    reward_model_version: int | None = Field(None, ge=0, le=2**31 - 1)
+    caption_id: Id | None = None
+    min_reward: float | None = Field(None, allow_inf_nan=False)
+    max_reward: float | None = Field(None, allow_inf_nan=False)
+    min_clipscore: float | None = Field(None, allow_inf_nan=False)
+    max_clipscore: float | None = Field(None, allow_inf_nan=False)
+    order: str = Field("id", description="One of " + ", ".join(SCORE_ORDERS) + ".")
+
+
+@router.get("/scores", response=Page[ScoreOut], tags=["scoring"], summary="List scores")
+def score_list(request: HttpRequest, query: Query[ScoreQuery]):
+    require_role(request, CURATOR)
+    if query.order not in SCORE_ORDERS:
+        raise HttpError(400, f"order must be one of {', '.join(SCORE_ORDERS)}, not {query.order!r}.")
+    scores = Score.objects.select_related("caption")
+    for field, value in (
+        ("encoder", query.encoder),
+        ("reward_model_version", query.reward_model_version),
+        ("caption_id", query.caption_id),
+        ("reward__gte", query.min_reward),
+        ("reward__lte", query.max_reward),
+        ("clipscore__gte", query.min_clipscore),
+        ("clipscore__lte", query.max_clipscore),
+    ):
+        if value is not None:
+            scores = scores.filter(**{field: value})
+    order = SCORE_ORDERS[query.order]
+    # Nulls last so "best first" lists start with scored pairs; id breaks ties for stable pages.
+    key = order.lstrip("-")
+    expression = F(key).desc(nulls_last=True) if order.startswith("-") else F(key).asc(nulls_last=True)
+    return paginate(scores.order_by(expression, "id"), query)
+
+
+class FlagOut(Schema):
+    id: int
+    caption_id: int
+    reason: str
+    details: dict
+    is_open: bool
+    created_at: datetime
+
+
+class FlagQuery(PageQuery):
+    reason: FilterText | None = None
+    is_open: bool | None = None
+
+
+@router.get("/flags", response=Page[FlagOut], tags=["scoring"], summary="List curator flags")
+def flag_list(request: HttpRequest, query: Query[FlagQuery]):
+    require_role(request, CURATOR)
+    flags = Flag.objects.order_by("id")
+    if query.reason:
+        flags = flags.filter(reason=query.reason)
+    if query.is_open is not None:
+        flags = flags.filter(is_open=query.is_open)
+    return paginate(flags, query)
+
+
+# --- imports (admin) ------------------------------------------------------------------------------
+
+
+class ImportRunOut(Schema):
+    id: int
+    source: str
+    format: str
+    status: str
+    done: int
+    total: int
+    percent: int
+    summary: dict
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+ImportFormat = FilterText
+
+
+class ImportIn(Schema):
+    source: FilterText = Field(
+        description="A folder or file on the server, absolute or relative to the first import root; it must "
+        "lie inside one of settings.LOUPE_IMPORT_ROOTS."
+    )
+    format: ImportFormat | None = Field(
+        None, description="folder, csv, jsonl, parquet, webdataset; guessed if empty."
+    )
+    image_column: FilterText | None = None
+    caption_columns: list[FilterText] | None = Field(None, max_length=50)
+
+
+def import_roots() -> list[Path]:
+    roots = [Path(root).resolve() for root in settings.LOUPE_IMPORT_ROOTS]
+    if not roots:
+        raise HttpError(
+            403, "Imports through the API are disabled: the server sets no LOUPE_IMPORT_ROOTS to read from."
+        )
+    return roots
+
+
+def import_source_resolve(source: str) -> Path:
+    """The real path of ``source``, refused unless it lies inside an import root (symlinks resolved)."""
+    roots = import_roots()
+    candidate = Path(source)
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise HttpError(400, f"{source!r} does not exist on the server.") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise HttpError(400, f"{source!r} cannot be read: {exc}.") from None
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise HttpError(403, f"{source!r} is outside the import roots ({allowed}).")
+    return resolved
+
+
+def _import_start(*, source: Path, data: ImportIn | None, user, fmt: str | None = None) -> ImportRun:
+    """Queues an import run; the worker's task reads its parameters back from the row."""
+    from pool.tasks import import_run_execute
+
+    params = {
+        "format": (data.format if data else fmt) or None,
+        "image_column": data.image_column if data else None,
+        "caption_columns": data.caption_columns if data else None,
+    }
+    run = ImportRun.objects.create(
+        source=str(source), format=params["format"] or "", params=params, created_by=user
+    )
+    import_run_execute.delay_on_commit(run.id)
+    return run
+
+
+@router.post(
+    "/imports", response={202: ImportRunOut}, tags=["imports"], summary="Import pairs from a server path"
+)
+def import_create(request: HttpRequest, data: ImportIn):
+    require_role(request, ADMIN)
+    source = import_source_resolve(data.source)
+    return 202, _import_start(source=source, data=data, user=request.auth)
+
+
+UPLOAD_SUFFIXES = {".zip", ".jsonl", ".csv", ".parquet"}
+
+
+def upload_unpack(*, upload: UploadedFile, folder: Path) -> Path:
+    """Saves an upload in ``folder``; a ZIP is unpacked there, refusing members that escape the folder
+    and archives that unpack to more than the configured bytes or files (zip bombs)."""
+    name = Path(upload.name or "upload").name
+    suffix = Path(name).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise HttpError(400, f"{name!r}: upload a .zip, .jsonl, .csv or .parquet file.")
+    folder.mkdir(parents=True)
+    target = folder / f"upload{suffix}"
+    with target.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    if suffix != ".zip":
+        return target
+    unpacked = folder / "files"
+    try:
+        with zipfile.ZipFile(target) as archive:
+            members = archive.infolist()
+            if len(members) > settings.LOUPE_UPLOAD_MAX_FILES:
+                raise HttpError(
+                    400,
+                    f"{name!r} holds {len(members)} files, the limit is {settings.LOUPE_UPLOAD_MAX_FILES}.",
+                )
+            total = sum(member.file_size for member in members)
+            if total > settings.LOUPE_UPLOAD_MAX_UNPACKED_BYTES:
+                raise HttpError(
+                    400,
+                    f"{name!r} unpacks to {total} bytes, the limit is {settings.LOUPE_UPLOAD_MAX_UNPACKED_BYTES}.",
+                )
+            root = unpacked.resolve()
+            for member in members:
+                destination = (unpacked / member.filename).resolve()
+                if (
+                    not destination.is_relative_to(root)
+                    or (member.external_attr >> 16) & 0o170000 == 0o120000
+                ):
+                    raise HttpError(400, f"{name!r}: member {member.filename!r} points outside the archive.")
+            archive.extractall(unpacked)
+    except zipfile.BadZipFile as exc:
+        raise HttpError(400, f"{name!r} is not a readable ZIP file: {exc}.") from None
+    target.unlink()
+    return unpacked
+
+
+@router.post(
+    "/imports/upload",
+    response={202: ImportRunOut},
+    tags=["imports"],
+    summary="Import pairs from an uploaded file",
+)
+def import_upload(request: HttpRequest, file: File[UploadedFile], format: Form[ImportFormat | None] = None):
+    require_role(request, ADMIN)
+    folder = Path(settings.DATA_DIR) / "uploads" / uuid.uuid4().hex
+    try:
+        source = upload_unpack(upload=file, folder=folder)
+    except HttpError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return 202, _import_start(source=source, data=None, user=request.auth, fmt=format)
+
+
+@router.get("/imports", response=Page[ImportRunOut], tags=["imports"], summary="List import runs")
+def import_list(request: HttpRequest, query: Query[PageQuery]):
+    require_role(request, ADMIN)
+    return paginate(ImportRun.objects.order_by("-id"), query)
+
+
+@router.get("/imports/{run_id}", response=ImportRunOut, tags=["imports"], summary="One import run (poll it)")
+def import_detail(request: HttpRequest, run_id: Id):
+    require_role(request, ADMIN)
+    return get_object_or_404(ImportRun, pk=run_id)

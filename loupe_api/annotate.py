@@ -11,7 +11,7 @@ from datetime import datetime
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field
 
@@ -60,15 +60,17 @@ class TaskOut(Schema):
 
 
 def task_out(assignment: Assignment) -> dict:
-    task: Task = assignment.task
-    links = task.task_captions.select_related("caption").order_by("position", "id")
+    from annotate.selectors import task_view
+
+    # The same per-assignment caption order as the task page, so API clients see no position bias either.
+    view = task_view(assignment=assignment)
     return {
-        "task_id": task.id,
+        "task_id": view.task.id,
         "assignment_id": assignment.id,
-        "campaign_id": task.campaign_id,
-        "image": task.image,
-        "captions": [link.caption for link in links],
-        "criteria": task.campaign.criteria,
+        "campaign_id": view.task.campaign_id,
+        "image": view.task.image,
+        "captions": [{"id": c.id, "text": c.text} for c in view.captions],
+        "criteria": view.criteria,
         "expires_at": assignment.expires_at,
     }
 
@@ -85,8 +87,8 @@ def task_next_fetch(request: HttpRequest, campaign_id: Id):
     campaign = get_object_or_404(Campaign, pk=campaign_id, is_active=True)
     assignment = task_next(campaign=campaign, user=request.auth)
     if assignment is None:
-        return 204, None
-    return 200, task_out(assignment)
+        return Status(204, None)
+    return Status(200, task_out(assignment))
 
 
 class JudgmentIn(Schema):
@@ -116,10 +118,6 @@ class JudgmentOut(Schema):
         return obj.task.campaign_id
 
 
-def validation_message(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
-
-
 @router.post(
     "/judgments",
     response={200: JudgmentOut, 201: JudgmentOut},
@@ -127,18 +125,13 @@ def validation_message(exc: ValidationError) -> str:
 )
 def judgment_create(request: HttpRequest, data: JudgmentIn):
     require_role(request, ANNOTATOR)
-    from annotate.services import judgment_submit
+    from annotate.services import JudgmentError, judgment_submit
 
     user = request.auth
-    replay = Judgment.objects.select_related("task").filter(client_key=data.client_key).first()
-    if replay is not None:
-        if replay.user_id != user.pk:
-            # Never reveal another annotator's judgment, not even that a key exists.
-            raise HttpError(409, "This client_key was already used; generate a new one for each judgment.")
-        return 200, replay
     task = Task.objects.filter(pk=data.task_id).select_related("campaign").first()
     if task is None:
         raise HttpError(404, f"Task {data.task_id} does not exist.")
+    replay = Judgment.objects.filter(client_key=data.client_key, user=user).exists()
     try:
         judgment = judgment_submit(
             user=user,
@@ -148,9 +141,11 @@ def judgment_create(request: HttpRequest, data: JudgmentIn):
             client_key=data.client_key,
             duration_ms=data.duration_ms,
         )
+    except JudgmentError as exc:
+        raise HttpError(exc.status, exc.text) from None
     except ValidationError as exc:
-        raise HttpError(400, validation_message(exc)) from None
-    return 201, judgment
+        raise HttpError(400, " ".join(exc.messages)) from None
+    return Status(200 if replay else 201, judgment)
 
 
 class JudgmentQuery(PageQuery):

@@ -9,10 +9,11 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import File, Form, Query, Router, Schema
+from ninja import File, Form, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from pydantic import Field
@@ -261,19 +262,24 @@ def import_source_resolve(source: str) -> Path:
     return resolved
 
 
-def _import_start(*, source: Path, data: ImportIn | None, user, fmt: str | None = None) -> ImportRun:
-    """Queues an import run; the worker's task reads its parameters back from the row."""
+def _import_start(
+    *, source: Path, data: ImportIn | None, user, fmt: str | None = None, root: Path | None = None
+):
+    """Queues an import run; the worker's task (pool.tasks.import_run_execute) reads its parameters back
+    from the row. ``root`` confines the image paths a table may name (an upload's own folder)."""
     from pool.tasks import import_run_execute
 
     params = {
         "format": (data.format if data else fmt) or None,
         "image_column": data.image_column if data else None,
         "caption_columns": data.caption_columns if data else None,
+        "caption_source": "alt",
+        "root": str(root) if root else None,
     }
     run = ImportRun.objects.create(
         source=str(source), format=params["format"] or "", params=params, created_by=user
     )
-    import_run_execute.delay_on_commit(run.id)
+    transaction.on_commit(lambda: import_run_execute.delay(run.pk))
     return run
 
 
@@ -283,15 +289,15 @@ def _import_start(*, source: Path, data: ImportIn | None, user, fmt: str | None 
 def import_create(request: HttpRequest, data: ImportIn):
     require_role(request, ADMIN)
     source = import_source_resolve(data.source)
-    return 202, _import_start(source=source, data=data, user=request.auth)
+    return Status(202, _import_start(source=source, data=data, user=request.auth))
 
 
 UPLOAD_SUFFIXES = {".zip", ".jsonl", ".csv", ".parquet"}
 
 
 def upload_unpack(*, upload: UploadedFile, folder: Path) -> Path:
-    """Saves an upload in ``folder``; a ZIP is unpacked there, refusing members that escape the folder
-    and archives that unpack to more than the configured bytes or files (zip bombs)."""
+    """Saves an upload in ``folder`` and returns what to import; a ZIP is unpacked there, refusing members
+    that escape the folder and archives that unpack to more than the configured bytes or files (zip bombs)."""
     name = Path(upload.name or "upload").name
     suffix = Path(name).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
@@ -330,7 +336,10 @@ def upload_unpack(*, upload: UploadedFile, folder: Path) -> Path:
     except zipfile.BadZipFile as exc:
         raise HttpError(400, f"{name!r} is not a readable ZIP file: {exc}.") from None
     target.unlink()
-    return unpacked
+    # A ZIP holding one table at its top (pairs.jsonl beside the images) imports that table; otherwise
+    # the unpacked folder is imported as a folder of images with caption files.
+    tables = [p for p in unpacked.iterdir() if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES - {".zip"}]
+    return tables[0] if len(tables) == 1 else unpacked
 
 
 @router.post(
@@ -341,13 +350,15 @@ def upload_unpack(*, upload: UploadedFile, folder: Path) -> Path:
 )
 def import_upload(request: HttpRequest, file: File[UploadedFile], format: Form[ImportFormat | None] = None):
     require_role(request, ADMIN)
-    folder = Path(settings.DATA_DIR) / "uploads" / uuid.uuid4().hex
+    # Inside the first import root, so the pool's own root check accepts it; the upload's folder is the
+    # root its table may point into.
+    folder = import_roots()[0] / "uploads" / uuid.uuid4().hex
     try:
         source = upload_unpack(upload=file, folder=folder)
     except HttpError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return 202, _import_start(source=source, data=None, user=request.auth, fmt=format)
+    return Status(202, _import_start(source=source, data=None, user=request.auth, fmt=format, root=folder))
 
 
 @router.get("/imports", response=Page[ImportRunOut], tags=["imports"], summary="List import runs")

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.http import FileResponse, HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field
 
@@ -60,7 +60,7 @@ def scoring_run_create(request: HttpRequest, data: ScoringRunIn):
         )
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    return 202, run
+    return Status(202, run)
 
 
 @router.get("/scoring-runs", response=Page[ScoringRunOut], tags=["runs"], summary="List scoring runs")

@@ -98,7 +98,93 @@ def test_zip_is_unpacked_into_its_folder(tmp_path):
     assert (folder / "a" / "pairs.jsonl").read_bytes() == b"{}"
 
 
-def test_upload_of_other_file_types_is_refused(api_client):
+def test_upload_of_other_file_types_is_refused(api_client, import_root):
     tc, _ = api_client("admin")
     response = tc.post("/api/imports/upload", {"file": SimpleUploadedFile("x.html", b"<script>")})
     assert response.status_code == 400 and ".zip" in response.json()["detail"]
+
+
+SCRIPTED_SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+SCRIPTED_HTML = b"<!doctype html><html><script>alert(1)</script></html>"
+
+
+def _run_after_upload(tc, name, data, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = tc.post("/api/imports/upload", {"file": SimpleUploadedFile(name, data)})
+    assert response.status_code == 202, response.content
+    run = tc.get(f"/api/imports/{response.json()['id']}").json()
+    assert run["status"] == "succeeded", run
+    return run
+
+
+def test_uploaded_zip_with_a_table_imports_it_and_rejects_markup_posing_as_images(
+    api_client, import_root, eager_celery, django_capture_on_commit_callbacks
+):
+    from pool.models import Caption, Image
+    from tests.conftest import image_bytes
+
+    lines = [
+        '{"image": "a.jpg", "caption": "a real photo"}',
+        '{"image": "evil.jpg", "caption": "svg named jpg"}',
+        '{"image": "page.png", "caption": "html named png"}',
+        '{"image": "../../../etc/passwd", "caption": "traversal"}',
+    ]
+    members = {"pairs.jsonl": "\n".join(lines).encode(), "a.jpg": image_bytes(seed=3)}
+    members |= {"evil.jpg": SCRIPTED_SVG, "page.png": SCRIPTED_HTML}
+    tc, _ = api_client("admin")
+    run = _run_after_upload(tc, "pairs.zip", _zip(members), django_capture_on_commit_callbacks)
+    assert list(Caption.objects.values_list("text", flat=True)) == ["a real photo"]
+    assert Image.objects.count() == 1
+    summary = str(run["summary"])
+    assert "SVG" in summary and "HTML" in summary and "outside" in summary
+
+
+def test_uploaded_zip_folder_rejects_svg_and_html(
+    api_client, import_root, eager_celery, django_capture_on_commit_callbacks
+):
+    from pool.models import Caption
+    from tests.conftest import image_bytes
+
+    members = {"a.jpg": image_bytes(seed=3), "a.txt": b"a real photo", "evil.jpg": SCRIPTED_SVG}
+    members |= {"evil.txt": b"svg", "page.png": SCRIPTED_HTML, "page.txt": b"html", "x.svg": SCRIPTED_SVG}
+    tc, _ = api_client("admin")
+    run = _run_after_upload(tc, "pairs.zip", _zip(members), django_capture_on_commit_callbacks)
+    assert list(Caption.objects.values_list("text", flat=True)) == ["a real photo"]
+    assert "SVG" in str(run["summary"]) and "HTML" in str(run["summary"])
+
+
+def test_uploaded_jsonl_cannot_reach_files_outside_its_folder(
+    api_client, import_root, eager_celery, django_capture_on_commit_callbacks
+):
+    from pool.models import Image
+    from tests.conftest import image_bytes
+
+    (import_root / "batch1" / "inside-root.jpg").write_bytes(image_bytes(seed=4))
+    lines = b'{"image": "../../batch1/inside-root.jpg", "caption": "x"}\n{"image": "/etc/hostname", "caption": "y"}\n'
+    tc, _ = api_client("admin")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = tc.post("/api/imports/upload", {"file": SimpleUploadedFile("pairs.jsonl", lines)})
+    assert response.status_code == 202, response.content
+    run = tc.get(f"/api/imports/{response.json()['id']}").json()
+    assert run["status"] == "succeeded", run
+    assert not Image.objects.exists()
+    assert "outside" in str(run["summary"])
+
+
+def test_server_path_import_runs_and_is_watchable(
+    api_client, import_root, eager_celery, django_capture_on_commit_callbacks
+):
+    from pool.models import Caption
+    from tests.conftest import image_bytes
+
+    (import_root / "batch1" / "pairs.jsonl").unlink()
+    (import_root / "batch1" / "cat.jpg").write_bytes(image_bytes(seed=5))
+    (import_root / "batch1" / "cat.txt").write_text("a cat\n")
+    tc, _ = api_client("admin")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = tc.post("/api/imports", {"source": "batch1"}, content_type="application/json")
+    assert response.status_code == 202
+    run = tc.get(f"/api/imports/{response.json()['id']}").json()
+    assert (run["status"], run["done"], run["total"]) == ("succeeded", 1, 1)
+    assert list(Caption.objects.values_list("text", flat=True)) == ["a cat"]
+    assert tc.get("/api/imports").json()["items"][0]["id"] == run["id"]

@@ -1,7 +1,17 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-from annotate import views  # noqa: F401
+from annotate import views
 
 app_name = "annotate"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.campaign_list, name="campaigns"),
+    path("new", views.campaign_new, name="campaign_new"),
+    path("<int:campaign_id>/", views.campaign_detail, name="campaign"),
+    path("<int:campaign_id>/build", views.campaign_build, name="campaign_build"),
+    path("<int:campaign_id>/export/<str:fmt>", views.campaign_export, name="campaign_export"),
+    path("<int:campaign_id>/next", views.task_next, name="next"),
+    path("<int:campaign_id>/progress", views.progress, name="progress"),
+    path("<int:campaign_id>/tasks/<int:task_id>/submit", views.task_submit, name="submit"),
+    path("<int:campaign_id>/tasks/<int:task_id>/skip", views.task_skip, name="skip"),
+]

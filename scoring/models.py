@@ -84,3 +84,27 @@ class Export(Run):
 
     def __str__(self) -> str:
         return f"Export {self.pk} ({self.kind})"
+
+
+class ScoringChunk(models.Model):
+    """One slice of a scoring run (captions with ids in [first_id, last_id]).
+
+    ``done`` flips once, in the same transaction as the chunk's score upserts and the run's counters,
+    so a chunk delivered twice (a worker killed after committing, before acknowledging) counts once.
+    """
+
+    run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    first_id = models.PositiveBigIntegerField()
+    last_id = models.PositiveBigIntegerField()
+    pairs = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    done = models.BooleanField(default=False)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="scoring_chunk_unique_index")]
+
+    def __str__(self) -> str:
+        return f"Chunk {self.index} of scoring run {self.run_id}"

@@ -1,0 +1,61 @@
+"""Celery tasks of pool scoring (routed to the ``gpu`` queue by ``CELERY_TASK_ROUTES``).
+
+Tasks take ids, re-read rows and call one service; all are safe to run twice (see scoring.services).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import OperationalError
+
+from scoring import services
+from scoring.encoders import EncoderError, encoder_load
+from scoring.models import ScoringRun
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def scoring_run_execute(self, run_id: int) -> None:
+    """Check the encoder, plan the run into chunks and fan them out (one task per chunk)."""
+    run = ScoringRun.objects.get(pk=run_id)
+    if run.status in services.FINISHED:
+        return
+    try:
+        # Load before planning: a bad name or weights file fails the run with one clear error.
+        encoder_load(run.encoder)
+    except EncoderError as exc:
+        services.scoring_run_fail(run_id=run_id, error=str(exc))
+        return
+    try:
+        pending = services.scoring_run_plan(run=run)
+    except OperationalError as exc:
+        raise self.retry(exc=exc, countdown=5) from exc
+    for index in pending:
+        scoring_chunk_execute.delay(run_id, index)
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def scoring_chunk_execute(self, run_id: int, chunk_index: int) -> str:
+    try:
+        return services.scoring_chunk_score(run_id=run_id, chunk_index=chunk_index)
+    except OperationalError as exc:  # database busy or restarting: the chunk is idempotent, try again
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
+        services.scoring_run_fail(run_id=run_id, error=f"chunk {chunk_index}: database error: {exc}")
+        raise
+    except Exception as exc:
+        # Anything else would repeat on every retry (a cache folder that is not writable, a broken
+        # checkpoint): stop the run and say why; `score_pool --resume` continues once it is fixed.
+        logger.exception("scoring run %s chunk %s failed", run_id, chunk_index)
+        services.scoring_run_fail(run_id=run_id, error=f"chunk {chunk_index}: {type(exc).__name__}: {exc}")
+        raise
+
+
+@shared_task(acks_late=True)
+def scoring_run_resume(run_id: int) -> list[int]:
+    """Re-enqueue the chunks of a run that have no committed scores (e.g. after a killed worker)."""
+    run = ScoringRun.objects.get(pk=run_id)
+    return services.scoring_run_resume(run=run)

@@ -106,7 +106,9 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None) -> ImageInfo:
     except ImageRejected:
         raise
     except PILImage.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", f"over the pixel limit ({exc})") from exc
+        raise ImageRejected(
+            "too_many_pixels", f"over the pixel limit of {limit:,} (possible decompression bomb: {exc})"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not_an_image", "not an image (unrecognised file format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError) as exc:

@@ -239,10 +239,10 @@ def source_resolve(source: str, *, format: str | None = None, root: str | None =
             source_check_allowed(shard)
         base = Path(os.path.commonpath([str(s.parent) for s in shards]))
         return ImportSource("webdataset", shards, _root_for(base, root), source)
+    source_check_allowed(path)
     if not path.exists():
         raise ImportSourceError(f"{source}: no such file or folder")
     path = path.resolve()
-    source_check_allowed(path)
     if path.is_dir():
         shards = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(TAR_SUFFIXES))
         fmt = format or ("webdataset" if shards else "folder")

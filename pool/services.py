@@ -571,3 +571,47 @@ def pool_clean(
         raise
     _run_finish(run, status=RunStatus.SUCCEEDED, summary=summary)
     return run
+
+
+# --- starting runs from pages ---------------------------------------------------------------------
+
+
+def import_run_start(
+    *,
+    source: str,
+    user=None,
+    format: str | None = None,
+    image_column: str | None = None,
+    caption_columns: str | None = None,
+    caption_source: str = "alt",
+) -> ImportRun:
+    """Create a queued import and enqueue it once the row is committed (the worker must see it)."""
+    from pool.tasks import import_run_execute
+
+    run = ImportRun.objects.create(
+        source=source,
+        format=format or "",
+        created_by=user,
+        params={
+            "format": format or None,
+            "image_column": image_column or None,
+            "caption_columns": caption_columns or None,
+            "caption_source": caption_source,
+        },
+    )
+    transaction.on_commit(lambda: import_run_execute.delay(run.pk))
+    return run
+
+
+def cleaning_run_start(*, user=None, min_side: int | None = None, hamming_radius: int = 6) -> CleaningRun:
+    from pool.tasks import cleaning_run_execute
+
+    run = CleaningRun.objects.create(
+        created_by=user,
+        params={
+            "min_side": settings.LOUPE_MIN_IMAGE_SIDE if min_side is None else min_side,
+            "hamming_radius": hamming_radius,
+        },
+    )
+    transaction.on_commit(lambda: cleaning_run_execute.delay(run.pk))
+    return run

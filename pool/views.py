@@ -1,3 +1,169 @@
-"""Views of the pool app: thin, they call services and selectors."""
+"""Views of the pool app: thin, they call services and selectors. Curators browse; admins start runs."""
 
 from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate.roles import ADMIN, CURATOR, has_role, role_required
+from pool import selectors, services
+from pool.forms import CleaningForm, ImportForm
+from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@require_GET
+@role_required(CURATOR)
+def pool_browse(request):
+    status = request.GET.get("status", "")
+    if status not in ImageStatus.values:
+        status = ""
+    source = request.GET.get("source", "")
+    q = request.GET.get("q", "").strip()[:200]
+    page = selectors.images_page(
+        status=status,
+        source=source,
+        q=q,
+        after=_int_or_none(request.GET.get("after")),
+        before=_int_or_none(request.GET.get("before")),
+    )
+    stats = selectors.pool_stats()
+    context = {
+        "page": page,
+        "stats": stats,
+        "chart_labels": [label for label, _, _ in stats["images"]],
+        "chart_values": [count for _, count, _ in stats["images"]],
+        "statuses": ImageStatus.choices,
+        "sources": selectors.image_sources(),
+        "filters": {"status": status, "source": source, "q": q},
+        "view": request.GET.get("view", "grid") if request.GET.get("view") in ("grid", "table") else "grid",
+    }
+    template = "pool/browse.html#results" if request.htmx else "pool/browse.html"
+    return render(request, template, context)
+
+
+@require_GET
+@role_required(CURATOR)
+def image_detail(request, image_id: int):
+    try:
+        image = selectors.image_detail(image_id=image_id)
+    except Image.DoesNotExist:
+        raise Http404("No such image") from None
+    return render(
+        request,
+        "pool/image_detail.html",
+        {
+            "image": image,
+            "duplicates": selectors.image_duplicates(image=image),
+            "caption_statuses": CaptionStatus,
+        },
+    )
+
+
+@require_GET
+@role_required(CURATOR)
+def import_list(request):
+    return render(
+        request,
+        "pool/imports.html",
+        {
+            "runs": selectors.import_runs(),
+            "form": ImportForm() if has_role(request.user, ADMIN) else None,
+        },
+    )
+
+
+@require_POST
+@role_required(ADMIN)
+def import_start(request):
+    form = ImportForm(request.POST)
+    if not form.is_valid():
+        return render(
+            request, "pool/imports.html", {"runs": selectors.import_runs(), "form": form}, status=400
+        )
+    data = form.cleaned_data
+    run = services.import_run_start(
+        source=data["source"],
+        user=request.user,
+        format=data["format"] or None,
+        image_column=data["image_column"] or None,
+        caption_columns=data["caption_columns"] or None,
+        caption_source=data["caption_source"],
+    )
+    messages.success(request, f"Import {run.pk} of {run.source} queued.")
+    return redirect("pool:import_detail", run_id=run.pk)
+
+
+@require_GET
+@role_required(CURATOR)
+def import_detail(request, run_id: int):
+    run = get_object_or_404(ImportRun, pk=run_id)
+    poll_url = reverse("pool:import_progress", args=[run.pk])
+    return render(request, "pool/import_detail.html", {"run": run, "poll_url": poll_url})
+
+
+@require_GET
+@role_required(CURATOR)
+def import_progress(request, run_id: int):
+    run = get_object_or_404(ImportRun, pk=run_id)
+    return render(
+        request,
+        "partials/progress.html",
+        {"run": run, "poll_url": reverse("pool:import_progress", args=[run.pk])},
+    )
+
+
+@require_GET
+@role_required(CURATOR)
+def cleaning_list(request):
+    return render(
+        request,
+        "pool/cleaning.html",
+        {
+            "runs": selectors.cleaning_runs(),
+            "form": CleaningForm() if has_role(request.user, ADMIN) else None,
+        },
+    )
+
+
+@require_POST
+@role_required(ADMIN)
+def cleaning_start(request):
+    form = CleaningForm(request.POST)
+    if not form.is_valid():
+        return render(
+            request, "pool/cleaning.html", {"runs": selectors.cleaning_runs(), "form": form}, status=400
+        )
+    run = services.cleaning_run_start(
+        user=request.user, min_side=form.cleaned_data["min_side"], hamming_radius=form.cleaned_data["radius"]
+    )
+    messages.success(request, f"Cleaning run {run.pk} queued.")
+    return redirect("pool:cleaning_detail", run_id=run.pk)
+
+
+@require_GET
+@role_required(CURATOR)
+def cleaning_detail(request, run_id: int):
+    run = get_object_or_404(CleaningRun, pk=run_id)
+    poll_url = reverse("pool:cleaning_progress", args=[run.pk])
+    return render(request, "pool/cleaning_detail.html", {"run": run, "poll_url": poll_url})
+
+
+@require_GET
+@role_required(CURATOR)
+def cleaning_progress(request, run_id: int):
+    run = get_object_or_404(CleaningRun, pk=run_id)
+    return render(
+        request,
+        "partials/progress.html",
+        {"run": run, "poll_url": reverse("pool:cleaning_progress", args=[run.pk])},
+    )

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pool.models import Caption
+from scoring.exports import ExportLocationExists, export_create, export_execute, pair_uid
+from scoring.filtering import FilterRule, filter_run_create, filter_run_execute
+from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run():
+    make_scored_pool(25, images=25)
+    run = filter_run_create(encoder=ENCODER, reward_model_version=VERSION, rule=FilterRule(top_percent=40))
+    return filter_run_execute(run=run)
+
+
+def _kept(run) -> dict[str, Caption]:
+    ids = np.load(run.kept_file).tolist()
+    return {
+        pair_uid(c.image.sha256, c.text_sha256): c
+        for c in Caption.objects.filter(id__in=ids).select_related("image")
+    }
+
+
+def _export(run, kind, out, **kwargs):
+    return export_execute(export=export_create(kind=kind, filter_run=run, out=out, **kwargs))
+
+
+def test_webdataset_shards_read_back_with_the_webdataset_library(run, tmp_path):
+    export = _export(run, "webdataset", tmp_path / "wds", shard_size=4)
+    kept = _kept(run)
+    shards = sorted(str(p) for p in (tmp_path / "wds").glob("*.tar"))
+    assert [p.rsplit("/", 1)[1] for p in shards] == ["00000.tar", "00001.tar", "00002.tar"]
+    samples = list(wds.WebDataset(shards, shardshuffle=False))
+    assert {s["__key__"] for s in samples} == set(kept) and len(samples) == run.kept == 10
+    for sample in samples:
+        caption = kept[sample["__key__"]]
+        assert sample["txt"].decode() == caption.text
+        assert sample["jpg"] == caption.image.path.read_bytes()
+        meta = json.loads(sample["json"])
+        assert meta["caption_id"] == caption.id and meta["reward"] == caption.scores.get().reward
+    assert export.manifest["counts"]["shards"] == 3
+
+
+def test_parquet_export_matches_the_kept_set(run, tmp_path):
+    _export(run, "parquet", tmp_path / "pq")
+    table = pq.read_table(tmp_path / "pq" / "pairs.parquet").to_pylist()
+    kept = _kept(run)
+    assert {row["uid"] for row in table} == set(kept) and len(table) == 10
+    for row in table:
+        caption = kept[row["uid"]]
+        assert row["caption"] == caption.text and row["image_path"] == str(caption.image.path)
+        assert row["reward"] == caption.scores.get().reward
+        assert dict(row["criteria"])["completeness"] == 3.0
+
+
+def test_npy_export_holds_the_sorted_datacomp_uids(run, tmp_path):
+    _export(run, "npy", tmp_path / "npy")
+    uids = np.load(tmp_path / "npy" / "uids.npy")
+    assert uids.dtype == np.dtype("u8,u8")
+    as_hex = {f"{int(hi):016x}{int(lo):016x}" for hi, lo in uids.tolist()}
+    assert as_hex == set(_kept(run))
+    assert uids.tolist() == sorted(uids.tolist())
+
+
+def test_jsonl_export_and_manifest_checksums(run, tmp_path):
+    export = _export(run, "jsonl", tmp_path / "jl")
+    lines = (tmp_path / "jl" / "pairs.jsonl").read_text().splitlines()
+    assert {json.loads(line)["uid"] for line in lines} == set(_kept(run))
+    manifest = json.loads((tmp_path / "jl" / "manifest.json").read_text())
+    assert manifest == export.manifest
+    assert manifest["filter_run"]["kept"] == 10 and manifest["encoder"] == ENCODER
+    (entry,) = manifest["files"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "jl" / "pairs.jsonl").read_bytes()).hexdigest()
+    assert export.done == export.total == 10
+
+
+def test_an_existing_location_is_refused_unless_overwrite_is_asked(run, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportLocationExists, match="already exists"):
+        export_create(kind="parquet", filter_run=run, out=out)
+    assert (out / "keep.txt").read_text() == "mine"
+    _export(run, "parquet", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "pairs.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_export_leaves_nothing_behind(run, tmp_path):
+    run.kept_file = str(tmp_path / "missing.npy")
+    run.save()
+    export = export_create(kind="parquet", filter_run=run, out=tmp_path / "target" / "out")
+    with pytest.raises(FileNotFoundError):
+        export_execute(export=export)
+    export.refresh_from_db()
+    assert export.status == "failed" and "missing.npy" in export.error
+    assert list((tmp_path / "target").iterdir()) == []

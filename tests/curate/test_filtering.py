@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pool.models import Caption, CaptionSource
+from scoring.filtering import (
+    FilterNeedsConfirm,
+    FilterRule,
+    filter_preview,
+    filter_run_create,
+    filter_run_execute,
+)
+from scoring.models import Score
+from tests.curate.conftest import ENCODER, VERSION, make_caption, make_scored_pool
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(rule: FilterRule, confirm: bool = False):
+    run = filter_run_create(encoder=ENCODER, reward_model_version=VERSION, rule=rule, confirm=confirm)
+    return filter_run_execute(run=run)
+
+
+def test_top_percent_counts_match_a_direct_query():
+    make_scored_pool(50, images=25)
+    run = _run(FilterRule(top_percent=30))
+    usable = Score.objects.filter(
+        encoder=ENCODER, reward_model_version=VERSION, caption__status="ok", caption__image__status="ok"
+    )
+    expected = sorted(usable.order_by("-reward").values_list("caption_id", flat=True)[:15])
+    assert run.considered == usable.count() == 50
+    assert run.kept == 15
+    assert np.load(run.kept_file).tolist() == expected
+    assert run.compression_ratio == pytest.approx(50 / 15)
+
+
+def test_thresholds_and_criteria_combine_with_and():
+    make_scored_pool(40, images=20)
+    run = _run(FilterRule(top_percent=None, reward_min=10, cosine_min=0.25, criteria_min={"accuracy": 3}))
+    expected = Score.objects.filter(
+        encoder=ENCODER, reward__gte=10, cosine__gte=0.25, criteria__accuracy__gte=3
+    ).values_list("caption_id", flat=True)
+    assert sorted(np.load(run.kept_file).tolist()) == sorted(expected)
+    assert 0 < run.kept < 40
+
+
+def test_datacomp_preset_thresholds_on_cosine():
+    make_scored_pool(40, images=20)
+    run = _run(FilterRule.from_dict({"preset": "datacomp-0.28"}))
+    assert run.rule["cosine_min"] == 0.28 and run.rule["top_percent"] is None
+    assert run.kept == Score.objects.filter(cosine__gte=0.28).count()
+
+
+def test_curator_decisions_override_the_rule_in_both_directions():
+    captions = make_scored_pool(20, images=10)
+    worst, best = captions[0], captions[-1]
+    Caption.objects.filter(pk=worst.pk).update(decision="accept")
+    Caption.objects.filter(pk=best.pk).update(decision="reject")
+    run = _run(FilterRule(top_percent=25))
+    kept = set(np.load(run.kept_file).tolist())
+    assert worst.id in kept and best.id not in kept
+    assert run.summary["accepted_against_rule"] == 1 and run.summary["rejected_against_rule"] == 1
+
+
+def test_a_rewrite_replaces_its_original_and_is_a_candidate_itself():
+    captions = make_scored_pool(10, images=10)
+    original = captions[-1]  # the best pair: the rule alone would keep it
+    Caption.objects.filter(pk=original.pk).update(decision="rewrite")
+    rewrite = make_caption(original.image, "a better caption", source=CaptionSource.REWRITE, parent=original)
+    run = _run(FilterRule(top_percent=30))
+    kept = set(np.load(run.kept_file).tolist())
+    assert original.id not in kept
+    assert rewrite.id in kept  # not scored yet: kept on the curator's word
+    assert run.summary["unscored_rewrites_kept"] == 1
+
+
+def test_unusable_pairs_are_not_considered():
+    captions = make_scored_pool(10, images=10)
+    captions[9].image.status = "low_res"
+    captions[9].image.save()
+    run = _run(FilterRule(top_percent=100), confirm=True)
+    assert run.considered == 9 and captions[9].id not in np.load(run.kept_file)
+
+
+def test_a_rule_that_keeps_nothing_or_everything_needs_confirmation():
+    make_scored_pool(10, images=10)
+    with pytest.raises(FilterNeedsConfirm, match="keeps nothing"):
+        filter_run_create(
+            encoder=ENCODER, reward_model_version=VERSION, rule=FilterRule(top_percent=None, reward_min=1e9)
+        )
+    with pytest.raises(FilterNeedsConfirm, match="keeps everything"):
+        filter_run_create(encoder=ENCODER, reward_model_version=VERSION, rule=FilterRule(top_percent=100))
+    run = _run(FilterRule(top_percent=100), confirm=True)
+    assert run.kept == run.considered == 10
+
+
+def test_preview_reports_counts_and_the_histogram_cut():
+    make_scored_pool(20, images=10)
+    preview = filter_preview(encoder=ENCODER, reward_model_version=VERSION, rule=FilterRule(top_percent=50))
+    assert (preview.considered, preview.kept) == (20, 10)
+    assert sum(preview.counts) == 20 and preview.cut == 10.0 and not preview.warning
+
+
+def test_balancing_without_embeddings_is_skipped_with_a_message():
+    make_scored_pool(20, images=10)
+    run = _run(FilterRule(top_percent=30, balance_clusters=3))
+    assert run.kept == 6
+    assert any("balanc" in message.lower() for message in run.summary["messages"])
+
+
+def test_unknown_preset_and_bad_values_are_refused():
+    with pytest.raises(ValueError, match="Unknown preset"):
+        FilterRule.from_dict({"preset": "nope"})
+    with pytest.raises(ValueError, match="1-5 scale"):
+        FilterRule.from_dict({"criteria_min": {"accuracy": 9}})

@@ -568,7 +568,8 @@ def _task_captions(task_ids: list[int]) -> dict[int, list[int]]:
     return out
 
 
-def _features(encoder, caption_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _features(encoder: str, caption_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Features from the embedding cache (computed and cached where missing)."""
     from scoring.services import caption_features
 
     if not caption_ids:
@@ -615,9 +616,7 @@ def task_priorities_refresh(
     model = None
     if pointer is not None:
         model, _ = load_checkpoint(pointer.checkpoint)
-    loaded_encoder = encoder_load(encoder_name)
-
-    embed_dim = model.config.embed_dim if model is not None else None
+    embed_dim = model.config.embed_dim if model is not None else encoder_load(encoder_name).embed_dim
     image_rows: dict[int, np.ndarray] = {}
     member_rows: dict[int, np.ndarray] = {}
     clip_rows: dict[int, np.ndarray] = {}
@@ -625,14 +624,14 @@ def task_priorities_refresh(
     for start in range(0, len(all_ids), chunk):
         ids = all_ids[start : start + chunk]
         captions = _task_captions(ids)
-        feats = _features(loaded_encoder, [c for cs in captions.values() for c in cs])
+        feats = _features(encoder_name, [c for cs in captions.values() for c in cs])
         for tid in ids:
             present = [c for c in captions[tid] if c in feats]
             if not present:
                 continue
             img = np.stack([feats[c][0] for c in present])
             txt = np.stack([feats[c][1] for c in present])
-            k = embed_dim or _shared_width(img, txt)
+            k = embed_dim
             image_rows[tid] = img[0, :k]
             if model is not None and tid in old:
                 with torch.no_grad():
@@ -645,6 +644,15 @@ def task_priorities_refresh(
                 clip_rows[tid] = 2.5 * np.maximum(cos, 0.0)
 
     scored = [tid for tid in task_ids if tid in image_rows]
+    if not scored:
+        return {
+            "tasks": 0,
+            "changed": 0,
+            "strategies": [],
+            "mix": {},
+            "model_version": None,
+            "missing_features": len(task_ids),
+        }
     index = {tid: i for i, tid in enumerate(scored)}
     embeddings = np.stack(
         [image_rows[t] for t in scored] + [image_rows[t] for t in labelled_ids if t in image_rows]
@@ -669,12 +677,11 @@ def task_priorities_refresh(
     )
     scores = {k: v[: len(scored)] for k, v in scores.items()}
     if member is not None:
-        scores.update(
-            strategy_scores(
-                member_rewards=member, clipscores=clip, embeddings=None, batch_size=batch, seed=seed
-            )
+        model_scores = strategy_scores(
+            member_rewards=member, clipscores=clip, embeddings=None, batch_size=batch, seed=seed
         )
-        scores.pop("random", None)
+        model_scores.pop("random", None)  # already drawn above, over the same tasks
+        scores.update(model_scores)
     priorities = priorities_mix(scores, mix, batch, seed=seed)
     new = {tid: round(float(priorities[index[tid]]), 6) for tid in scored}
     task_priorities_set(priorities=new)
@@ -688,7 +695,3 @@ def task_priorities_refresh(
         "batch_size": min(batch, len(scored)),
         "missing_features": len(task_ids) - len(scored),
     }
-
-
-def _shared_width(img: np.ndarray, txt: np.ndarray) -> int:
-    return min(img.shape[1], txt.shape[1])

@@ -137,6 +137,7 @@
     if (!input) return;
     input.checked = true;
     commit();
+    say(card.dataset.letter + ": " + $("legend", input.closest(".rating-row")).textContent + " " + value + ".");
     // Advance: next criterion of this caption, then the first criterion of the next caption.
     if (state.criterion < criteria().length - 1) state.criterion += 1;
     else if (state.focus < state.order.length - 1) { state.criterion = 0; state.focus += 1; }

@@ -57,9 +57,10 @@ def images_page(
     q: str = "",
     after: int | None = None,
     before: int | None = None,
-    limit: int = PAGE_SIZE,
+    limit: int | None = None,
 ) -> ImagePage:
     """Newest first. ``after``/``before`` are image ids of the page edges (keyset pagination)."""
+    limit = limit or PAGE_SIZE
     images = Image.objects.all()
     if status:
         images = images.filter(status=status)

@@ -1,0 +1,65 @@
+"""A real Celery worker process imports a WebDataset shard and cleans the pool; rows land in the DB."""
+
+from __future__ import annotations
+
+import pytest
+
+from pool.models import Caption, CleaningRun, Image, ImportRun, RunStatus
+from pool.tasks import cleaning_run_execute, import_run_execute
+from tests.conftest import image_bytes, wait_for
+from tests.pool.conftest import write_tar
+
+pytestmark = [pytest.mark.system, pytest.mark.django_db(transaction=True)]
+
+
+def finished(model, pk):
+    def check():
+        run = model.objects.get(pk=pk)
+        return run if run.is_finished else None
+
+    return check
+
+
+def test_worker_imports_a_shard_then_cleans_the_pool(tmp_path, celery_worker_process, settings):
+    media = tmp_path / "worker-media"
+    settings.MEDIA_ROOT = media
+    shard = write_tar(
+        tmp_path / "shard-00000.tar",
+        [
+            ("a.jpg", image_bytes(96, 80, seed=21)),
+            ("a.txt", b"a small copy"),
+            ("b.jpg", image_bytes(384, 320, seed=21)),
+            ("b.txt", b"the large original"),
+            ("c.jpg", image_bytes(32, 32, seed=22)),
+            ("c.txt", b"untitled"),
+            ("d.jpg", b"not an image"),
+            ("d.txt", b"broken"),
+        ],
+    )
+    worker = celery_worker_process(queues="default", extra_env={"LOUPE_MEDIA_ROOT": str(media)})
+
+    run = ImportRun.objects.create(source=str(shard), format="", params={})
+    import_run_execute.delay(run.pk)
+    run = wait_for(finished(ImportRun, run.pk), timeout=120, message=f"import run to finish\n{worker.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error or worker.log()
+    assert run.summary["images_imported"] == 3
+    assert run.summary["skipped"] == {"not_an_image": 1}
+    assert set(Image.objects.values_list("source_key", flat=True)) == {"a", "b", "c"}
+    assert Caption.objects.count() == 3
+    assert all((media / f).is_file() for f in Image.objects.values_list("file", flat=True))
+
+    cleaning = CleaningRun.objects.create(params={"min_side": 64, "hamming_radius": 6})
+    cleaning_run_execute.delay(cleaning.pk)
+    cleaning = wait_for(finished(CleaningRun, cleaning.pk), timeout=120, message="cleaning run to finish")
+    assert cleaning.status == RunStatus.SUCCEEDED, cleaning.error
+    statuses = dict(Image.objects.values_list("source_key", "status"))
+    assert statuses == {"a": "near_duplicate", "b": "ok", "c": "low_res"}
+    assert Caption.objects.get(image__source_key="c").status == "trivial"
+
+    # Delivered again (e.g. after a worker restart): the finished run is left alone.
+    import_run_execute.delay(run.pk)
+    again = ImportRun.objects.create(source=str(shard), format="", params={})
+    import_run_execute.delay(again.pk)
+    again = wait_for(finished(ImportRun, again.pk), timeout=120, message="second import to finish")
+    assert again.summary["already_present"] == 3 and again.summary["images_imported"] == 0
+    assert Image.objects.count() == 3

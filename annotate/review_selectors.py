@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, Max, OuterRef, QuerySet
 
 from annotate.models import Flag, FlagReason, Review
+from annotate.rewrite import rewrite_suggestion_get
 from pool.models import Caption
 from scoring.models import Score
 
@@ -82,11 +83,42 @@ class CaptionView:
     is_flagged_one: bool = False
 
 
+def flag_summary(flag: Flag) -> str:
+    """The numbers behind a flag, in a few words."""
+    d = flag.details or {}
+
+    def num(key: str) -> str:
+        value = d.get(key)
+        return "–" if value is None else f"{value:.3g}"
+
+    if flag.reason == FlagReason.LOW_REWARD:
+        return f"reward {num('reward')}, bottom {100 * float(d.get('bottom_share', 0)):.0f}%"
+    if flag.reason == FlagReason.DISAGREEMENT:
+        return (
+            f"reward pct {num('reward_percentile')} vs CLIPScore pct {num('clipscore_percentile')} "
+            f"(gap {num('gap')})"
+        )
+    if flag.reason == FlagReason.NEAR_DUPLICATE:
+        if d.get("role") == "kept":
+            return f"kept image of a cluster with {len(d.get('duplicate_image_ids', []))} near duplicate(s)"
+        return f"near duplicate of image {d.get('kept_image_id')}"
+    if flag.reason == FlagReason.LOW_AGREEMENT:
+        return f"task {d.get('task_id')}: mean Kendall tau {num('mean_kendall_tau')} over {d.get('annotators')} annotators"
+    if flag.reason == FlagReason.TRUNCATED:
+        return "longer than the text encoder's context"
+    return ""
+
+
 @dataclass
 class QueueItem:
     caption: Caption
     flags: list[Flag]
     captions: list[CaptionView] = field(default_factory=list)
+    suggestion: dict | None = None
+
+    @property
+    def flag_rows(self) -> list[tuple[Flag, str]]:
+        return [(flag, flag_summary(flag)) for flag in self.flags]
 
     @property
     def image(self):
@@ -114,7 +146,11 @@ def review_items(*, captions: list[Caption], context: ScoreContext) -> list[Queu
         flags.setdefault(flag.caption_id, []).append(flag)
     items = []
     for caption in captions:
-        item = QueueItem(caption=caption, flags=flags.get(caption.id, []))
+        item = QueueItem(
+            caption=caption,
+            flags=flags.get(caption.id, []),
+            suggestion=rewrite_suggestion_get(caption_id=caption.id),
+        )
         for sibling in siblings.get(caption.image_id, []):
             item.captions.append(
                 CaptionView(

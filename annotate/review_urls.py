@@ -1,5 +1,16 @@
-from django.urls import path  # noqa: F401
+from __future__ import annotations
+
+from django.urls import path
+
+from annotate import review_views as views
 
 app_name = "review"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("bulk", views.bulk, name="bulk"),
+    path("audit", views.audit, name="audit"),
+    path("<int:caption_id>/decide", views.decide, name="decide"),
+    path("<int:caption_id>/suggest", views.suggest, name="suggest"),
+    path("<int:caption_id>/suggestion", views.suggestion, name="suggestion"),
+]

@@ -222,10 +222,11 @@ def demo_source_build(*, out_dir: Path, clipart_limit: int, workers: int = 2, pr
     with manifest.open("w") as m, truth.open("w") as t:
         for item in items:
             row = {"image": item.image_file, "category": item.category}
-            row["title"] = item.captions.get("title", "")
-            row["description"] = item.captions.get("description") or item.captions.get("photo_caption", "")
-            row["keywords"] = item.captions.get("keywords", "")
-            row["negative"] = item.captions.get("negative", "")
+            # A missing caption is null (no caption), not "" (which would import as an empty caption).
+            row["title"] = item.captions.get("title")
+            row["description"] = item.captions.get("description") or item.captions.get("photo_caption")
+            row["keywords"] = item.captions.get("keywords")
+            row["negative"] = item.captions.get("negative")
             m.write(json.dumps(row) + "\n")
             for role, text in item.captions.items():
                 t.write(json.dumps({"image": item.image_file, "text": text, "role": role}) + "\n")

@@ -81,6 +81,7 @@ class Command(BaseCommand):
         )
         call_command("clean_pool", stdout=self.stdout)
         self._campaign(small)
+        self._first_scoring_run()
         self._schedule()
         self._print_credentials()
         self.stdout.write(self.style.SUCCESS(f"Demo ready in {time.monotonic() - started:.0f}s."))
@@ -134,6 +135,13 @@ class Command(BaseCommand):
             if made >= count:
                 break
         return made
+
+    def _first_scoring_run(self) -> None:
+        """CLIPScore for the whole pool, queued now and run by the worker once the demo starts."""
+        from scoring.services import scoring_run_start
+
+        run = scoring_run_start(encoder=settings.LOUPE_DEFAULT_ENCODER, chunk_size=256)
+        self.stdout.write(f"Queued scoring run {run.pk} ({run.encoder}); the worker starts it with the demo.")
 
     def _schedule(self) -> None:
         try:

@@ -332,6 +332,7 @@ def assignments_expire(*, now=None) -> int:
         expired = list(
             Assignment.objects.select_for_update()
             .filter(id__in=[a for a, _ in task_ids], status=AssignmentStatus.ACTIVE, expires_at__lte=now)
+            .order_by("id")  # one lock order for every sweep: two sweeps never deadlock
             .values_list("id", "task_id")
         )
         if not expired:
@@ -357,9 +358,17 @@ def _candidate(campaign: Campaign, user, *, gold: bool) -> Task | None:
     )
     if not gold:
         tasks = tasks.filter(judgment_count__lt=campaign.overlap - F("claim_count"))
+    tasks = tasks.order_by("-priority", "id")
     # Walks task_queue_idx in priority order; SKIP LOCKED passes over tasks another claim is holding
-    # (PostgreSQL). SQLite ignores the lock clause: its IMMEDIATE transactions serialise the claims.
-    return tasks.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).first()
+    # (PostgreSQL), so concurrent annotators fan out instead of queueing on the top task. SQLite ignores
+    # the lock clause: its IMMEDIATE transactions serialise the claims.
+    task = tasks.select_for_update(skip_locked=True, of=("self",)).first()
+    if task is None:
+        # Everything claimable may merely be locked by claims in flight, which can still leave room:
+        # wait for them. The lock re-checks the row's counters against the committed version, so the
+        # overlap still holds. Only the end of the queue takes this slower path.
+        task = tasks.select_for_update(of=("self",)).first()
+    return task
 
 
 def task_next(*, campaign: Campaign, user, rng: random.Random | None = None) -> Assignment | None:

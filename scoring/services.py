@@ -233,6 +233,11 @@ def scoring_run_start(
         path, sha = _reward_checkpoint(reward_model_version, encoder)
         if not Path(path).is_file():
             raise ValueError(f"Checkpoint of reward model v{reward_model_version} is missing: {path}")
+        _, meta = reward_model_load(path, sha)  # a corrupt checkpoint fails here, before any work
+        if meta.get("encoder") not in (None, encoder):
+            raise ValueError(
+                f"Reward model v{reward_model_version} was trained on {meta['encoder']!r}, not on {encoder!r}."
+            )
         params.update(checkpoint=path, checkpoint_sha256=sha)
     if caption_ids is not None:
         params["caption_ids"] = sorted({int(i) for i in caption_ids})

@@ -10,10 +10,12 @@ and never decode images: ``pool.services`` validates images and writes rows.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -319,6 +321,8 @@ def records_read(
     caption_columns=None,
     caption_source: str = "alt",
 ) -> Iterator[Record | Skip]:
+    # Links may have changed since the last import in this process.
+    _directory_resolve.cache_clear()
     if src.format == "folder":
         return read_folder(src.paths[0], root=src.root, caption_source=caption_source)
     if src.format == "webdataset":
@@ -443,6 +447,30 @@ def _columns_pick(
     return image_column, caption_columns
 
 
+@functools.lru_cache(maxsize=4096)
+def _directory_resolve(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _path_resolve(path: str) -> tuple[str, os.stat_result | None]:
+    """Resolve ``path`` (absolute) to its real path, and stat it (None when missing).
+
+    Tables list thousands of files per folder and a full resolve costs one lstat per path component,
+    so folders' resolutions are cached; a file that is itself a link is resolved fully.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return os.path.realpath(path), None
+    if stat.S_ISLNK(st.st_mode) or "/../" in path or path.endswith("/.."):
+        real = os.path.realpath(path)
+        try:
+            return real, os.stat(real)
+        except OSError:
+            return real, None
+    return os.path.join(_directory_resolve(os.path.dirname(path)), os.path.basename(path)), st
+
+
 def _row_record(
     row: dict,
     *,
@@ -454,6 +482,9 @@ def _row_record(
 ) -> Iterator[Record | Skip]:
     file = table.name
     locator = f"{file}:{line}"
+    table_dir = str(table.parent)
+    root_str = str(root)
+    root_prefix = root_str.rstrip("/") + "/"
     value = row.get(image_column)
     data: bytes | None = None
     path: Path | None = None
@@ -478,16 +509,17 @@ def _row_record(
                 file, line, "remote_url", f"{key[:200]} is a URL; download it first (e.g. with img2dataset)"
             )
             return
-        candidate = Path(key).expanduser()
-        if not candidate.is_absolute():
-            candidate = table.parent / candidate
-        path = candidate.resolve()
-        if not _within(path, root):
+        candidate = os.path.expanduser(key) if key.startswith("~") else key
+        if not os.path.isabs(candidate):
+            candidate = os.path.join(table_dir, candidate)
+        real, st = _path_resolve(os.path.normpath(candidate) if "/./" in candidate else candidate)
+        if not (real == root_str or real.startswith(root_prefix)):
             yield Skip(file, line, "outside_root", f"{key} is outside the import root {root}")
             return
-        if not path.is_file():
+        if st is None or not stat.S_ISREG(st.st_mode):
             yield Skip(file, line, "missing_file", f"image file not found: {key}")
             return
+        path = Path(real)
     captions, problems = _captions_from_values([(row.get(name), source) for name, source in caption_columns])
     record = Record(source=str(table), key=key, file=file, row=line, captions=captions, data=data, path=path)
     yield from _record_or_skips(record, problems, file, line)

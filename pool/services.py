@@ -11,7 +11,6 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -120,33 +119,30 @@ class _Entry:
 
 class _ImageLoader:
     """Validates and stores the image of each record. Tables often list one image on several rows (one
-    per caption), so a bounded cache by (path, mtime, size) avoids decoding the same file again."""
+    per caption), so a bounded cache by path avoids decoding the same file again within an import."""
 
     def __init__(self):
-        self.cache: OrderedDict[tuple, tuple[ImageInfo, str]] = OrderedDict()
+        self.cache: OrderedDict[str, tuple[ImageInfo, str]] = OrderedDict()
         # Bigger than any image under the pixel limit can honestly be (4 bytes per pixel + headers).
         self.max_bytes = settings.LOUPE_MAX_IMAGE_PIXELS * 4 + (1 << 20)
 
     def load(self, record: Record) -> tuple[ImageInfo, str]:
         if record.data is not None:
             return self._inspect_and_store(record.data)
-        path: Path = record.path
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            raise ImageRejected("missing_file", f"cannot read {record.key}: {exc.strerror}") from exc
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        # Keyed by path only: files are not expected to change during one import.
+        key = str(record.path)
         hit = self.cache.get(key)
         if hit:
             self.cache.move_to_end(key)
             return hit
-        if stat.st_size > self.max_bytes:
-            raise ImageRejected(
-                "too_many_pixels",
-                f"file of {stat.st_size:,} bytes is too large to be an image under the pixel limit",
-            )
         try:
-            data = path.read_bytes()
+            size = record.path.stat().st_size
+            if size > self.max_bytes:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"file of {size:,} bytes is too large to be an image under the pixel limit",
+                )
+            data = record.path.read_bytes()
         except OSError as exc:
             raise ImageRejected("missing_file", f"cannot read {record.key}: {exc.strerror}") from exc
         result = self._inspect_and_store(data)

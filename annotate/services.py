@@ -18,7 +18,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Max
+from django.db.models import Case, Count, F, Max, Value, When
 from django.utils import timezone
 
 from annotate.models import (
@@ -320,14 +320,16 @@ def assignments_expire(*, now=None) -> int:
     racing submit has just marked ``submitted`` is not expired, and the claim counters drop exactly once.
     """
     now = now or timezone.now()
+    # Outside a transaction: the common answer is "nothing expired", which then costs one indexed read
+    # and no BEGIN/COMMIT round trips on the hot path of every claim.
+    task_ids = list(
+        Assignment.objects.filter(status=AssignmentStatus.ACTIVE, expires_at__lte=now)
+        .order_by("id")
+        .values_list("id", "task_id")[:5000]
+    )
+    if not task_ids:
+        return 0
     with transaction.atomic():
-        task_ids = list(
-            Assignment.objects.filter(status=AssignmentStatus.ACTIVE, expires_at__lte=now)
-            .order_by("id")
-            .values_list("id", "task_id")[:5000]
-        )
-        if not task_ids:
-            return 0
         # Lock the rows and re-check them in one statement; ids that were submitted meanwhile drop out.
         expired = list(
             Assignment.objects.select_for_update()
@@ -347,12 +349,13 @@ def assignments_expire(*, now=None) -> int:
 
 
 def _candidate(campaign: Campaign, user, *, gold: bool) -> Task | None:
-    seen = Assignment.objects.filter(user=user, task__campaign=campaign).exclude(
-        status=AssignmentStatus.EXPIRED
-    )
-    judged = Judgment.objects.filter(user=user, task__campaign=campaign)
+    # No join to the campaign in these: ids of other campaigns' tasks in the NOT IN sets are harmless,
+    # and PostgreSQL hashes each set once per query.
+    seen = Assignment.objects.filter(user=user).exclude(status=AssignmentStatus.EXPIRED)
+    judged = Judgment.objects.filter(user=user)
     tasks = (
-        Task.objects.filter(campaign=campaign, status=TaskStatus.OPEN, is_gold=gold)
+        Task.objects.select_related("campaign")
+        .filter(campaign=campaign, status=TaskStatus.OPEN, is_gold=gold)
         .exclude(id__in=seen.values("task_id"))
         .exclude(id__in=judged.values("task_id"))
     )
@@ -377,7 +380,7 @@ def task_next(*, campaign: Campaign, user, rng: random.Random | None = None) -> 
     assignments_expire(now=now)
     with transaction.atomic():
         # One claim per user at a time: a double click must not hold two tasks.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
         current = (
             Assignment.objects.filter(
                 user=user, task__campaign=campaign, status=AssignmentStatus.ACTIVE, expires_at__gt=now
@@ -395,15 +398,13 @@ def task_next(*, campaign: Campaign, user, rng: random.Random | None = None) -> 
         if task is None:
             return None
         expires = now + timedelta(minutes=campaign.assignment_minutes)
-        previous = Assignment.objects.filter(task=task, user=user).first()
-        if previous:
-            # The user let this task expire earlier; the unique (task, user) row is reused.
-            previous.status, previous.created_at, previous.expires_at = AssignmentStatus.ACTIVE, now, expires
-            previous.skip_reason = ""
-            previous.save(update_fields=["status", "created_at", "expires_at", "skip_reason"])
-            assignment = previous
-        else:
-            assignment = Assignment.objects.create(task=task, user=user, created_at=now, expires_at=expires)
+        # One upsert: a user who let this task expire earlier gets the unique (task, user) row back.
+        (assignment,) = Assignment.objects.bulk_create(
+            [Assignment(task=task, user=user, created_at=now, expires_at=expires)],
+            update_conflicts=True,
+            unique_fields=["task", "user"],
+            update_fields=["status", "created_at", "expires_at", "skip_reason"],
+        )
         Task.objects.filter(id=task.id).update(claim_count=F("claim_count") + 1)
         assignment.task = task
         return assignment
@@ -494,9 +495,6 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
         raise JudgmentError(
             "The form is missing its submission key. Reload the page and try again."
         ) from None
-    stored = _judgment_replay(client_key=key, user=user, task=task)
-    if stored:
-        return stored
     campaign = task.campaign
     caption_rows = list(
         TaskCaption.objects.filter(task=task).order_by("position").values_list("caption_id", "caption__text")
@@ -550,13 +548,20 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
             )
             assignment.status = AssignmentStatus.SUBMITTED
             assignment.save(update_fields=["status"])
+            # One UPDATE: counters and completion move together under the row lock.
             Task.objects.filter(id=task.id).update(
-                judgment_count=F("judgment_count") + 1, claim_count=F("claim_count") - 1
+                judgment_count=F("judgment_count") + 1,
+                claim_count=F("claim_count") - 1,
+                status=Case(
+                    When(
+                        is_gold=False,
+                        status=TaskStatus.OPEN,
+                        judgment_count__gte=campaign.overlap - 1,
+                        then=Value(TaskStatus.COMPLETE),
+                    ),
+                    default=F("status"),
+                ),
             )
-            if not task.is_gold:
-                Task.objects.filter(
-                    id=task.id, status=TaskStatus.OPEN, judgment_count__gte=campaign.overlap
-                ).update(status=TaskStatus.COMPLETE)
     except IntegrityError:
         # A concurrent submit with the same key won the race; answer with its judgment.
         replay = _judgment_replay(client_key=key, user=user, task=task)

@@ -357,3 +357,16 @@ def test_client_key_of_another_task_is_refused(annotators):
 
 def test_ranking_from_tier_numbers_groups_equal_numbers():
     assert services.ranking_from_tier_numbers({7: 1, 9: 3, 3: 3, 4: 2}) == [[7], [4], [3, 9]]
+
+
+def test_a_user_can_reclaim_a_task_they_let_expire(annotators):
+    campaign = campaign_with_tasks(images=1, overlap=1)
+    (alice,) = annotators(1)
+    held = services.task_next(campaign=campaign, user=alice)
+    Assignment.objects.filter(pk=held.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    again = services.task_next(campaign=campaign, user=alice)
+
+    assert again.pk == held.pk and again.status == AssignmentStatus.ACTIVE
+    assert again.expires_at > timezone.now()
+    assert Task.objects.get().claim_count == 1

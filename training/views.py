@@ -1,3 +1,124 @@
-"""Views of the training app: thin, they call services and selectors."""
+"""Views of the training app: thin, they call services and selectors. Admins only."""
 
 from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate.roles import ADMIN, role_required
+from training import selectors
+from training.forms import RollbackForm, TrainingStartForm
+from training.models import TrainingRun
+from training.services import RegistryError, reward_model_promote, reward_model_rollback, training_run_create
+from training.train import TrainConfig
+
+
+def _list_context(form: TrainingStartForm | None = None) -> dict:
+    models = list(selectors.reward_models_list())
+    return {
+        "models": models,
+        "series": selectors.accuracy_series(models),
+        "events": selectors.model_events_recent(limit=20),
+        "runs": selectors.training_runs_recent(),
+        "form": form or TrainingStartForm(initial={"epochs": TrainConfig.epochs, "seed": 0}),
+    }
+
+
+@require_GET
+@role_required(ADMIN)
+def model_list(request: HttpRequest) -> HttpResponse:
+    template = "training/model_list.html#runs" if request.htmx else "training/model_list.html"
+    return render(request, template, _list_context())
+
+
+@require_GET
+@role_required(ADMIN)
+def model_detail(request: HttpRequest, version: int) -> HttpResponse:
+    model = selectors.reward_model_get(version=version)
+    if model is None:
+        raise Http404(f"No reward model v{version}.")
+    metrics = model.metrics or {}
+    return render(
+        request,
+        "training/model_detail.html",
+        {
+            "model": model,
+            "m": metrics,
+            "spearman": sorted((metrics.get("spearman") or {}).items()),
+            "history": metrics.get("history") or [],
+            "loss_series": {
+                "train BT loss": [(h["epoch"], h["train_bt_loss"]) for h in metrics.get("history") or []],
+                "validation BT loss": [
+                    (h["epoch"], h["val_bt_loss"]) for h in metrics.get("history") or [] if "val_bt_loss" in h
+                ],
+            },
+            "events": selectors.model_events_recent(model=model),
+            "active": selectors.reward_model_active(encoder=model.encoder),
+            "config_items": sorted((model.config or {}).items()),
+        },
+    )
+
+
+@require_POST
+@role_required(ADMIN)
+def model_promote(request: HttpRequest, version: int) -> HttpResponse:
+    model = selectors.reward_model_get(version=version)
+    if model is None:
+        raise Http404(f"No reward model v{version}.")
+    try:
+        reward_model_promote(
+            model=model, user=request.user, note=request.POST.get("note", "")[:500] or "by hand"
+        )
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Reward model v{version} is now active for {model.encoder}.")
+    return redirect("training:model_detail", version=version)
+
+
+@require_POST
+@role_required(ADMIN)
+def model_rollback(request: HttpRequest) -> HttpResponse:
+    form = RollbackForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Roll back needs a version number.")
+        return redirect("training:model_list")
+    try:
+        model = reward_model_rollback(
+            user=request.user,
+            to_version=form.cleaned_data.get("to_version"),
+            encoder=form.cleaned_data.get("encoder") or None,
+        )
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+        return redirect("training:model_list")
+    messages.success(request, f"Rolled back: reward model v{model.version} is active again.")
+    return redirect("training:model_detail", version=model.version)
+
+
+@require_POST
+@role_required(ADMIN)
+def training_start(request: HttpRequest) -> HttpResponse:
+    form = TrainingStartForm(request.POST)
+    if not form.is_valid():
+        return render(request, "training/model_list.html", _list_context(form), status=400)
+    data = form.cleaned_data
+    config = TrainConfig(epochs=data["epochs"], seed=data["seed"])
+    run = training_run_create(
+        campaign=data["campaign"],
+        encoder=data["encoder"],
+        config=config,
+        user=request.user,
+        promote_if_better=data["promote_if_better"],
+    )
+    messages.success(request, f"Training run {run.pk} queued on {data['campaign'].name} ({data['encoder']}).")
+    return redirect("training:model_list")
+
+
+@require_GET
+@role_required(ADMIN)
+def training_run_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun, pk=pk)
+    return render(request, "partials/progress.html", {"run": run, "poll_url": request.path})

@@ -24,6 +24,7 @@ nothing.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import traceback
 import zlib
@@ -61,6 +62,11 @@ POLL_SECONDS = 5.0
 MAX_LABELLED_CENTRES = 5000
 # Any constant works; it names the PostgreSQL advisory lock that serialises chain starts.
 _LOCK_KEY = zlib.crc32(b"loupe.loop_chain")
+
+
+# Set while ``loop_run_inline`` drives a chain: work a step would hand to workers (the pool's scoring
+# run) is done in this process instead.
+_INLINE = contextvars.ContextVar("loop_inline", default=False)
 
 
 class LoopBusy(Exception):
@@ -137,6 +143,7 @@ def loop_start(
     user=None,
     encoder: str | None = None,
     filter_rule: dict | None = None,
+    train_config: dict | None = None,
     enqueue: bool = True,
 ) -> LoopRun:
     """Create a queued chain and enqueue its first step once committed; ``LoopBusy`` if one exists."""
@@ -151,7 +158,11 @@ def loop_start(
             trigger=trigger,
             created_by=user if user is not None and user.is_authenticated else None,
             total=len(STEPS),
-            params={"encoder": encoder, "filter_rule": filter_rule or None},
+            params={
+                "encoder": encoder,
+                "filter_rule": filter_rule or None,
+                "train_config": train_config or None,
+            },
         )
         _log(run, f"queued ({trigger}) for campaign '{campaign}' with encoder {encoder}")
         run.save(update_fields=["log"])
@@ -333,16 +344,20 @@ def loop_run_inline(*, run: LoopRun, poll_seconds: float = 1.0, timeout: float |
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    step = loop_next_step(run)
-    while step is not None:
-        outcome = loop_step_execute(run_id=run.pk, step=step)
-        if isinstance(outcome, Wait):
-            if deadline is not None and time.monotonic() > deadline:
-                loop_fail(run_id=run.pk, step=step, error=LoopError(f"timed out waiting: {outcome.note}"))
-                break
-            time.sleep(poll_seconds)
-            continue
-        step = outcome
+    token = _INLINE.set(True)
+    try:
+        step = loop_next_step(run)
+        while step is not None:
+            outcome = loop_step_execute(run_id=run.pk, step=step)
+            if isinstance(outcome, Wait):
+                if deadline is not None and time.monotonic() > deadline:
+                    loop_fail(run_id=run.pk, step=step, error=LoopError(f"timed out waiting: {outcome.note}"))
+                    break
+                time.sleep(poll_seconds)
+                continue
+            step = outcome
+    finally:
+        _INLINE.reset(token)
     run.refresh_from_db()
     return run
 
@@ -365,8 +380,9 @@ def _active_model(encoder: str) -> RewardModel | None:
     return RewardModel.objects.filter(encoder=encoder, status=ModelStatus.ACTIVE).first()
 
 
-def step_retrain(run: LoopRun) -> str:
-    from training.services import reward_model_train
+def step_retrain(run: LoopRun) -> str | Wait:
+    from training.services import TrainingBusy, reward_model_train
+    from training.train import TrainConfig
 
     if run.campaign is None:
         raise LoopError("the run's campaign was deleted.")
@@ -375,6 +391,7 @@ def step_retrain(run: LoopRun) -> str:
     if training_run is not None and training_run.status == RunStatus.SUCCEEDED and training_run.model_id:
         candidate = training_run.model  # trained before a crash, step not yet recorded
     else:
+        config = TrainConfig(**(run.params.get("train_config") or {}))
         if training_run is None or training_run.is_finished:
             training_run = TrainingRun.objects.create(
                 campaign=run.campaign,
@@ -385,15 +402,11 @@ def step_retrain(run: LoopRun) -> str:
             _params_update(run, training_run_id=training_run.pk)
         try:
             candidate = reward_model_train(
-                campaign=run.campaign, encoder=encoder, user=run.created_by, run=training_run
+                campaign=run.campaign, encoder=encoder, config=config, user=run.created_by, run=training_run
             )
-        except Exception as exc:
-            TrainingRun.objects.filter(pk=training_run.pk, status__in=UNFINISHED).update(
-                status=RunStatus.FAILED,
-                error=f"{type(exc).__name__}: {exc}"[:2000],
-                finished_at=timezone.now(),
-            )
-            raise
+        except TrainingBusy:
+            # A training started elsewhere (the models page) holds the lock: wait for it, do not fail.
+            return Wait("another reward model training is running")
     _params_update(run, candidate_id=candidate.pk, candidate_version=candidate.version)
     return f"candidate v{candidate.version} trained on {candidate.n_judgments} judgments ({candidate.n_pairs} pairs)"
 
@@ -422,44 +435,46 @@ def metrics_headline(metrics: dict) -> dict:
 
 
 def step_evaluate(run: LoopRun) -> str:
+    """Training already evaluated the candidate (and the active model) on the same held-out pairs;
+    this step checks the report exists and lifts its headline onto the loop run."""
     candidate = _candidate(run)
-    if not candidate.metrics:
-        raise LoopError(
-            f"candidate v{candidate.version} has no evaluation metrics; the gate cannot judge it."
-        )
-    active = _active_model(candidate.encoder)
-    report = {"candidate": {"version": candidate.version, **metrics_headline(candidate.metrics)}}
-    if active is not None and active.pk != candidate.pk:
-        report["active"] = {"version": active.version, **metrics_headline(active.metrics)}
+    metrics = candidate.metrics or {}
+    if metrics.get("accuracy") is None:
+        raise LoopError(f"candidate v{candidate.version} has no held-out accuracy; the gate cannot judge it.")
+    report = {"candidate": {"version": candidate.version, **metrics_headline(metrics)}}
+    compared = metrics.get("active")
+    if isinstance(compared, dict) and compared.get("version") is not None:
+        report["active"] = {"version": compared["version"], **metrics_headline(compared)}
     _summary_update(run, evaluation=report)
     head = report["candidate"]
-    return (
-        f"candidate v{candidate.version}: accuracy {head['accuracy']}, CLIPScore {head['clipscore_accuracy']}"
-    )
+    line = f"candidate v{candidate.version}: accuracy {_pct(head['accuracy'])} vs CLIPScore {_pct(head['clipscore_accuracy'])}"
+    if "active" in report:
+        line += f", active v{report['active']['version']} {_pct(report['active']['accuracy'])}"
+    return line + " on the same held-out pairs"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def step_gate(run: LoopRun) -> str:
-    from training.services import reward_model_gate
+    from training.services import reward_model_gate, reward_model_promote
 
     candidate = _candidate(run)
-    if candidate.status == ModelStatus.ACTIVE:
-        promoted = True  # promoted before a crash
-    else:
-        promoted = bool(reward_model_gate(candidate=candidate))
+    if candidate.status != ModelStatus.ACTIVE:  # else: promoted before a crash, step not yet recorded
+        if reward_model_gate(candidate=candidate, user=run.created_by):
+            reward_model_promote(
+                model=candidate, user=run.created_by, note=f"gate passed in loop run {run.pk}"
+            )
         candidate.refresh_from_db()
-        if promoted and candidate.status != ModelStatus.ACTIVE:
-            from training.services import reward_model_promote
-
-            reward_model_promote(model=candidate, user=run.created_by)
-            candidate.refresh_from_db()
-        promoted = candidate.status == ModelStatus.ACTIVE
+    promoted = candidate.status == ModelStatus.ACTIVE
+    note = ((candidate.metrics or {}).get("gate") or {}).get("note", "")
     _params_update(run, promoted=promoted)
-    _summary_update(
-        run, promoted=promoted, active_version=(_active_model(candidate.encoder) or candidate).version
-    )
+    active = _active_model(candidate.encoder)
+    _summary_update(run, promoted=promoted, gate_note=note, active_version=active.version if active else None)
     if promoted:
-        return f"v{candidate.version} promoted"
-    return f"v{candidate.version} refused by the gate; the active model stays"
+        return f"v{candidate.version} promoted ({note})" if note else f"v{candidate.version} promoted"
+    return f"v{candidate.version} refused by the gate ({note}); the active model stays"
 
 
 def step_rescore(run: LoopRun) -> str | Wait:
@@ -473,11 +488,20 @@ def step_rescore(run: LoopRun) -> str | Wait:
         from scoring.services import scoring_run_start
 
         if scoring_run is not None:
-            _log(run, f"scoring run {scoring_run.pk} {scoring_run.status}; starting another")
+            logger.info(
+                "loop run %s: scoring run %s %s; starting another", run.pk, scoring_run.pk, scoring_run.status
+            )
         scoring_run = scoring_run_start(
-            encoder=candidate.encoder, reward_model_version=candidate.version, user=run.created_by
+            encoder=candidate.encoder,
+            reward_model_version=candidate.version,
+            user=run.created_by,
+            enqueue=not _INLINE.get(),
         )
         _params_update(run, scoring_run_id=scoring_run.pk)
+        if _INLINE.get():
+            from scoring.services import scoring_run_sync
+
+            scoring_run_sync(run=scoring_run)
         scoring_run.refresh_from_db()
     if scoring_run.status == RunStatus.SUCCEEDED:
         _summary_update(run, rescored=scoring_run.done)
@@ -494,6 +518,8 @@ def step_priorities(run: LoopRun) -> str:
         raise LoopError("the run's campaign was deleted.")
     summary = task_priorities_refresh(campaign=run.campaign, encoder=_encoder(run), seed=run.pk)
     _summary_update(run, priorities=summary)
+    if not summary["tasks"]:
+        return "no open tasks to reprioritise"
     return (
         f"{summary['tasks']} open tasks reprioritised with {', '.join(summary['strategies'])} "
         f"({summary['changed']} changed)"

@@ -4,7 +4,7 @@
     python manage.py run_loop --resume RUN_ID [--sync]
 
 Without ``--sync`` the chain is queued for the workers (the same as the console's "retrain and filter
-now"); with it, every step, including the pool's scoring, runs in this process (Celery eager mode).
+now"); with it, every step, including the pool's scoring, runs in this process.
 Refused while another chain is queued or running.
 """
 
@@ -29,16 +29,10 @@ class Command(BaseCommand):
         self, *args, campaign: str | None, encoder: str | None, top_percent, resume, sync: bool, **options
     ):
         from annotate.models import Campaign
-        from config.celery import app
         from training.models import LoopRun
 
         if (campaign is None) == (resume is None):
             raise CommandError("Give either --campaign NAME (a new chain) or --resume RUN_ID.")
-        previous_eager = app.conf.task_always_eager
-        if sync:
-            # The steps run here one after another; eager mode makes the work they enqueue (the pool
-            # scoring's chunks) run inline too.
-            app.conf.task_always_eager = True
         try:
             if resume is not None:
                 run = LoopRun.objects.filter(pk=resume).first()
@@ -54,11 +48,10 @@ class Command(BaseCommand):
                     campaign=found, trigger="manual", encoder=encoder, filter_rule=rule, enqueue=not sync
                 )
             if sync:
+                # Every step, the pool's scoring included, runs here one after another.
                 run = loop_run_inline(run=run)
         except (LoopBusy, LoopError) as exc:
             raise CommandError(str(exc)) from exc
-        finally:
-            app.conf.task_always_eager = previous_eager
         run.refresh_from_db()
         if not sync:
             self.stdout.write(f"Loop run {run.pk} queued; follow it on /console/jobs/.")

@@ -7,6 +7,7 @@ import uuid
 import zipfile
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -220,7 +221,7 @@ class ImportRunOut(Schema):
     finished_at: datetime | None
 
 
-ImportFormat = FilterText
+ImportFormat = Literal["folder", "csv", "jsonl", "parquet", "webdataset"]
 
 
 class ImportIn(Schema):

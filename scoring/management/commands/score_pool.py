@@ -1,0 +1,111 @@
+"""Score the pool: ``manage.py score_pool [--encoder NAME] [--chunk-size N] [--sync]``."""
+
+from __future__ import annotations
+
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from pool.models import RunStatus
+from scoring import services
+from scoring.encoders import EncoderError, encoder_load
+from scoring.models import ScoringRun
+
+
+class Command(BaseCommand):
+    help = (
+        "Score every usable pair of the pool (CLIPScore, and reward/criteria/uncertainty with the active "
+        "reward model). Without --sync the run is queued for the gpu workers and this command follows "
+        "its progress; Ctrl-C stops following, not the run."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--encoder", default=None, help="Encoder name (default: LOUPE_DEFAULT_ENCODER).")
+        parser.add_argument("--chunk-size", type=int, default=2048, help="Pairs per chunk task.")
+        parser.add_argument(
+            "--reward-model-version",
+            type=int,
+            default=None,
+            help="Reward model version (default: the active one; 0 = CLIPScore only).",
+        )
+        parser.add_argument(
+            "--sync", action="store_true", help="Score in this process instead of the workers."
+        )
+        parser.add_argument(
+            "--resume", type=int, metavar="RUN", help="Re-queue the unfinished chunks of RUN."
+        )
+        parser.add_argument("--no-wait", action="store_true", help="Queue the run and return at once.")
+
+    def handle(self, *args, encoder, chunk_size, reward_model_version, sync, resume, no_wait, **options):
+        if resume is not None:
+            try:
+                run = ScoringRun.objects.get(pk=resume)
+            except ScoringRun.DoesNotExist as exc:
+                raise CommandError(f"No scoring run {resume}.") from exc
+            pending = services.scoring_run_resume(run=run)
+            self.stdout.write(f"Scoring run {run.pk}: {len(pending)} unfinished chunks queued again.")
+            if not no_wait:
+                self._follow(run)
+            return
+        try:
+            if sync:
+                # Load first: a bad name or weights file is one error, before a run row exists.
+                encoder_load(encoder or _default_encoder())
+            run = services.scoring_run_start(
+                encoder=encoder,
+                reward_model_version=reward_model_version,
+                chunk_size=chunk_size,
+                enqueue=not sync,
+            )
+        except (EncoderError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            f"Scoring run {run.pk}: {run.encoder}, "
+            + (f"reward model v{run.reward_model_version}" if run.reward_model_version else "CLIPScore only")
+        )
+        if sync:
+            bar = tqdm(unit="pair", desc=f"run {run.pk}")
+
+            def progress(current: ScoringRun) -> None:
+                bar.total = current.total
+                bar.update(current.done - bar.n)
+
+            run = services.scoring_run_sync(run=run, progress=progress)
+            bar.close()
+            self._report(run)
+        elif not no_wait:
+            self._follow(run)
+
+    def _follow(self, run: ScoringRun) -> None:
+        bar = tqdm(unit="pair", desc=f"run {run.pk}")
+        try:
+            while True:
+                run.refresh_from_db()
+                bar.total = run.total or None
+                bar.update(run.done - bar.n)
+                if run.is_finished:
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            self.stdout.write(f"\nStopped following; run {run.pk} goes on (see /scoring/runs/{run.pk}/).")
+            return
+        finally:
+            bar.close()
+        self._report(run)
+
+    def _report(self, run: ScoringRun) -> None:
+        line = (
+            f"Scoring run {run.pk} {run.status}: {run.done}/{run.total} pairs, "
+            f"{run.failed_pairs} unscorable, {run.chunks_done}/{run.chunks_total} chunks."
+        )
+        if run.status == RunStatus.SUCCEEDED:
+            self.stdout.write(self.style.SUCCESS(line))
+        else:
+            raise CommandError(f"{line} {run.error}")
+
+
+def _default_encoder() -> str:
+    from django.conf import settings
+
+    return settings.LOUPE_DEFAULT_ENCODER

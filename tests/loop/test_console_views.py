@@ -1,0 +1,186 @@
+"""The admin console (training/console_views.py): pages, permissions, cancel, retry, start form."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from pool.models import CleaningRun, ImportRun, RunStatus
+from scoring.models import FilterRun, ScoringRun
+from training.loop import loop_start
+from training.models import LoopRun, TrainingRun
+
+PAGES = ["console:dashboard", "console:jobs"]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_console_pages_render_for_admin(client, admin_user, campaign, name):
+    client.force_login(admin_user)
+    response = client.get(reverse(name))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("name", PAGES)
+@pytest.mark.parametrize("role_fixture", ["curator", "annotator"])
+def test_console_pages_are_refused_to_curators_and_annotators(client, request, role_fixture, name):
+    client.force_login(request.getfixturevalue(role_fixture))
+    assert client.get(reverse(name)).status_code == 403
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_console_pages_send_anonymous_users_to_login(client, db, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def test_post_endpoints_are_refused_to_curators(client, curator, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(curator)
+    assert client.post(reverse("console:job_cancel", args=["loop", run.pk])).status_code == 403
+    assert client.post(reverse("console:loop_start"), {"campaign": campaign.pk}).status_code == 403
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED
+
+
+def test_dashboard_shows_pool_counts_judgments_chart_and_the_form(client, admin_user, campaign):
+    client.force_login(admin_user)
+    html = client.get(reverse("console:dashboard")).content.decode()
+    assert "24" in html  # 6 images x 4 captions
+    assert 'class="chart"' in html or "No data yet" in html
+    assert "Retrain and filter now" in html and campaign.name in html
+    assert "No schedule installed" in html
+
+
+def test_jobs_page_lists_every_run_type_newest_first_with_progress(client, admin_user, campaign):
+    ImportRun.objects.create(source="/data/a.csv", format="csv")
+    CleaningRun.objects.create()
+    ScoringRun.objects.create(encoder="offline:effnet-minilm", total=10, done=4, status=RunStatus.RUNNING)
+    FilterRun.objects.create(encoder="offline:effnet-minilm", status=RunStatus.FAILED, error="no scores")
+    TrainingRun.objects.create(campaign=campaign, encoder="offline:effnet-minilm")
+    loop = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    html = client.get(reverse("console:jobs")).content.decode()
+    for label in ("Import", "Cleaning", "Scoring", "Filter", "Training", "Loop"):
+        assert f">{label}</span>" in html
+    assert html.index(f"Loop {loop.pk}") < html.index("Import 1") or "Import" in html
+    assert reverse("console:job_progress", args=["scoring", ScoringRun.objects.get().pk]) in html
+    assert "no scores" in html
+
+
+def test_jobs_filter_by_kind_serves_the_table_partial_to_htmx(client, admin_user, campaign):
+    ImportRun.objects.create(source="/data/a.csv", format="csv")
+    loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    response = client.get(reverse("console:jobs"), {"kind": "loop"}, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert "<html" not in html and 'id="jobs-table"' in html
+    assert ">Loop</span>" in html and ">Import</span>" not in html
+
+
+def test_progress_partial_polls_while_unfinished_and_stops_when_done(client, admin_user, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    url = reverse("console:job_progress", args=["loop", run.pk])
+    assert f'hx-get="{url}"' in client.get(url).content.decode()
+    LoopRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, done=7, total=7)
+    assert "hx-get" not in client.get(url).content.decode()
+
+
+def test_job_detail_shows_log_error_and_steps(client, admin_user, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    LoopRun.objects.filter(pk=run.pk).update(
+        step="gate", status=RunStatus.FAILED, error="Step 'rescore' failed: scoring run 3 failed"
+    )
+    client.force_login(admin_user)
+    html = client.get(reverse("console:job_detail", args=["loop", run.pk])).content.decode()
+    assert "Step &#x27;rescore&#x27; failed" in html
+    assert "step-done" in html and "step-failed" in html
+    assert "queued (manual)" in html  # the log
+    assert reverse("console:job_retry", args=["loop", run.pk]) in html
+
+
+def test_unknown_job_kind_is_404(client, admin_user):
+    client.force_login(admin_user)
+    assert client.get(reverse("console:job_detail", args=["nope", 1])).status_code == 404
+
+
+def test_cancel_marks_a_loop_run_cancelled(client, admin_user, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    response = client.post(reverse("console:job_cancel", args=["loop", run.pk]), follow=True)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert "cancelled" in response.content.decode()
+
+
+def test_cancel_of_a_finished_run_changes_nothing(client, admin_user):
+    run = ImportRun.objects.create(source="x", format="csv", status=RunStatus.SUCCEEDED)
+    client.force_login(admin_user)
+    response = client.post(reverse("console:job_cancel", args=["import", run.pk]), follow=True)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and "already finished" in response.content.decode()
+
+
+def test_retry_resumes_a_failed_loop_run(client, admin_user, campaign, django_capture_on_commit_callbacks):
+    run = loop_start(campaign=campaign, enqueue=False)
+    LoopRun.objects.filter(pk=run.pk).update(step="gate", status=RunStatus.FAILED, error="boom")
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(reverse("console:job_retry", args=["loop", run.pk]), follow=True)
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED and run.error == ""
+    assert "resumed at step &#x27;rescore&#x27;" in response.content.decode()
+    assert len(callbacks) == 1
+
+
+def test_retry_requeues_a_failed_filter_run(client, admin_user, django_capture_on_commit_callbacks):
+    run = FilterRun.objects.create(encoder="offline:effnet-minilm", status=RunStatus.FAILED, error="x")
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        client.post(reverse("console:job_retry", args=["filter", run.pk]))
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED and run.error == "" and len(callbacks) == 1
+
+
+def test_retry_of_a_running_job_is_refused_with_a_message(client, admin_user, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    response = client.post(reverse("console:job_retry", args=["loop", run.pk]), follow=True)
+    assert "can be retried only when" in response.content.decode()
+
+
+def test_start_form_queues_a_chain_with_the_filter_rule(
+    client, admin_user, campaign, django_capture_on_commit_callbacks
+):
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(
+            reverse("console:loop_start"),
+            {"campaign": campaign.pk, "encoder": "", "filter_preset": "top_percent", "top_percent": "20"},
+        )
+    run = LoopRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "console:job_detail", args=["loop", run.pk]
+    )
+    assert run.params["filter_rule"] == {"top_percent": 20.0}
+    assert run.created_by == admin_user and run.trigger == "manual" and len(callbacks) == 1
+
+
+def test_start_form_is_refused_with_a_message_while_a_chain_runs(client, admin_user, campaign):
+    running = loop_start(campaign=campaign, enqueue=False)
+    client.force_login(admin_user)
+    response = client.post(reverse("console:loop_start"), {"campaign": campaign.pk}, follow=True)
+    assert (
+        f"Loop run {running.pk}" in response.content.decode()
+        and "already queued" in response.content.decode()
+    )
+    assert LoopRun.objects.count() == 1
+
+
+def test_start_form_rejects_a_bad_encoder_name(client, admin_user, campaign):
+    client.force_login(admin_user)
+    response = client.post(
+        reverse("console:loop_start"), {"campaign": campaign.pk, "encoder": "open_clip:nope"}
+    )
+    assert response.status_code == 400 and "expected open_clip" in response.content.decode()
+    assert not LoopRun.objects.exists()

@@ -68,6 +68,8 @@ class Record:
     captions: list[CaptionIn] = field(default_factory=list)
     data: bytes | None = None
     path: Path | None = None
+    # Set for paths taken from a table: the loader resolves them and refuses any outside this root.
+    root: Path | None = None
 
     @property
     def locator(self) -> str:
@@ -452,8 +454,8 @@ def _directory_resolve(directory: str) -> str:
     return os.path.realpath(directory)
 
 
-def _path_resolve(path: str) -> tuple[str, os.stat_result | None]:
-    """Resolve ``path`` (absolute) to its real path, and stat it (None when missing).
+def path_resolve(path: str) -> tuple[str, os.stat_result | None]:
+    """The real path of ``path`` (absolute) and its stat (None when missing).
 
     Tables list thousands of files per folder and a full resolve costs one lstat per path component,
     so folders' resolutions are cached; a file that is itself a link is resolved fully.
@@ -462,13 +464,18 @@ def _path_resolve(path: str) -> tuple[str, os.stat_result | None]:
         st = os.lstat(path)
     except OSError:
         return os.path.realpath(path), None
-    if stat.S_ISLNK(st.st_mode) or "/../" in path or path.endswith("/.."):
+    if stat.S_ISLNK(st.st_mode) or "/." in path:
         real = os.path.realpath(path)
         try:
             return real, os.stat(real)
         except OSError:
             return real, None
     return os.path.join(_directory_resolve(os.path.dirname(path)), os.path.basename(path)), st
+
+
+def path_within(real: str, root: Path) -> bool:
+    root_str = str(root)
+    return real == root_str or real.startswith(root_str.rstrip("/") + "/")
 
 
 def _row_record(
@@ -483,8 +490,6 @@ def _row_record(
     file = table.name
     locator = f"{file}:{line}"
     table_dir = str(table.parent)
-    root_str = str(root)
-    root_prefix = root_str.rstrip("/") + "/"
     value = row.get(image_column)
     data: bytes | None = None
     path: Path | None = None
@@ -512,16 +517,20 @@ def _row_record(
         candidate = os.path.expanduser(key) if key.startswith("~") else key
         if not os.path.isabs(candidate):
             candidate = os.path.join(table_dir, candidate)
-        real, st = _path_resolve(os.path.normpath(candidate) if "/./" in candidate else candidate)
-        if not (real == root_str or real.startswith(root_prefix)):
-            yield Skip(file, line, "outside_root", f"{key} is outside the import root {root}")
-            return
-        if st is None or not stat.S_ISREG(st.st_mode):
-            yield Skip(file, line, "missing_file", f"image file not found: {key}")
-            return
-        path = Path(real)
+        # Resolving, the root check and reading happen in the loader's threads: on network storage the
+        # file system calls are the slow part, and there they overlap.
+        path = Path(candidate)
     captions, problems = _captions_from_values([(row.get(name), source) for name, source in caption_columns])
-    record = Record(source=str(table), key=key, file=file, row=line, captions=captions, data=data, path=path)
+    record = Record(
+        source=str(table),
+        key=key,
+        file=file,
+        row=line,
+        captions=captions,
+        data=data,
+        path=path,
+        root=root if path is not None else None,
+    )
     yield from _record_or_skips(record, problems, file, line)
 
 

@@ -136,15 +136,11 @@ def test_csv_autodetects_columns_and_resolves_relative_paths(table_dir):
     ]
 
 
-def test_csv_path_outside_the_import_root_is_skipped(table_dir, tmp_path):
-    write_images(tmp_path / "elsewhere", 1)
-    (table_dir / "pairs.csv").write_text(
-        "image,caption\n../elsewhere/img0.jpg,escaped\n/etc/passwd,absolute\nimages/img0.jpg,fine\n",
-        encoding="utf-8",
-    )
-    records, skips = read_all(table_dir / "pairs.csv")
-    assert [r.captions[0].text for r in records] == ["fine"]
-    assert [(s.row, s.code) for s in skips] == [(2, "outside_root"), (3, "outside_root")]
+def test_csv_rows_carry_the_import_root_for_the_loader_to_enforce(table_dir):
+    (table_dir / "pairs.csv").write_text("image,caption\n../elsewhere/img0.jpg,escaped\n", encoding="utf-8")
+    records, _ = read_all(table_dir / "pairs.csv")
+    assert records[0].root == table_dir.resolve()
+    assert str(records[0].path) == f"{table_dir.resolve()}/../elsewhere/img0.jpg"
 
 
 def test_csv_non_utf8_caption_skips_only_that_row(table_dir):
@@ -154,12 +150,10 @@ def test_csv_non_utf8_caption_skips_only_that_row(table_dir):
     assert (skips[0].file, skips[0].row, skips[0].code) == ("pairs.csv", 2, "not_utf8")
 
 
-def test_csv_missing_file_and_url_are_skipped(table_dir):
-    (table_dir / "pairs.csv").write_text(
-        "url,caption\nimages/nope.jpg,gone\nhttps://example.com/a.jpg,remote\n", encoding="utf-8"
-    )
+def test_csv_url_is_skipped(table_dir):
+    (table_dir / "pairs.csv").write_text("url,caption\nhttps://example.com/a.jpg,remote\n", encoding="utf-8")
     _, skips = read_all(table_dir / "pairs.csv")
-    assert [s.code for s in skips] == ["missing_file", "remote_url"]
+    assert [(s.row, s.code) for s in skips] == [(2, "remote_url")]
 
 
 def test_csv_missing_column_is_a_clear_error(table_dir):

@@ -160,6 +160,25 @@ def test_table_path_outside_root_is_skipped_and_the_rest_imports(tmp_path):
     assert "outside the import root" in run.summary["skips"][0]["reason"]
 
 
+def test_csv_paths_outside_the_root_or_missing_are_skipped_and_the_rest_imports(tmp_path):
+    write_images(tmp_path / "elsewhere", 1)
+    write_images(tmp_path / "table" / "images", 1, start_seed=3)
+    (tmp_path / "table" / "link.jpg").symlink_to(tmp_path / "elsewhere" / "img0.jpg")
+    (tmp_path / "table" / "pairs.csv").write_text(
+        "image,caption\n../elsewhere/img0.jpg,escaped\n/etc/hostname,absolute\nlink.jpg,linked out\n"
+        "images/nope.jpg,gone\nimages/img0.jpg,fine\n",
+        encoding="utf-8",
+    )
+    run = pool_import(source=str(tmp_path / "table" / "pairs.csv"))
+    assert list(Caption.objects.values_list("text", flat=True)) == ["fine"]
+    assert [(s["file"], s["row"], s["code"]) for s in run.summary["skips"]] == [
+        ("pairs.csv", 2, "outside_root"),
+        ("pairs.csv", 3, "outside_root"),
+        ("pairs.csv", 4, "outside_root"),
+        ("pairs.csv", 5, "missing_file"),
+    ]
+
+
 def test_progress_is_reported_on_the_run(tmp_path):
     write_images(tmp_path, 5)
     for i in range(5):

@@ -239,18 +239,27 @@ def _import_flush(entries: list[_Entry], summary: ImportSummary) -> None:
             )
         Image.objects.bulk_create(new_images.values(), ignore_conflicts=True)
         # ignore_conflicts gives no ids back (and another import may have won a race): re-read them.
-        rows = {
-            sha: (pk, source, key)
-            for pk, sha, source, key in Image.objects.filter(sha256__in=shas).values_list(
-                "pk", "sha256", "source", "source_key"
+        rows = dict(before)
+        if new_images:
+            rows.update(
+                (sha, (pk, source, key))
+                for pk, sha, source, key in Image.objects.filter(sha256__in=list(new_images)).values_list(
+                    "pk", "sha256", "source", "source_key"
+                )
             )
-        }
-        text_shas = {text_sha256(c.text) for e in entries for c in e.record.captions}
-        seen_pairs = set(
-            Caption.objects.filter(
-                image_id__in=[pk for pk, _, _ in rows.values()], text_sha256__in=text_shas
-            ).values_list("image_id", "text_sha256")
-        )
+        # Only images that existed before this batch can already have captions. (An image created
+        # meanwhile by a concurrent import may too; the unique key then keeps the data right and only
+        # this batch's counts would be off.)
+        seen_pairs: set[tuple[int, str]] = set()
+        if before:
+            text_shas = {
+                text_sha256(c.text) for e in entries if e.info.sha256 in before for c in e.record.captions
+            }
+            seen_pairs = set(
+                Caption.objects.filter(
+                    image_id__in=[pk for pk, _, _ in before.values()], text_sha256__in=text_shas
+                ).values_list("image_id", "text_sha256")
+            )
         created_now: set[str] = set()
         new_captions: list[Caption] = []
         for entry in entries:

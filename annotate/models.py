@@ -167,6 +167,8 @@ class Assignment(models.Model):
             models.Index(fields=["task", "status", "expires_at"]),
             # Lazy expiry scans only the active assignments that have run out.
             models.Index(fields=["status", "expires_at"], name="assignment_expiry_idx"),
+            # The claim's "tasks this user has seen" set and "current assignment" lookup, index-only.
+            models.Index(fields=["user", "status", "task"], name="assignment_user_seen_idx"),
         ]
 
 
@@ -184,6 +186,8 @@ class Judgment(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "user"], name="judgment_unique_per_user")]
+        # The claim's "tasks this user has judged" set, read index-only (the unique index leads with task).
+        indexes = [models.Index(fields=["user", "task"], name="judgment_user_task_idx")]
 
 
 class FlagReason(models.TextChoices):

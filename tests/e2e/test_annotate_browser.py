@@ -93,3 +93,30 @@ def test_undo_and_refused_submit_message_in_the_browser(page, live_server, brows
     page.keyboard.press("Enter")
     assert "Rate Accuracy for caption" in page.inner_text("#task-status")
     assert Judgment.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_campaign_page_for_admins(page, live_server, browser_login, artifacts_dir):
+    import uuid
+
+    from annotate import services
+    from annotate.models import Task
+
+    campaign = campaign_with_tasks(name="Photos, round 2", images=4, captions_per_image=4, overlap=3)
+    gold = Task.objects.order_by("id").first()
+    services.task_gold_set(task=gold, ranking=[[c] for c in services.task_caption_ids(gold)])
+    users = [make_user(f"rater{i}", "annotator") for i in range(3)]
+    for index, user in enumerate(users):
+        while (assignment := services.task_next(campaign=campaign, user=user)) is not None:
+            ids = services.task_caption_ids(assignment.task)
+            ranking = [[c] for c in (reversed(ids) if index == 2 else ids)]
+            ratings = {str(c): {k: 3 + (index == 1) for k in campaign.criterion_keys} for c in ids}
+            services.judgment_submit(
+                user=user, task=assignment.task, ranking=ranking, ratings=ratings, client_key=uuid.uuid4()
+            )
+    make_user("ada", "admin")
+    browser_login("ada")
+    page.goto(f"{live_server.url}/annotate/{campaign.pk}/")
+    assert page.locator("svg.chart").count() == 2
+    assert page.locator("tr.flag-row").count() == 0  # one gold judgment each: too few to flag anyone
+    page.screenshot(path=str(artifacts_dir / "annotate-campaign.png"), full_page=True)

@@ -230,8 +230,11 @@ def loop_cancel(*, run: LoopRun, user=None) -> LoopRun:
     return run
 
 
-def loop_tick() -> str:
-    """Beat's entry: start at most one chain, for the first active campaign that needs a retrain."""
+def loop_tick(*, filter_rule: dict | None = None) -> str:
+    """Beat's entry: start at most one chain, for the first active campaign that needs a retrain.
+
+    ``filter_rule`` (the periodic task's kwargs, editable in the admin) adds a filter run to the chain.
+    """
     busy = loop_unfinished()
     if busy is not None:
         return f"busy: {_busy_message(busy)}"
@@ -240,7 +243,7 @@ def loop_tick() -> str:
         if not should:
             continue
         try:
-            run = loop_start(campaign=campaign, trigger="beat")
+            run = loop_start(campaign=campaign, trigger="beat", filter_rule=filter_rule)
         except LoopBusy as exc:
             return f"busy: {exc}"
         return f"started loop run {run.pk} for '{campaign}': {reason}"

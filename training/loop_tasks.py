@@ -22,8 +22,8 @@ TICK_EXPIRES_SECONDS = 300
 
 
 @shared_task(name="training.loop_tasks.loop_tick_task", ignore_result=True, expires=TICK_EXPIRES_SECONDS)
-def loop_tick_task() -> str:
-    message = loop.loop_tick()
+def loop_tick_task(filter_rule: dict | None = None) -> str:
+    message = loop.loop_tick(filter_rule=filter_rule)
     logger.info("loop tick: %s", message)
     return message
 

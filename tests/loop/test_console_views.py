@@ -22,7 +22,7 @@ def test_console_pages_render_for_admin(client, admin_user, campaign, name):
 
 @pytest.mark.parametrize("name", PAGES)
 @pytest.mark.parametrize("role_fixture", ["curator", "annotator"])
-def test_console_pages_are_refused_to_curators_and_annotators(client, request, role_fixture, name):
+def test_console_pages_are_refused_to_curators_and_annotators(client, db, request, role_fixture, name):
     client.force_login(request.getfixturevalue(role_fixture))
     assert client.get(reverse(name)).status_code == 403
 

@@ -125,6 +125,13 @@ class Task(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["campaign", "status", "-priority", "id"], name="task_queue_idx"),
+            # "Tasks left in the queue" after every submit counts open tasks with room: index-only here
+            # (PostgreSQL; other databases build it without the included columns).
+            models.Index(
+                fields=["campaign", "status", "is_gold"],
+                include=["judgment_count", "claim_count"],
+                name="task_open_slots_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -12,10 +12,12 @@ from tests.conftest import make_user
 
 
 @pytest.fixture(autouse=True)
-def _roles(transactional_db):
+def _roles(transactional_db, page):
     # Transactional tests flush the tables between tests, including the groups a data migration made.
     for role in ROLES:
         Group.objects.get_or_create(name=role)
+    # The shared CI machine can be slow; a wait that times out should mean a bug, not a busy CPU.
+    page.set_default_timeout(45_000)
 
 
 @pytest.mark.django_db(transaction=True)

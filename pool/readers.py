@@ -67,7 +67,7 @@ class Record:
     row: int | str | None  # ... and the row, line or key within it
     captions: list[CaptionIn] = field(default_factory=list)
     data: bytes | None = None
-    path: Path | None = None
+    path: Path | str | None = None
     # Set for paths taken from a table: the loader resolves them and refuses any outside this root.
     root: Path | None = None
 
@@ -492,7 +492,7 @@ def _row_record(
     table_dir = str(table.parent)
     value = row.get(image_column)
     data: bytes | None = None
-    path: Path | None = None
+    path: str | None = None
     if isinstance(value, dict):  # Hugging Face style {"bytes": ..., "path": ...}
         data, value = value.get("bytes"), value.get("path")
     if isinstance(value, bytes | bytearray) and data is None:
@@ -518,8 +518,9 @@ def _row_record(
         if not os.path.isabs(candidate):
             candidate = os.path.join(table_dir, candidate)
         # Resolving, the root check and reading happen in the loader's threads: on network storage the
-        # file system calls are the slow part, and there they overlap.
-        path = Path(candidate)
+        # file system calls are the slow part, and there they overlap. A plain string, because pathlib
+        # interns every path part, and a pool has millions of distinct file names.
+        path = candidate
     captions, problems = _captions_from_values([(row.get(name), source) for name, source in caption_columns])
     record = Record(
         source=str(table),

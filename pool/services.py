@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MAX_SKIPS_LISTED = 100
-PATH_CACHE_SIZE = 8192
+# Rows that name the same image are usually near each other; the recent paths suffice and bound memory.
+PATH_CACHE_SIZE = 1024
 
 
 class ImportFailed(Exception):
@@ -360,8 +361,7 @@ def pool_import(
                     reset_queries()
                     _run_progress(run, done=done, total=run.total, progress=progress)
                     if _run_cancelled(run):
-                        run.summary = summary.as_dict()
-                        run.save(update_fields=["summary"])
+                        _run_finish(run, status=RunStatus.CANCELLED, summary=summary.as_dict())
                         return run
         finally:
             loader.close()
@@ -595,6 +595,9 @@ def pool_clean(
     """Mark low-resolution images, near duplicates (grouped, highest resolution kept) and empty, trivial
     or repeated captions. Recomputes every mark it owns, so running it twice changes nothing."""
     min_side = settings.LOUPE_MIN_IMAGE_SIDE if min_side is None else min_side
+    if not 0 <= hamming_radius <= 32:
+        # Beyond 32 of 64 bits unrelated pictures match, and the band split needs radius + 1 <= 64.
+        raise ValueError(f"hamming_radius must be between 0 and 32, not {hamming_radius}")
     if run is None:
         run = CleaningRun.objects.create(params={"min_side": min_side, "hamming_radius": hamming_radius})
     try:

@@ -96,9 +96,8 @@ class Command(BaseCommand):
             user.groups.add(Group.objects.get(name=role))
 
     def _campaign(self, small: bool) -> None:
-        from annotate.services import campaign_create, campaign_tasks_build, task_gold_set
-
         from annotate.models import Task
+        from annotate.services import campaign_create, campaign_tasks_build, task_gold_set
 
         campaign = campaign_create(
             name=CAMPAIGN_NAME,

@@ -219,7 +219,9 @@ LOUPE_MAX_REQUEST_BYTES = int(os.environ.get("LOUPE_MAX_REQUEST_BYTES", str(64 *
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
 # An uploaded ZIP for the import API: limits on what it may unpack to (zip bombs).
-LOUPE_UPLOAD_MAX_UNPACKED_BYTES = int(os.environ.get("LOUPE_UPLOAD_MAX_UNPACKED_BYTES", str(512 * 1024 * 1024)))
+LOUPE_UPLOAD_MAX_UNPACKED_BYTES = int(
+    os.environ.get("LOUPE_UPLOAD_MAX_UNPACKED_BYTES", str(512 * 1024 * 1024))
+)
 LOUPE_UPLOAD_MAX_FILES = int(os.environ.get("LOUPE_UPLOAD_MAX_FILES", "20000"))
 # Login rate limit: this many failed logins for one username from one address within the window
 # lock that pair out (429) until the window passes; the per-address limit stops password spraying.

@@ -17,6 +17,8 @@ from pydantic import Field
 
 from annotate.models import Assignment, Campaign, Judgment, Task
 from annotate.roles import ANNOTATOR
+from annotate.selectors import task_view
+from annotate.services import JudgmentError, judgment_submit, task_next
 from loupe_api.auth import require_role
 from loupe_api.common import Id, Page, PageQuery, paginate
 
@@ -60,8 +62,6 @@ class TaskOut(Schema):
 
 
 def task_out(assignment: Assignment) -> dict:
-    from annotate.selectors import task_view
-
     # The same per-assignment caption order as the task page, so API clients see no position bias either.
     view = task_view(assignment=assignment)
     return {
@@ -82,8 +82,6 @@ def task_out(assignment: Assignment) -> dict:
 )
 def task_next_fetch(request: HttpRequest, campaign_id: Id):
     require_role(request, ANNOTATOR)
-    from annotate.services import task_next
-
     campaign = get_object_or_404(Campaign, pk=campaign_id, is_active=True)
     assignment = task_next(campaign=campaign, user=request.auth)
     if assignment is None:
@@ -125,8 +123,6 @@ class JudgmentOut(Schema):
 )
 def judgment_create(request: HttpRequest, data: JudgmentIn):
     require_role(request, ANNOTATOR)
-    from annotate.services import JudgmentError, judgment_submit
-
     user = request.auth
     task = Task.objects.filter(pk=data.task_id).select_related("campaign").first()
     if task is None:

@@ -24,6 +24,7 @@ from annotate.roles import ADMIN, CURATOR
 from loupe_api.auth import require_role
 from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
 from pool.models import Caption, Image, ImportRun
+from pool.tasks import import_run_execute
 from scoring.models import Score
 
 router = Router(tags=["pool"])
@@ -268,8 +269,6 @@ def _import_start(
 ):
     """Queues an import run; the worker's task (pool.tasks.import_run_execute) reads its parameters back
     from the row. ``root`` confines the image paths a table may name (an upload's own folder)."""
-    from pool.tasks import import_run_execute
-
     params = {
         "format": (data.format if data else fmt) or None,
         "image_column": data.image_column if data else None,

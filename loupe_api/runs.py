@@ -16,6 +16,7 @@ from annotate.roles import ADMIN
 from loupe_api.auth import require_role
 from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
 from scoring.models import Export, ScoringRun
+from scoring.services import scoring_run_cancel, scoring_run_start
 
 router = Router()
 
@@ -49,8 +50,6 @@ class ScoringRunIn(Schema):
 @router.post("/scoring-runs", response={202: ScoringRunOut}, tags=["runs"], summary="Start scoring the pool")
 def scoring_run_create(request: HttpRequest, data: ScoringRunIn):
     require_role(request, ADMIN)
-    from scoring.services import scoring_run_start
-
     try:
         run = scoring_run_start(
             encoder=data.encoder or None,
@@ -82,8 +81,6 @@ def scoring_run_detail(request: HttpRequest, run_id: Id):
 )
 def scoring_run_cancel_request(request: HttpRequest, run_id: Id):
     require_role(request, ADMIN)
-    from scoring.services import scoring_run_cancel
-
     run = get_object_or_404(ScoringRun, pk=run_id)
     scoring_run_cancel(run=run)
     run.refresh_from_db()

@@ -17,11 +17,12 @@ from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate import selectors, services
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
-from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Task
+from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Judgment, Task
 from annotate.roles import ADMIN, ANNOTATOR, role_required
 
 PROGRESS_EVENT = "annotate-progress"
@@ -62,9 +63,15 @@ def _answer_from_post(post, caption_ids: list[int], criteria: list[dict]) -> tup
 
 
 def _task_context(request, campaign: Campaign, assignment: Assignment | None, **extra) -> dict:
+    user = request.user
     context = {
         "campaign": campaign,
-        "progress": selectors.campaign_progress(campaign=campaign, user=request.user),
+        # Lazy: the htmx task partial does not show the counters (they refresh through their own request
+        # on the HX-Trigger event), so a submit does not pay for counting them twice.
+        "progress": SimpleLazyObject(lambda: selectors.campaign_progress(campaign=campaign, user=user)),
+        "first_time": SimpleLazyObject(
+            lambda: not Judgment.objects.filter(user=user, task__campaign=campaign).exists()
+        ),
         "skip_reasons": SKIP_REASONS,
         "client_key": uuid.uuid4(),
         "raw": {},

@@ -277,11 +277,17 @@ def naive_judgment_submit(*, user, task, ranking, ratings, client_key):
 
 
 def measure(*, campaign, users, requests: int, naive_requests: int, seed: int) -> dict:
-    from annotate import services
+    from annotate import selectors, services
     from annotate.models import TaskCaption
 
     rng = random.Random(seed)
-    timings: dict[str, list[float]] = {"next": [], "submit": [], "naive_next": [], "naive_submit": []}
+    timings: dict[str, list[float]] = {
+        "next": [],
+        "submit": [],
+        "progress": [],
+        "naive_next": [],
+        "naive_submit": [],
+    }
     keys = campaign.criterion_keys
 
     def answer(task):
@@ -305,6 +311,10 @@ def measure(*, campaign, users, requests: int, naive_requests: int, seed: int) -
                     user=user, task=assignment.task, ranking=ranking, ratings=ratings, client_key=uuid.uuid4()
                 )
                 timings["submit"].append(time.perf_counter() - t0)
+                # What the page shows after each submit: done today, total, left in the queue.
+                t0 = time.perf_counter()
+                selectors.campaign_progress(campaign=campaign, user=user)
+                timings["progress"].append(time.perf_counter() - t0)
         if i < naive_requests:
             user = rng.choice(users)
             t0 = time.perf_counter()
@@ -371,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = {
         "next": "next task, indexed queue",
         "submit": "submit, indexed queue",
+        "progress": "progress counts after submit",
         "naive_next": "next task, naive queue",
         "naive_submit": "submit, naive queue",
     }

@@ -122,3 +122,34 @@ def test_campaign_page_for_admins(page, live_server, browser_login, artifacts_di
     assert page.locator("svg.chart").count() == 2
     assert page.locator("tr.flag-row").count() == 0  # one gold judgment each: too few to flag anyone
     page.screenshot(path=str(artifacts_dir / "annotate-campaign.png"), full_page=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_works_as_a_plain_form_without_javascript(browser, live_server, artifacts_dir):
+    campaign = campaign_with_tasks(name="No script", images=2, captions_per_image=3, overlap=1)
+    make_user("anna", "annotator")
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(45_000)
+    try:
+        page.goto(f"{live_server.url}/login/")
+        page.fill("input[name=username]", "anna")
+        page.fill("input[name=password]", "pw-for-tests")
+        page.click("button[type=submit]")
+        page.goto(f"{live_server.url}/annotate/{campaign.pk}/next")
+        first_task = page.get_attribute(".task-layout", "data-task-id")
+        ids = [int(el.get_attribute("data-caption-id")) for el in page.query_selector_all(".caption-card")]
+        # Ranks 1, 1, 3: the first two tied. Every rating 4, by clicking the labels.
+        for caption_id, rank in zip(ids, ["1", "1", "3"], strict=True):
+            page.select_option(f"select[name=tier_{caption_id}]", rank)
+            for key in campaign.criterion_keys:
+                page.click(f"label:has(input[name=rate_{caption_id}_{key}][value='4'])")
+        page.screenshot(path=str(artifacts_dir / "annotate-task-nojs.png"))
+        page.click("button.submit-button")
+        page.wait_for_selector("text=Saved. Here is your next task.")
+        assert page.get_attribute(".task-layout", "data-task-id") != first_task
+    finally:
+        context.close()
+    judgment = Judgment.objects.get()
+    assert judgment.ranking == [sorted(ids[:2]), [ids[2]]]
+    assert {v for row in judgment.ratings.values() for v in row.values()} == {4}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import re
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -93,9 +92,9 @@ def _run_update(run: TrainingRun, **fields) -> None:
     TrainingRun.objects.filter(pk=run.pk).update(**fields)
 
 
-def _checkpoint_path(encoder: str, version: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder)[-80:]
-    return Path(settings.MODEL_DIR) / f"reward-v{version}-{slug}.pt"
+def _checkpoint_path(version: int) -> Path:
+    # Versions are unique across encoders, so the version alone names the file; the encoder is inside.
+    return Path(settings.MODEL_DIR) / f"reward-v{version}.pt"
 
 
 def _active(encoder: str) -> RewardModel | None:
@@ -240,7 +239,7 @@ def _register(*, campaign, encoder, config, result, report, loaded) -> RewardMod
     """Allocate the next version, write its checkpoint and the row in one transaction."""
     for _attempt in range(5):
         version = (RewardModel.objects.aggregate(v=Max("version"))["v"] or 0) + 1
-        path = _checkpoint_path(encoder, version)
+        path = _checkpoint_path(version)
         try:
             with transaction.atomic():
                 model = RewardModel.objects.create(

@@ -26,7 +26,9 @@ from training.services import (
 from training.train import TrainConfig
 
 ENC = "offline:effnet-minilm"
-GOOD = TrainConfig(epochs=12, hidden=32, n_heads=3, batch_size=128, lr=5e-3)
+GOOD = TrainConfig(epochs=30, hidden=32, n_heads=3, batch_size=64, lr=1e-2)
+# Where only the existence of a model matters.
+QUICK = TrainConfig(epochs=2, hidden=8, n_heads=2, batch_size=4096)
 # One epoch at a tiny learning rate: an honestly trained but near-random model.
 POOR = TrainConfig(epochs=1, hidden=8, n_heads=2, batch_size=4096, lr=1e-6, seed=2)
 
@@ -102,8 +104,8 @@ def test_gate_accepts_a_better_candidate(judged):
 
 
 def test_tolerance_lets_an_equal_candidate_through(judged):
-    reward_model_promote(model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD))
-    same = reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+    reward_model_promote(model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK))
+    same = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     assert same.metrics["accuracy"] == pytest.approx(same.metrics["active"]["accuracy"])
     assert reward_model_gate(candidate=same, tolerance=0.0) is True
 
@@ -112,9 +114,9 @@ def test_too_few_judgments_says_how_many_and_leaves_active_untouched(db, synthet
     big = judged_campaign(name="big", n_images=60)
     small = judged_campaign(name="small", n_images=10, seed=3)
     synthetic_features(big, small)
-    active = reward_model_promote(model=reward_model_train(campaign=big.campaign, encoder=ENC, config=GOOD))
+    active = reward_model_promote(model=reward_model_train(campaign=big.campaign, encoder=ENC, config=QUICK))
     with pytest.raises(TrainingDataError, match=r"has 10 judgments; .* at least 30"):
-        reward_model_train(campaign=small.campaign, encoder=ENC, config=GOOD)
+        reward_model_train(campaign=small.campaign, encoder=ENC, config=QUICK)
     run = TrainingRun.objects.filter(campaign=small.campaign).get()
     assert run.status == RunStatus.FAILED and "at least 30" in run.error
     assert RewardModel.objects.count() == 1
@@ -132,13 +134,13 @@ def test_campaign_without_held_out_images_is_refused(db, synthetic_features, set
         Image.objects.filter(pk=task_image.pk).update(sha256=key)
     synthetic_features(jc)
     with pytest.raises(TrainingDataError, match="no held-out images"):
-        reward_model_train(campaign=jc.campaign, encoder=ENC, config=GOOD)
+        reward_model_train(campaign=jc.campaign, encoder=ENC, config=QUICK)
     assert not RewardModel.objects.exists()
 
 
 def test_active_checkpoint_of_another_encoder_is_not_compared_and_gate_refuses(judged, tmp_path):
     active = reward_model_promote(
-        model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+        model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     )
     # The active model's file says it was trained on another encoder (e.g. swapped on disk).
     net, meta = load_checkpoint(active.checkpoint)
@@ -146,7 +148,7 @@ def test_active_checkpoint_of_another_encoder_is_not_compared_and_gate_refuses(j
 
     sha = save_checkpoint(active.checkpoint, net, {**meta, "encoder": "open_clip:ViT-L-14:other"})
     RewardModel.objects.filter(pk=active.pk).update(checkpoint_sha256=sha)
-    candidate = reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+    candidate = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     assert "trained on encoder 'open_clip:ViT-L-14:other'" in candidate.metrics["active"]["error"]
     assert reward_model_gate(candidate=candidate) is False
     active.refresh_from_db()
@@ -159,9 +161,11 @@ def test_encoder_check_names_both_encoders():
 
 
 def test_rollback_reactivates_the_previous_model(judged, admin_user):
-    first = reward_model_promote(model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD))
+    first = reward_model_promote(
+        model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
+    )
     second = reward_model_promote(
-        model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+        model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     )
     restored = reward_model_rollback(user=admin_user, encoder=ENC)
     assert restored.pk == first.pk and restored.status == ModelStatus.ACTIVE
@@ -173,13 +177,13 @@ def test_rollback_reactivates_the_previous_model(judged, admin_user):
 
 
 def test_rollback_without_an_earlier_model_is_refused(judged, admin_user):
-    reward_model_promote(model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD))
+    reward_model_promote(model=reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK))
     with pytest.raises(RegistryError, match="No earlier active model"):
         reward_model_rollback(user=admin_user, encoder=ENC)
 
 
 def test_promote_refuses_a_changed_checkpoint(judged):
-    model = reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+    model = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     Path(model.checkpoint).write_bytes(Path(model.checkpoint).read_bytes() + b"x")
     with pytest.raises(RegistryError, match="sha256"):
         reward_model_promote(model=model)
@@ -196,10 +200,10 @@ def test_second_training_while_one_holds_the_lock_is_refused(judged):
             cursor.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
         try:
             with pytest.raises(TrainingBusy):
-                reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+                reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
         finally:
             other.close()
     else:
         with training_lock(), pytest.raises(TrainingBusy):
-            reward_model_train(campaign=judged.campaign, encoder=ENC, config=GOOD)
+            reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     assert not RewardModel.objects.exists()

@@ -11,7 +11,7 @@ from training.pairs import training_data_build
 from training.synthetic import synthetic_judgments, synthetic_pool
 from training.train import TrainConfig, train
 
-FAST = dict(epochs=25, hidden=32, n_heads=3, batch_size=256, lr=5e-3)
+FAST = dict(epochs=10, hidden=32, n_heads=3, batch_size=256, lr=5e-3)
 
 
 def _data(n_images=400, mode="each", seed=1, **judge):

@@ -12,7 +12,7 @@ from training.services import reward_model_promote, reward_model_train
 from training.train import TrainConfig
 
 ENC = "offline:effnet-minilm"
-FAST = TrainConfig(epochs=4, hidden=16, n_heads=2, batch_size=256)
+FAST = TrainConfig(epochs=2, hidden=8, n_heads=2, batch_size=4096)
 
 
 @pytest.fixture

@@ -21,11 +21,14 @@ from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate import selectors, services
+from annotate import tasks as annotate_tasks
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
 from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Judgment, Task
 from annotate.roles import ADMIN, ANNOTATOR, role_required
 
 PROGRESS_EVENT = "annotate-progress"
+# Tasks built inside the request (about 0.7 s per 1,000 on a busy machine); beyond this, Celery continues.
+SYNC_BUILD_LIMIT = 5000
 SKIP_REASONS = [
     "Image does not load or is unreadable",
     "Captions are not in a language I read",
@@ -231,6 +234,18 @@ def campaign_detail(request, campaign_id: int):
     )
 
 
+def _build_tasks(request, campaign: Campaign, limit: int | None) -> int:
+    """Build up to SYNC_BUILD_LIMIT tasks in the request; a larger pool continues in a Celery task."""
+    built = services.campaign_tasks_build(
+        campaign=campaign, limit=SYNC_BUILD_LIMIT if limit is None else min(limit, SYNC_BUILD_LIMIT)
+    )
+    if built == SYNC_BUILD_LIMIT and (limit is None or limit > SYNC_BUILD_LIMIT):
+        remaining = None if limit is None else limit - SYNC_BUILD_LIMIT
+        annotate_tasks.campaign_tasks_build.delay_on_commit(campaign.pk, remaining)
+        messages.info(request, "The pool is large: the remaining tasks are being built in the background.")
+    return built
+
+
 class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200)
     instructions = forms.CharField(
@@ -291,7 +306,7 @@ def campaign_new(request):
         except ValidationError as error:
             form.add_error(None, error)
         else:
-            built = services.campaign_tasks_build(campaign=campaign, limit=data["build_limit"])
+            built = _build_tasks(request, campaign, data["build_limit"])
             messages.success(request, f"Campaign “{campaign.name}” created with {built} tasks.")
             return redirect("annotate:campaign", campaign_id=campaign.pk)
     return render(request, "annotate/campaign_new.html", {"form": form}, status=400 if form.errors else 200)
@@ -302,7 +317,7 @@ def campaign_new(request):
 def campaign_build(request, campaign_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     limit = request.POST.get("limit", "").strip()
-    built = services.campaign_tasks_build(campaign=campaign, limit=int(limit) if limit.isdigit() else None)
+    built = _build_tasks(request, campaign, int(limit) if limit.isdigit() else None)
     messages.success(request, f"Added {built} tasks from new pool images.")
     return redirect("annotate:campaign", campaign_id=campaign.pk)
 

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from django.urls import reverse
 
-from annotate import services
+from annotate import services, views
 from annotate.models import Assignment, Campaign, Judgment, Task
-from tests.annotate.factories import answer_for, campaign_with_tasks
+from tests.annotate.factories import answer_for, campaign_with_tasks, pool_create
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -269,3 +269,16 @@ def test_export_download_for_admins(client, campaign, admin_user, annotator):
     document = json.loads(b"".join(response.streaming_content))
     assert len(document["annotations"]) == 1
     assert client.get(reverse("annotate:campaign_export", args=[campaign.pk, "xml"])).status_code == 404
+
+
+def test_a_large_build_continues_in_the_background(
+    client, admin_user, eager_celery, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(views, "SYNC_BUILD_LIMIT", 2)
+    campaign = campaign_with_tasks(name="Big", images=1)
+    pool_create(images=4)
+    client.force_login(admin_user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("annotate:campaign_build", args=[campaign.pk]), {"limit": ""})
+    assert response.status_code == 302
+    assert campaign.tasks.count() == 5

@@ -12,7 +12,7 @@ from typing import TextIO
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from annotate.agreement import midranks
+from annotate.agreement import consensus_ranking, midranks
 from annotate.models import Campaign, Judgment, Task, TaskCaption
 
 CHUNK = 500
@@ -39,6 +39,22 @@ def _dump(value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _consensus(judgments: list[Judgment], criterion_keys: list[str]) -> dict:
+    """Mean-rank consensus ranking and mean rating per caption and criterion over a task's judgments."""
+    ratings: dict[str, dict[str, float]] = {}
+    for caption_id in judgments[0].ratings if judgments else []:
+        ratings[caption_id] = {}
+        for key in criterion_keys:
+            values = [j.ratings.get(caption_id, {}).get(key) for j in judgments]
+            values = [v for v in values if v is not None]
+            ratings[caption_id][key] = round(sum(values) / len(values), 4) if values else None
+    return {
+        "ranking": consensus_ranking([j.ranking for j in judgments]),
+        "mean_ratings": ratings,
+        "judgments": len(judgments),
+    }
+
+
 def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
     """COCO-HF-style JSON: one record per judged task with its image, captions and every judgment.
 
@@ -58,6 +74,7 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
     written = 0
     for task in _tasks_with_judgments(campaign):
         image = task.image
+        judgments = list(task.judgments.all())
         record = {
             "task_id": task.pk,
             "image": {
@@ -80,6 +97,7 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
             ],
             "is_gold": task.is_gold,
             "gold_ranking": task.gold_ranking if task.is_gold else None,
+            "consensus": _consensus(judgments, campaign.criterion_keys),
             "judgments": [
                 {
                     "judgment_id": j.pk,
@@ -90,7 +108,7 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
                     "duration_ms": j.duration_ms,
                     "created_at": j.created_at.isoformat(),
                 }
-                for j in task.judgments.all()
+                for j in judgments
             ],
         }
         stream.write(("," if written else "") + "\n" + _dump(record))

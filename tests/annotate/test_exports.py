@@ -53,6 +53,9 @@ def test_coco_hf_export_holds_image_captions_and_each_annotators_answer(judged):
     ids = services.task_caption_ids(task)
     assert record["judgments"][0]["ranking"][0] == ids[:2]
     assert record["judgments"][1]["ratings"][str(ids[0])]["accuracy"] == 3
+    # Consensus of (a = b > c > d) and (a > b > c > d): mean ranks 1.25, 1.75, 3, 4 -> a > b > c > d.
+    assert record["consensus"]["ranking"] == [[ids[0]], [ids[1]], [ids[2]], [ids[3]]]
+    assert record["consensus"]["mean_ratings"][str(ids[0])]["accuracy"] == 2.5
 
 
 def test_pairs_export_weights_each_judgment_to_one_and_marks_ties(judged):

@@ -80,6 +80,29 @@ PAGES: dict[str, Rule] = {
     "annotate/review/<int:caption_id>/decide": Rule(CURATOR, ("POST",)),
     "annotate/review/<int:caption_id>/suggest": Rule(CURATOR, ("POST",)),
     "annotate/review/<int:caption_id>/suggestion": Rule(CURATOR),
+    # scoring runs
+    "scoring/": Rule(CURATOR),
+    "scoring/runs/start/": Rule(ADMIN, ("POST",)),
+    "scoring/runs/<int:run_id>/": Rule(CURATOR, params={"run_id": "scoring_run_id"}),
+    "scoring/runs/<int:run_id>/progress/": Rule(CURATOR, params={"run_id": "scoring_run_id"}),
+    "scoring/runs/<int:run_id>/cancel/": Rule(ADMIN, ("POST",), params={"run_id": "scoring_run_id"}),
+    "scoring/runs/<int:run_id>/resume/": Rule(ADMIN, ("POST",), params={"run_id": "scoring_run_id"}),
+    # the admin console (jobs of every kind; the scoring run stands for them)
+    "console/": Rule(ADMIN),
+    "console/loop/start/": Rule(ADMIN, ("POST",)),
+    "console/jobs/": Rule(ADMIN),
+    "console/jobs/<str:kind>/<int:run_id>/": Rule(
+        ADMIN, params={"kind": "job_kind", "run_id": "scoring_run_id"}
+    ),
+    "console/jobs/<str:kind>/<int:run_id>/progress/": Rule(
+        ADMIN, params={"kind": "job_kind", "run_id": "scoring_run_id"}
+    ),
+    "console/jobs/<str:kind>/<int:run_id>/cancel/": Rule(
+        ADMIN, ("POST",), params={"kind": "job_kind", "run_id": "scoring_run_id"}
+    ),
+    "console/jobs/<str:kind>/<int:run_id>/retry/": Rule(
+        ADMIN, ("POST",), params={"kind": "job_kind", "run_id": "scoring_run_id"}
+    ),
     # scoring: filters and exports
     "scoring/filters/": Rule(CURATOR),
     "scoring/filters/preview": Rule(CURATOR),
@@ -225,6 +248,7 @@ def rows(db, settings, tmp_path):
         "flag_id": Flag.objects.get().pk,
         "export_id": export.pk,
         "export_file": "kept.jsonl",
+        "job_kind": "scoring",
         "model_version": reward_model.version,
         "training_run_id": TrainingRun.objects.create(encoder="enc").pk,
         "filter_run_id": filter_run.pk,

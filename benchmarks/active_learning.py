@@ -1,0 +1,352 @@
+"""Active learning vs random selection, with simulated annotators over the demo pool.
+
+    python benchmarks/active_learning.py [--clipart 600] [--seeds 3] [--rounds 10] [--batch 20]
+
+Pool: the demo pool's sources (pool/demo.py: openclipart drawings + packaged photos; captions = title,
+description, "clip art of <keywords>", and a hard negative taken from another drawing of the same
+category), embedded with the offline encoder (EfficientNet-Lite0 + MiniLM; features cached under
+var/benchmarks/). Hidden preference: the demo's truth table (description > title > keywords >
+negative, longer descriptions slightly better); annotators judge through training/simulate.py with
+Bradley-Terry noise 0.1, one judgment per selected task.
+
+Protocol, identical for every strategy (same seeds, same initial labelled set, same budget): images
+are split once into a selection pool (70%) and a held-out test set (30%). Each run starts from the same
+random ``--initial`` labelled tasks; each round trains the reward model (training/train.py, the code
+the product trains with), scores the unlabelled pool, lets the strategy pick ``--batch`` tasks, has
+the simulated annotator judge them, and measures held-out pairwise accuracy against the hidden order.
+Reports, per strategy, the labels needed to reach random selection's final accuracy, writes
+docs/active_learning.png and prints a Markdown table for docs/loop.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.active_learning import DEFAULT_MIX, pad_ragged, priorities_mix, strategy_scores  # noqa: E402
+from training.simulate import AnnotatorConfig, CaptionInfo, judgment_simulate  # noqa: E402
+
+ENCODER = "offline:effnet-minilm"
+CRITERIA = ["accuracy", "completeness"]
+STRATEGY_MIXES: dict[str, dict[str, float]] = {
+    "random": {"random": 1.0},
+    "uncertainty": {"uncertainty": 1.0},
+    "margin": {"margin": 1.0},
+    "disagreement": {"disagreement": 1.0},
+    "diversity": {"diversity": 1.0},
+    "default mix": dict(DEFAULT_MIX),
+}
+
+
+# --- the pool ------------------------------------------------------------------------------------
+
+
+def pool_build(cache_dir: Path, clipart: int) -> dict:
+    """Demo sources + offline-encoder features, cached as one .npz per size."""
+    cache = cache_dir / f"demo-pool-{clipart}.npz"
+    if cache.exists():
+        data = np.load(cache, allow_pickle=True)
+        return {k: data[k] for k in data.files}
+    import hashlib
+
+    from pool.demo import demo_source_build, demo_truth_load
+    from scoring.encoders import encoder_load
+    from scoring.pipeline import images_embed, texts_embed
+
+    source = cache_dir / f"demo-source-{clipart}"
+    started = time.monotonic()
+    built = demo_source_build(out_dir=source, clipart_limit=clipart)
+    truth_file = Path(built["truth"])
+    quality = demo_truth_load(truth_file)
+    rows = [json.loads(line) for line in truth_file.read_text().splitlines()]
+    images = sorted({r["image"] for r in rows})
+    sha = {img: hashlib.sha256((source / img).read_bytes()).hexdigest() for img in images}
+    encoder = encoder_load(ENCODER)
+    print(
+        f"demo sources: {len(images)} images in {time.monotonic() - started:.0f}s; embedding...", flush=True
+    )
+    img_feats, errors = images_embed(encoder, [str(source / img) for img in images], num_workers=0)
+    keep = [i for i in range(len(images)) if i not in errors]
+    image_index = {images[i]: n for n, i in enumerate(keep)}
+    rows = [r for r in rows if r["image"] in image_index]
+    text_feats, _ = texts_embed(encoder, [r["text"] for r in rows])
+    out = {
+        "image_feats": img_feats[keep].astype(np.float32),
+        "text_feats": text_feats.astype(np.float32),
+        "row_image": np.array([image_index[r["image"]] for r in rows], np.int64),
+        "row_quality": np.array([quality[(sha[r["image"]], r["text"].strip())] for r in rows], np.float64),
+        "row_role": np.array([r["role"] for r in rows]),
+        "row_text": np.array([r["text"] for r in rows]),
+        "image_names": np.array([images[i] for i in keep]),
+        "embed_dim": np.array(encoder.embed_dim),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, **out)
+    print(f"pool built and embedded in {time.monotonic() - started:.0f}s -> {cache}", flush=True)
+    return out
+
+
+class Pool:
+    """Tasks = images with two or more candidate captions; a caption's id is its row number."""
+
+    def __init__(self, data: dict):
+        self.image_feats = data["image_feats"]
+        self.text_feats = data["text_feats"]
+        self.row_image = data["row_image"]
+        self.quality = data["row_quality"]
+        self.roles = data["row_role"]
+        self.texts = data["row_text"]
+        self.embed_dim = int(data["embed_dim"])
+        by_image: dict[int, list[int]] = {}
+        for row, image in enumerate(self.row_image):
+            by_image.setdefault(int(image), []).append(row)
+        self.tasks = [rows for _, rows in sorted(by_image.items()) if len(rows) >= 2]
+        self.task_image = [int(self.row_image[rows[0]]) for rows in self.tasks]
+
+
+# --- one run ---------------------------------------------------------------------------------------
+
+
+def training_data(pool: Pool, judgments: list) -> object:
+    from training.pairs import PairSet, TrainingData, pairs_weighted, pairset_build, rating_targets
+
+    rows = np.arange(len(pool.text_feats))
+    train = pairset_build(
+        pairs_weighted(judgments, "each"),
+        rating_targets(judgments, CRITERIA),
+        {int(r): int(r) for r in rows},
+        2,
+    )
+    return TrainingData(
+        image_feats=pool.image_feats,
+        text_feats=pool.text_feats,
+        image_of_row=pool.row_image,
+        embed_dim=pool.embed_dim,
+        criteria=CRITERIA,
+        train=train,
+        validation=PairSet.empty(len(CRITERIA)),
+        test=None,
+    )
+
+
+def model_outputs(model, pool: Pool, rows: np.ndarray) -> np.ndarray:
+    """[E, len(rows)] member rewards."""
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(pool.image_feats[pool.row_image[rows]]), torch.from_numpy(pool.text_feats[rows])
+        )
+    return out.rewards.numpy()
+
+
+def accuracy(model, pool: Pool, test_tasks: list[int]) -> float:
+    from training.simulate import pairwise_accuracy
+
+    rows = np.concatenate([pool.tasks[t] for t in test_tasks])
+    predicted = model_outputs(model, pool, rows).mean(axis=0)
+    groups = pool.row_image[rows]
+    return pairwise_accuracy(predicted, pool.quality[rows], groups, min_gap=0.02)
+
+
+def run_strategy(
+    pool: Pool, mix: dict, *, train_tasks: list[int], test_tasks: list[int], seed: int, args
+) -> list[tuple[int, float]]:
+    from training.train import TrainConfig, train
+
+    rng = np.random.default_rng(seed)
+    annotator_rng = np.random.default_rng(seed + 1000)  # same judgments for the same task order
+    config = AnnotatorConfig(noise=args.noise)
+    # Same initial labelled set for every strategy of a seed.
+    labelled = list(np.random.default_rng(seed).choice(train_tasks, size=args.initial, replace=False))
+    judgments = []
+
+    def judge(task: int) -> None:
+        rows = pool.tasks[task]
+        captions = [CaptionInfo(int(r), str(pool.texts[r]), "", str(pool.task_image[task])) for r in rows]
+        quality = {int(r): float(pool.quality[r]) for r in rows}
+        ranking, ratings = judgment_simulate(
+            captions=captions,
+            criteria=CRITERIA,
+            preference=lambda c: quality[c.caption_id],
+            config=config,
+            rng=annotator_rng,
+        )
+        from training.pairs import JudgmentRecord
+
+        judgments.append(JudgmentRecord(task, 1, ranking, ratings, str(pool.task_image[task])))
+
+    for task in labelled:
+        judge(task)
+    curve = []
+    tconfig = TrainConfig(epochs=args.epochs, hidden=64, n_heads=5, seed=seed, patience=args.epochs)
+    for round_index in range(args.rounds + 1):
+        model = train(tconfig, training_data(pool, judgments)).model
+        curve.append((len(labelled), accuracy(model, pool, test_tasks)))
+        if round_index == args.rounds:
+            break
+        unlabelled = [t for t in train_tasks if t not in set(labelled)]
+        member = pad_ragged([model_outputs(model, pool, np.array(pool.tasks[t])) for t in unlabelled])
+        clip = pad_ragged([_clipscore(pool, pool.tasks[t]) for t in unlabelled])
+        embeddings = np.stack(
+            [pool.image_feats[pool.task_image[t], : pool.embed_dim] for t in unlabelled + labelled]
+        )
+        round_seed = int(rng.integers(1 << 31))
+        scores = strategy_scores(
+            member_rewards=None,
+            clipscores=None,
+            embeddings=embeddings,
+            batch_size=args.batch,
+            seed=round_seed,
+            labelled=list(range(len(unlabelled), len(embeddings))),
+        )
+        scores = {k: v[: len(unlabelled)] for k, v in scores.items()}
+        model_scores = strategy_scores(
+            member_rewards=member, clipscores=clip, embeddings=None, batch_size=args.batch, seed=round_seed
+        )
+        model_scores.pop("random")
+        scores.update(model_scores)
+        priorities = priorities_mix(scores, mix, args.batch, seed=round_seed)
+        chosen = [unlabelled[i] for i in np.argsort(-priorities, kind="stable")[: args.batch]]
+        for task in chosen:
+            judge(task)
+        labelled.extend(chosen)
+    return curve
+
+
+def _clipscore(pool: Pool, rows: list[int]) -> np.ndarray:
+    k = pool.embed_dim
+    img = pool.image_feats[pool.row_image[rows], :k]
+    txt = pool.text_feats[rows, :k]
+    cos = (img * txt).sum(1) / np.maximum(np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1), 1e-8)
+    return 2.5 * np.maximum(cos, 0.0)
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    for labels, acc in curve:
+        if acc >= target:
+            return labels
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clipart", type=int, default=600)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--initial", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--strategies", default=",".join(STRATEGY_MIXES))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "active_learning.png"))
+    parser.add_argument("--json", default=str(ROOT / "var" / "benchmarks" / "active_learning.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    # One thread: the heads are tiny, and on a shared machine extra OpenMP threads mostly spin.
+    torch.set_num_threads(1)
+    pool = Pool(pool_build(ROOT / "var" / "benchmarks", args.clipart))
+    split_rng = np.random.default_rng(12345)
+    order = split_rng.permutation(len(pool.tasks))
+    n_test = int(0.3 * len(order))
+    test_tasks, train_tasks = sorted(order[:n_test].tolist()), sorted(order[n_test:].tolist())
+    roles = {r: int((pool.roles == r).sum()) for r in np.unique(pool.roles)}
+    print(
+        f"pool: {len(pool.tasks)} tasks ({len(train_tasks)} selectable, {len(test_tasks)} held out), "
+        f"{len(pool.texts)} captions {roles}; budget {args.initial} + {args.rounds} x {args.batch} labels, "
+        f"{args.seeds} seeds, annotator noise {args.noise}",
+        flush=True,
+    )
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name in names}
+    started = time.monotonic()
+    for seed in range(args.seeds):
+        for name in names:
+            curve = run_strategy(
+                pool,
+                STRATEGY_MIXES[name],
+                train_tasks=train_tasks,
+                test_tasks=test_tasks,
+                seed=seed,
+                args=args,
+            )
+            curves[name].append(curve)
+            print(
+                f"seed {seed} {name:>13}: "
+                + " ".join(f"{acc:.3f}" for _, acc in curve)
+                + f"  ({time.monotonic() - started:.0f}s)",
+                flush=True,
+            )
+    labels = [n for n, _ in curves[names[0]][0]]
+    mean = {name: np.mean([[a for _, a in c] for c in runs], axis=0) for name, runs in curves.items()}
+    std = {name: np.std([[a for _, a in c] for c in runs], axis=0) for name, runs in curves.items()}
+    report = {
+        "labels": labels,
+        "mean": {k: v.tolist() for k, v in mean.items()},
+        "std": {k: v.tolist() for k, v in std.items()},
+    }
+    if "random" in mean:
+        target = float(mean["random"][-1])
+        budget = labels[-1]
+        random_first = labels_to_reach(list(zip(labels, mean["random"], strict=True)), target)
+        report["random_final"] = target
+        report["labels_to_reach_random_final"] = {}
+        print(f"\nrandom's final accuracy: {target:.3f} at {budget} labels (first reached at {random_first})")
+        print("\n| strategy | final accuracy | labels to reach random's final | share of random's labels |")
+        print("|---|---|---|---|")
+        for name in names:
+            needed = labels_to_reach(list(zip(labels, mean[name], strict=True)), target)
+            report["labels_to_reach_random_final"][name] = needed
+            share = f"{needed / budget:.0%}" if needed is not None else "not reached"
+            print(
+                f"| {name} | {mean[name][-1]:.3f} ± {std[name][-1]:.3f} | "
+                f"{needed if needed is not None else 'not reached'} | {share} |"
+            )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    plot(labels, mean, std, args, report.get("random_final"))
+    print(f"\nplot: {args.out}; numbers: {args.json}; {time.monotonic() - started:.0f}s in all")
+
+
+def plot(labels, mean, std, args, random_final) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name, values in mean.items():
+        style = {"linewidth": 2.6, "color": "black"} if name == "default mix" else {"linewidth": 1.4}
+        if name == "random":
+            style = {"linewidth": 2.0, "color": "grey", "linestyle": "--"}
+        ax.plot(labels, values, marker="o", markersize=3, label=name, **style)
+        ax.fill_between(labels, values - std[name], values + std[name], alpha=0.08, color=style.get("color"))
+    if random_final is not None:
+        ax.axhline(random_final, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("labels (judged tasks)")
+    ax.set_ylabel("held-out pairwise accuracy vs hidden preference")
+    ax.set_title(f"Active learning on the demo pool ({args.seeds} seeds, annotator noise {args.noise})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -156,6 +156,7 @@
   }
 
   function submit() {
+    if (state.form.classList.contains("is-busy")) return; // a second Enter while saving (the key would dedupe it anyway)
     var missing = firstMissing();
     if (missing) {
       state.focus = missing.p;

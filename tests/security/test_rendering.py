@@ -183,3 +183,30 @@ def test_api_json_escapes_hostile_captions(hostile):
     assert "\x07" not in raw and RLO not in raw  # escaped as \u0007 and \u202e
     assert "\\u0007" in raw and "\\u202e" in raw.lower()
     assert HOSTILE in [c["text"] for c in json.loads(raw)["items"]]
+
+
+# django_celery_beat's periodic-task form carries an inline script (its crontab helper); under the CSP
+# that helper does not run, the form still works. Listed here so a new offender still fails.
+ADMIN_PAGES_WITH_KNOWN_INLINE_SCRIPT = {"django_celery_beat/periodictask/add/"}
+
+
+@pytest.mark.django_db
+def test_admin_pages_satisfy_the_policy():
+    """Django's admin (index, and every registered model's list and add pages) for a superuser."""
+    from django.contrib import admin
+    from django.contrib.auth.models import User
+
+    client = Client()
+    client.force_login(User.objects.create_superuser("csp-root", password="x"))
+    paths = ["/admin/"]
+    for model in admin.site._registry:
+        base = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
+        paths += [base, base + "add/"]
+    problems = {}
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code in {200, 403}, (path, response.status_code)
+        found = audit(response.content.decode()).problems if response.status_code == 200 else []
+        if found and path.removeprefix("/admin/") not in ADMIN_PAGES_WITH_KNOWN_INLINE_SCRIPT:
+            problems[path] = sorted(set(found))
+    assert not problems, problems

@@ -271,7 +271,7 @@ def ranking_normalise(
         for item in tier:
             try:
                 cid = int(item)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise JudgmentError(f"The ranking names {item!r}, which is not a caption.") from None
             if isinstance(item, bool) or cid != item and str(cid) != str(item):
                 raise JudgmentError(f"The ranking names {item!r}, which is not a caption.")
@@ -459,7 +459,7 @@ def _ratings_validate(
                 raise JudgmentError(f"Rate {label} for {name(cid)}; every criterion needs a rating.")
             try:
                 number = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise JudgmentError(f"{label} for {name(cid)} must be a whole number from 1 to 5.") from None
             if (
                 isinstance(value, bool)
@@ -491,7 +491,7 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
     """
     try:
         key = client_key if isinstance(client_key, uuid.UUID) else uuid.UUID(str(client_key))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise JudgmentError(
             "The form is missing its submission key. Reload the page and try again."
         ) from None
@@ -532,7 +532,7 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
             )
             try:
                 duration = max(0, min(int(duration_ms or 0), 2**31 - 1))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 duration = 0
             if not duration:
                 duration = int((now - assignment.created_at).total_seconds() * 1000)

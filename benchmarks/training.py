@@ -188,9 +188,23 @@ def _demo_features(n: int, out_root: Path):
         image_feats = np.stack([feats[i] for i, _, _ in items])
         embed_dim = enc.embed_dim
         np.savez(cache, image=image_feats, text=text_feats, embed_dim=embed_dim)
+    # Identical files (exact duplicate drawings, and SVGs that rasterise to the same blank image) are
+    # one image, as the pool's cleaning would make them: only the first file's captions are kept.
+    first_file = {}
+    for image, _, _ in items:
+        first_file.setdefault(sha_of[image], image)
+    keep = [n for n, (image, _, _) in enumerate(items) if first_file[sha_of[image]] == image]
+    items = [items[n] for n in keep]
     keys = [sha_of[i] for i, _, _ in items]
     qualities = [quality[(sha_of[i], t)] for i, t, _ in items]
-    return items, keys, qualities, image_feats.astype(np.float32), text_feats.astype(np.float32), embed_dim
+    return (
+        items,
+        keys,
+        qualities,
+        image_feats[keep].astype(np.float32),
+        text_feats[keep].astype(np.float32),
+        embed_dim,
+    )
 
 
 def _measure_demo(args: argparse.Namespace, queue) -> None:

@@ -163,3 +163,24 @@ def test_curator_cannot_start_cleaning(client, curator):
         login(client, curator).post(reverse("pool:cleaning_start"), {"min_side": 64, "radius": 6}).status_code
         == 403
     )
+
+
+def test_admin_sees_the_import_and_cleaning_forms(client, admin_user):
+    login(client, admin_user)
+    assert "Start import" in client.get(reverse("pool:imports")).content.decode()
+    assert "Run cleaning" in client.get(reverse("pool:cleaning")).content.decode()
+
+
+def test_pages_have_no_inline_scripts_or_handlers(client, admin_user, imported):
+    login(client, admin_user)
+    image = Image.objects.first()
+    for url in (
+        reverse("pool:browse"),
+        reverse("pool:browse") + "?view=table",
+        reverse("pool:image_detail", args=[image.pk]),
+        reverse("pool:imports"),
+        reverse("pool:import_detail", args=[imported.pk]),
+        reverse("pool:cleaning"),
+    ):
+        body = client.get(url).content.decode()
+        assert "<script>" not in body and " onclick=" not in body and " onload=" not in body, url

@@ -67,7 +67,26 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> li
     return paths
 
 
-WORDS = "a photo of red blue small large dog cat car tree house person beach street food bird boat".split()
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "red",
+    "blue",
+    "small",
+    "large",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "house",
+    "person",
+    "beach",
+    "street",
+    "food",
+    "bird",
+    "boat",
+]
 
 
 def make_captions(n: int, seed: int = 1) -> list[str]:

@@ -112,14 +112,14 @@ def krippendorff_alpha_ordinal(units: Iterable[Iterable]) -> float:
     levels = sorted({v for values in pairable for v in values})
     index = {v: i for i, v in enumerate(levels)}
     k = len(levels)
-    coincidence = np.zeros((k, k))
-    for values in pairable:
-        m_u = len(values)
-        counts = np.zeros(k)
-        for v in values:
-            counts[index[v]] += 1
-        # All ordered pairs of values from different coders, each weighted 1 / (m_u - 1).
-        coincidence += (np.outer(counts, counts) - np.diag(counts)) / (m_u - 1)
+    # Value counts per unit (units x levels), built flat: one Python pass, then numpy.
+    rows = np.repeat(np.arange(len(pairable)), [len(values) for values in pairable])
+    cols = np.fromiter((index[v] for values in pairable for v in values), dtype=np.int64, count=len(rows))
+    counts = np.zeros((len(pairable), k))
+    np.add.at(counts, (rows, cols), 1.0)
+    weights = 1.0 / (counts.sum(axis=1) - 1.0)
+    # All ordered pairs of values from different coders within a unit, each weighted 1 / (m_u - 1).
+    coincidence = (counts * weights[:, None]).T @ counts - np.diag((counts * weights[:, None]).sum(axis=0))
     marginals = coincidence.sum(axis=1)
     n = marginals.sum()
     if k < 2:

@@ -17,6 +17,8 @@ from django.utils import timezone
 from annotate import agreement
 from annotate.models import Assignment, AssignmentStatus, Campaign, Judgment, Task, TaskCaption, TaskStatus
 
+# Agreement statistics of large campaigns read the judgments of this many (latest) tasks.
+STATS_SAMPLE_TASKS = 2000
 # An annotator is flagged for low gold accuracy only once this many gold judgments exist: one unlucky
 # gold task is not evidence.
 MIN_GOLD_FOR_FLAG = 3
@@ -91,11 +93,13 @@ def task_view(*, assignment: Assignment) -> TaskView:
     return TaskView(assignment=assignment, task=task, captions=captions, criteria=task.campaign.criteria)
 
 
-def _judgments_by_task(campaign: Campaign) -> dict[int, list[Judgment]]:
+def _judgments_by_task(campaign: Campaign, task_ids: list[int] | None = None) -> dict[int, list[Judgment]]:
     grouped: dict[int, list[Judgment]] = defaultdict(list)
+    judgments = Judgment.objects.filter(task__campaign=campaign)
+    if task_ids is not None:
+        judgments = Judgment.objects.filter(task_id__in=task_ids)
     for judgment in (
-        Judgment.objects.filter(task__campaign=campaign)
-        .only("id", "task_id", "user_id", "ranking", "ratings", "duration_ms", "created_at")
+        judgments.only("id", "task_id", "user_id", "ranking", "ratings", "duration_ms", "created_at")
         .order_by("task_id", "id")
         .iterator(chunk_size=5000)
     ):
@@ -118,8 +122,13 @@ def _nan_mean(values) -> float:
     return float(sum(clean) / len(clean)) if clean else float("nan")
 
 
-def annotator_stats(*, campaign: Campaign, by_task: dict[int, list[Judgment]] | None = None) -> list[dict]:
-    """Per annotator: judgments, agreement with the leave-one-out consensus, gold accuracy, median time."""
+def annotator_stats(
+    *, campaign: Campaign, by_task: dict[int, list[Judgment]] | None = None, exact_counts: bool = False
+) -> list[dict]:
+    """Per annotator: judgments, agreement with the leave-one-out consensus, gold accuracy, median time.
+
+    With ``exact_counts`` (``by_task`` is a sample) the judgment counts come from SQL over the campaign.
+    """
     by_task = by_task if by_task is not None else _judgments_by_task(campaign)
     gold = dict(Task.objects.filter(campaign=campaign, is_gold=True).values_list("id", "gold_ranking"))
     loo: dict[int, list[float]] = defaultdict(list)
@@ -135,21 +144,29 @@ def annotator_stats(*, campaign: Campaign, by_task: dict[int, list[Judgment]] | 
                 {j.user_id: j.ranking for j in judgments}
             ).items():
                 loo[user_id].append(tau)
-    names = dict(get_user_model().objects.filter(id__in=list(times)).values_list("id", "username"))
+    counts = {uid: len(ts) for uid, ts in times.items()}
+    if exact_counts:
+        counts = dict(
+            Judgment.objects.filter(task__campaign=campaign)
+            .values_list("user_id")
+            .annotate(n=Count("id"))
+            .values_list("user_id", "n")
+        )
+    names = dict(get_user_model().objects.filter(id__in=list(counts)).values_list("id", "username"))
     rows = []
-    for user_id in sorted(times, key=lambda uid: names.get(uid, "")):
+    for user_id in sorted(counts, key=lambda uid: names.get(uid, "")):
         gold_list = [g for g in gold_scores.get(user_id, []) if not math.isnan(g)]
         gold_accuracy = _nan_mean(gold_list)
         rows.append(
             {
                 "user_id": user_id,
                 "username": names.get(user_id, str(user_id)),
-                "judgments": len(times[user_id]),
+                "judgments": counts[user_id],
                 "loo_agreement": _nan_mean(loo.get(user_id, [])),
                 "gold_judgments": len(gold_list),
                 "gold_accuracy": gold_accuracy,
                 "median_seconds": statistics.median(times[user_id]) / 1000
-                if times[user_id]
+                if times.get(user_id)
                 else float("nan"),
                 "flagged": len(gold_list) >= MIN_GOLD_FOR_FLAG
                 and gold_accuracy < campaign.gold_accuracy_threshold,
@@ -177,9 +194,25 @@ def criterion_alpha(
     return result
 
 
-def campaign_stats(*, campaign: Campaign, days: int = 30) -> dict:
-    """Everything the campaign page shows. Reads every judgment of the campaign once, in chunks."""
-    by_task = _judgments_by_task(campaign)
+def _stats_sample(campaign: Campaign, limit: int) -> tuple[list[int] | None, bool]:
+    """Task ids whose judgments the agreement statistics read: all of them in a small campaign; in a large
+    one the latest ``limit`` tasks with two or more judgments plus every gold task (gold accuracy needs all
+    gold judgments, and there are few)."""
+    overlapping = Task.objects.filter(campaign=campaign, judgment_count__gte=2)
+    if overlapping.count() <= limit:
+        return None, False
+    latest = list(overlapping.order_by("-id").values_list("id", flat=True)[:limit])
+    gold = Task.objects.filter(campaign=campaign, is_gold=True, judgment_count__gt=0).values_list(
+        "id", flat=True
+    )
+    return sorted(set(latest) | set(gold)), True
+
+
+def campaign_stats(*, campaign: Campaign, days: int = 30, sample_tasks: int = STATS_SAMPLE_TASKS) -> dict:
+    """Everything the campaign page shows. Counts are exact SQL aggregates; agreement statistics read the
+    judgments of at most ``sample_tasks`` tasks (see ``_stats_sample``) so the page stays fast at any size."""
+    sample_ids, sampled = _stats_sample(campaign, sample_tasks)
+    by_task = _judgments_by_task(campaign, sample_ids)
     task_taus, task_ws = [], []
     for judgments in by_task.values():
         if len(judgments) >= 2:
@@ -209,7 +242,8 @@ def campaign_stats(*, campaign: Campaign, days: int = 30) -> dict:
         "tasks_total": counts["total"],
         "tasks_complete": counts["complete"],
         "tasks_gold": counts["gold"],
-        "judgments": sum(len(js) for js in by_task.values()),
+        "judgments": Judgment.objects.filter(task__campaign=campaign).count(),
+        "sampled": sampled,
         "active_assignments": Assignment.objects.filter(
             task__campaign=campaign, status=AssignmentStatus.ACTIVE, expires_at__gt=timezone.now()
         ).count(),
@@ -217,7 +251,7 @@ def campaign_stats(*, campaign: Campaign, days: int = 30) -> dict:
         "mean_tau": _nan_mean(task_taus),
         "mean_w": _nan_mean(task_ws),
         "alpha": criterion_alpha(campaign=campaign, by_task=by_task),
-        "annotators": annotator_stats(campaign=campaign, by_task=by_task),
+        "annotators": annotator_stats(campaign=campaign, by_task=by_task, exact_counts=sampled),
         "tau_hist_counts": hist_counts,
         "tau_hist_edges": hist_edges,
         "day_labels": day_labels,

@@ -112,3 +112,17 @@ def test_task_agreement_for_two_opposite_rankings(annotators):
     result = selectors.task_agreement(task=task)
     assert result["judgments"] == 2 and result["mean_tau"] == -1.0
     assert Judgment.objects.count() == 2
+
+
+def test_campaign_stats_of_a_large_campaign_use_a_sample_but_exact_counts(annotators):
+    campaign = campaign_with_tasks(images=3, captions_per_image=3, overlap=2)
+    alice, bob = annotators(2)
+    for _ in range(3):
+        _judge(campaign, alice, lambda ids: [[c] for c in ids])
+        _judge(campaign, bob, lambda ids: [[c] for c in ids])
+
+    stats = selectors.campaign_stats(campaign=campaign, sample_tasks=2)
+
+    assert stats["sampled"] and stats["tasks_with_overlap"] == 2
+    assert stats["judgments"] == 6
+    assert [row["judgments"] for row in stats["annotators"]] == [3, 3]

@@ -93,3 +93,12 @@ def test_store_leaves_no_temporary_file_when_writing_fails(tmp_path, monkeypatch
         image_store(data=data, info=info, media_root=tmp_path)
     folder = tmp_path / "images" / info.sha256[:2]
     assert list(folder.iterdir()) == []
+
+
+def test_png_with_a_damaged_chunk_is_rejected():
+    data = bytearray(image_bytes(64, 64, seed=6, fmt="PNG"))
+    idat = data.index(b"IDAT")
+    data[idat + 10] ^= 0xFF  # inside the compressed data: the chunk's CRC no longer matches
+    with pytest.raises(ImageRejected) as exc:
+        image_inspect(bytes(data))
+    assert exc.value.code == "corrupt_image"

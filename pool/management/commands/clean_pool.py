@@ -26,9 +26,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        bar = tqdm(desc="clean", unit="row", disable=options["verbosity"] == 0, file=self.stderr._out)
+        bars: list[tqdm] = []
 
         def progress(done: int, total: int) -> None:
+            # Created on the first report, once the total is known (a failed start prints no bar).
+            if not bars:
+                bars.append(
+                    tqdm(
+                        desc="clean",
+                        unit="row",
+                        total=total or None,
+                        disable=options["verbosity"] == 0,
+                        file=self.stderr._out,
+                    )
+                )
+            bar = bars[0]
             bar.total = total or None
             bar.n = done
             bar.refresh()
@@ -38,7 +50,8 @@ class Command(BaseCommand):
                 min_side=options["min_side"], hamming_radius=options["radius"], progress=progress
             )
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         summary = run.summary
         self.stdout.write(f"Cleaning {run.pk}: {run.status}")
         self.stdout.write("images:   " + ", ".join(f"{k} {v}" for k, v in sorted(summary["images"].items())))

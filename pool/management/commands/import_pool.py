@@ -63,9 +63,21 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=500)
 
     def handle(self, *args, **options):
-        bar = tqdm(desc="import", unit="rec", disable=options["verbosity"] == 0, file=self.stderr._out)
+        bars: list[tqdm] = []
 
         def progress(done: int, total: int) -> None:
+            # Created on the first report, once the total is known (a failed start prints no bar).
+            if not bars:
+                bars.append(
+                    tqdm(
+                        desc="import",
+                        unit="rec",
+                        total=total or None,
+                        disable=options["verbosity"] == 0,
+                        file=self.stderr._out,
+                    )
+                )
+            bar = bars[0]
             bar.total = total or None
             bar.n = done
             bar.refresh()
@@ -84,7 +96,8 @@ class Command(BaseCommand):
         except ImportFailed as exc:
             raise CommandError(str(exc)) from None
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         self.stdout.write(f"Import {run.pk} of {run.source} ({run.format}): {run.status}")
         for line in format_import_summary(run.summary):
             self.stdout.write(line)

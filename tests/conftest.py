@@ -42,7 +42,8 @@ def eager_celery():
 def make_user(username: str, role: str | None, password: str = "pw-for-tests") -> User:
     user = User.objects.create_user(username=username, password=password)
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        # get_or_create: transactional tests flush the tables, the groups the migration made included.
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
 
 

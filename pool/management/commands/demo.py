@@ -93,7 +93,7 @@ class Command(BaseCommand):
                 user.set_password(password)
                 user.is_staff = user.is_superuser = superuser
                 user.save()
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
 
     def _campaign(self, small: bool) -> None:
         from annotate.models import Task

@@ -279,6 +279,44 @@ def annotator_loop(
                     break
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / ticks
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def server_pids(gunicorn_pid: int, database_url: str) -> list[int]:
+    """The gunicorn master and workers, and the PostgreSQL backends serving them (when the cluster's
+    postmaster is a local process we can see): the CPU the server side spends."""
+    from django.db import connection
+
+    pids = [gunicorn_pid, *_children(gunicorn_pid)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids += [row[0] for row in cursor.fetchall()]
+    return pids
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -330,6 +368,12 @@ def main(argv=None) -> dict:
     tally = Tally()
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
+        # Warm every worker's database connection, so the backends exist to be measured.
+        with httpx.Client(base_url=url) as warm:
+            for _ in range(args.workers * args.threads * 2):
+                warm.get("/healthz")
+        measured = server_pids(proc.pid, database_url)
+        cpu_before = _cpu_seconds(measured)
         started = time.monotonic()
         deadline = started + args.duration
         threads = [
@@ -353,6 +397,8 @@ def main(argv=None) -> dict:
         for thread in threads:
             thread.join(timeout=args.duration + 120)
         elapsed = time.monotonic() - started
+        measured = sorted(set(measured) | set(server_pids(proc.pid, database_url)))
+        server_cpu = _cpu_seconds(measured) - cpu_before
     finally:
         gunicorn_stop(proc)
     every = tally.latencies["next-task"] + tally.latencies["judgment"]
@@ -374,6 +420,9 @@ def main(argv=None) -> dict:
             }
             for kind, v in (("all", every), *tally.latencies.items())
         },
+        # CPU the server side (gunicorn + its PostgreSQL backends) spent per request: what bounds the
+        # throughput of an otherwise idle machine (cores / this), whatever else shares it.
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, len(every)), 1),
         "errors": len(tally.errors),
         "error_samples": tally.errors[:10],
         "annotators_who_emptied_the_queue": tally.empty_queue,

@@ -338,7 +338,7 @@ def main() -> None:
         f"""### Pool import ({vendor}, {cpu} cores, load average {load:.1f} at the end)
 
 Generated Parquet table: {args.pairs:,} pairs over {args.pairs // args.captions_per_image:,} JPEGs of 64x64 \
-({args.captions_per_image} caption(s) per image{", like COCO" if args.captions_per_image == 5 else ""}). Every image is validated (verify + full decode), \
+({args.captions_per_image} caption(s) per image{", like COCO" if args.captions_per_image == 5 else ""}). Every image is validated (full decode, plus `verify()` for formats that have a structural check such as PNG), \
 hashed (sha256 + pHash) and stored content-addressed by both importers; the files are read once beforehand so \
 both read from the page cache.
 

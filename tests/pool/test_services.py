@@ -335,3 +335,21 @@ def test_import_then_clean_end_to_end(tmp_path):
         "c": "low_res",
     }
     assert Caption.objects.get(image__source_key="a").status == "duplicate"
+
+
+def test_a_cancelled_import_stops_after_the_current_batch(tmp_path):
+    from pool.models import ImportRun
+
+    write_images(tmp_path, 4)
+    for i in range(4):
+        (tmp_path / f"img{i}.txt").write_text(f"caption {i}", encoding="utf-8")
+    run = ImportRun.objects.create(source=str(tmp_path), format="folder")
+
+    def cancel(done, total):
+        ImportRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
+
+    pool_import(source=str(tmp_path), batch_size=1, run=run, progress=cancel)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.finished_at is not None
+    assert Image.objects.count() == 1
+    assert run.summary["images_imported"] == 1

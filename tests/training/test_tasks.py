@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 
 import pytest
+from django.db import connection, connections
 
 from pool.models import RunStatus
 from training.models import RewardModel, TrainingRun
-from training.services import TrainingBusy, training_lock
+from training.services import _LOCK_KEY, TrainingBusy, training_lock
 from training.tasks import training_run_execute
 from training.train import TrainConfig
 
@@ -48,14 +50,27 @@ def test_task_finishes_a_run_registered_before_its_worker_died(judged):
 
 
 def test_task_leaves_the_run_queued_while_another_training_runs(judged):
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        pytest.skip("the advisory lock is re-entrant within one session; covered in test_services")
     run = _run(judged)
     # Called directly (not from a worker), Celery's retry raises the reason instead of rescheduling.
-    with training_lock(), pytest.raises(TrainingBusy):
+    with _lock_held_elsewhere(), pytest.raises(TrainingBusy):
         training_run_execute(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED and "another training" in run.log
     assert not RewardModel.objects.exists()
+
+
+@contextlib.contextmanager
+def _lock_held_elsewhere():
+    """The training lock held by someone else: another session on PostgreSQL (an advisory lock is
+    re-entrant within one session), another open file on SQLite."""
+    if connection.vendor != "postgresql":
+        with training_lock():
+            yield
+        return
+    other = connections.create_connection("default")
+    with other.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+    try:
+        yield
+    finally:
+        other.close()

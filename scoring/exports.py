@@ -39,10 +39,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
-from pool.models import Caption, RunStatus
-from scoring.filtering import filter_run_kept_ids, stream_rows
+from pool.models import Caption, Image, RunStatus
+from scoring.filtering import filter_run_kept_ids
 from scoring.models import Export, FilterRun, Score
 
 logger = logging.getLogger(__name__)
@@ -72,21 +73,9 @@ PARQUET_SCHEMA = pa.schema(
         ("reward", pa.float64()),
         ("clipscore", pa.float64()),
         ("cosine", pa.float64()),
-        ("criteria", pa.map_(pa.string(), pa.float64())),
+        # JSON object text ({"accuracy": 3.2, ...}): criteria differ between reward models.
+        ("criteria", pa.string()),
     ]
-)
-CAPTION_FIELDS = (
-    "id",
-    "image_id",
-    "text",
-    "text_sha256",
-    "source",
-    "decision",
-    "image__sha256",
-    "image__file",
-    "image__format",
-    "image__width",
-    "image__height",
 )
 EXTENSIONS = {
     "jpeg": "jpg",
@@ -118,55 +107,108 @@ def uid_halves(uid: str) -> tuple[int, int]:
 # --- reading the kept pairs ----------------------------------------------------------------------
 
 
-def _criteria(value) -> dict | None:
-    if value is None:
-        return None
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[dict]]:
-    """The kept pairs of ``filter_run`` in caption-id order, ``chunk`` at a time, with their scores."""
-    ids = filter_run_kept_ids(run=filter_run)
-    media_root = Path(settings.MEDIA_ROOT)
+def _fill_kept_table(cursor, table: str, ids, vendor: str, chunk: int) -> None:
+    """The kept ids into a temporary table, a chunk at a time (COPY on PostgreSQL)."""
+    cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    cursor.execute(f"CREATE TEMPORARY TABLE {table} (id bigint PRIMARY KEY)")
     for start in range(0, len(ids), chunk):
-        batch = ids[start : start + chunk].tolist()
-        scores = {
-            row[0]: row
-            for rows in stream_rows(
-                Score.objects.filter(
-                    encoder=filter_run.encoder,
-                    reward_model_version=filter_run.reward_model_version,
-                    caption_id__in=batch,
-                ).order_by(),
-                ("caption_id", "reward", "clipscore", "cosine", "criteria"),
-            )
-            for row in rows
+        part = ids[start : start + chunk]
+        if vendor == "postgresql":
+            with cursor.copy(f"COPY {table} (id) FROM STDIN") as copy:
+                copy.write("\n".join(map(str, part.tolist())) + "\n")
+        else:
+            cursor.executemany(f"INSERT INTO {table} (id) VALUES (%s)", [(int(i),) for i in part])
+    cursor.execute(f"ANALYZE {table}")
+
+
+PAIR_COLUMNS = (
+    "caption_id",
+    "image_id",
+    "caption",
+    "text_sha256",
+    "source",
+    "decision",
+    "image_sha256",
+    "image_file",
+    "image_format",
+    "width",
+    "height",
+    "reward",
+    "clipscore",
+    "cosine",
+    "criteria",
+)
+
+
+def _criteria_texts(values) -> list[str | None]:
+    return [
+        None
+        if v is None
+        else v.decode()
+        if isinstance(v, bytes)
+        else v
+        if isinstance(v, str)
+        else json.dumps(v)
+        for v in values
+    ]
+
+
+def pair_records(rows: list[tuple]) -> list[dict]:
+    """Rows of ``pair_batches`` as dicts, criteria parsed (one JSON parse per chunk, not per row)."""
+    prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
+    texts = _criteria_texts(r[14] for r in rows)
+    criteria = json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]")
+    return [
+        {
+            "uid": f"{r[6][:16]}{r[3][:16]}",
+            "caption_id": r[0],
+            "image_id": r[1],
+            "image_sha256": r[6],
+            "image_path": prefix + r[7],
+            "image_file": r[7],
+            "image_format": r[8],
+            "width": r[9],
+            "height": r[10],
+            "caption": r[2],
+            "source": r[4],
+            "decision": r[5],
+            "reward": r[11],
+            "clipscore": r[12],
+            "cosine": r[13],
+            "criteria": crit,
         }
-        records = []
-        for rows in stream_rows(Caption.objects.filter(id__in=batch).order_by("id"), CAPTION_FIELDS):
-            for cid, image_id, text, text_sha, source, decision, image_sha, file, fmt, width, height in rows:
-                score = scores.get(cid)
-                records.append(
-                    {
-                        "uid": pair_uid(image_sha, text_sha),
-                        "caption_id": cid,
-                        "image_id": image_id,
-                        "image_sha256": image_sha,
-                        "image_path": str(media_root / file),
-                        "image_file": file,
-                        "image_format": fmt,
-                        "width": width,
-                        "height": height,
-                        "caption": text,
-                        "source": source,
-                        "decision": decision,
-                        "reward": score[1] if score else None,
-                        "clipscore": score[2] if score else None,
-                        "cosine": score[3] if score else None,
-                        "criteria": _criteria(score[4]) if score else None,
-                    }
-                )
-        yield records
+        for r, crit in zip(rows, criteria, strict=True)
+    ]
+
+
+def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[tuple]]:
+    """The kept pairs of ``filter_run`` in caption-id order, ``chunk`` rows at a time (``PAIR_COLUMNS``).
+
+    The kept ids go into a temporary table and one join query is streamed through a server-side
+    cursor: per-chunk ``IN`` lists would make the database hash-join the whole score table once per
+    chunk, which is quadratic in the pool size.
+    """
+    ids = filter_run_kept_ids(run=filter_run)
+    table = f"loupe_export_kept_{uuid.uuid4().hex[:12]}"
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        _fill_kept_table(cursor, table, ids, vendor, chunk)
+    sql = (
+        "SELECT c.id, c.image_id, c.text, c.text_sha256, c.source, c.decision, i.sha256, i.file, i.format, "
+        "i.width, i.height, s.reward, s.clipscore, s.cosine, s.criteria "
+        f"FROM {table} k JOIN {Caption._meta.db_table} c ON c.id = k.id "
+        f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
+        f"LEFT JOIN {Score._meta.db_table} s ON s.caption_id = c.id AND s.encoder = %s "
+        "AND s.reward_model_version = %s ORDER BY c.id"
+    )
+    try:
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(sql, [filter_run.encoder, filter_run.reward_model_version])
+            while rows := cursor.fetchmany(chunk):
+                yield rows
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 # --- writers -------------------------------------------------------------------------------------
@@ -174,11 +216,32 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
 
 def _write_parquet(directory: Path, batches, progress) -> dict:
     rows = 0
+    prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
     with pq.ParquetWriter(directory / "pairs.parquet", PARQUET_SCHEMA, compression="zstd") as writer:
         for batch in batches:
-            columns = {name: [record[name] for record in batch] for name in PARQUET_SCHEMA.names}
-            columns["criteria"] = [list(c.items()) if c else None for c in columns["criteria"]]
-            writer.write_table(pa.table(columns, schema=PARQUET_SCHEMA))
+            # Columns straight from the row tuples: no dict per pair on the hot path.
+            (cid, image_id, text, text_sha, source, decision, image_sha, file, _fmt, width, height,
+             reward, clipscore, cosine, criteria) = zip(*batch, strict=True)  # fmt: skip
+            columns = {
+                "uid": [f"{a[:16]}{b[:16]}" for a, b in zip(image_sha, text_sha, strict=True)],
+                "caption_id": cid,
+                "image_id": image_id,
+                "image_sha256": image_sha,
+                "image_path": [prefix + f for f in file],
+                "image_file": file,
+                "width": width,
+                "height": height,
+                "caption": text,
+                "source": source,
+                "decision": decision,
+                "reward": reward,
+                "clipscore": clipscore,
+                "cosine": cosine,
+                "criteria": _criteria_texts(criteria),
+            }
+            writer.write_table(
+                pa.table({k: pa.array(v, type=PARQUET_SCHEMA.field(k).type) for k, v in columns.items()})
+            )
             rows += len(batch)
             progress(len(batch))
     return {"pairs": rows}
@@ -192,7 +255,9 @@ def _write_jsonl(directory: Path, batches, progress) -> dict:
     rows = 0
     with open(directory / "pairs.jsonl", "w", encoding="utf-8") as handle:
         for batch in batches:
-            handle.writelines(json.dumps(_json_record(r), ensure_ascii=False) + "\n" for r in batch)
+            handle.writelines(
+                json.dumps(_json_record(r), ensure_ascii=False) + "\n" for r in pair_records(batch)
+            )
             rows += len(batch)
             progress(len(batch))
     return {"pairs": rows}
@@ -203,7 +268,7 @@ def _write_npy(directory: Path, batches, progress, total: int) -> dict:
     uids = np.lib.format.open_memmap(directory / "uids.npy", mode="w+", dtype=UID_DTYPE, shape=(total,))
     rows = 0
     for batch in batches:
-        for record in batch:
+        for record in pair_records(batch):
             uids[rows] = uid_halves(record["uid"])
             rows += 1
         progress(len(batch))
@@ -232,7 +297,7 @@ def _write_webdataset(directory: Path, batches, progress, shard_size: int) -> di
     tar: tarfile.TarFile | None = None
     try:
         for batch in batches:
-            for record in batch:
+            for record in pair_records(batch):
                 path = Path(record["image_path"])
                 try:
                     image = path.read_bytes()

@@ -150,8 +150,15 @@ def reward_cutoff(*, encoder: str, reward_model_version: int, top_percent: float
     return float(cut[0]), total
 
 
-def _rule_scores(*, encoder: str, reward_model_version: int, rule: FilterRule, cutoff) -> QuerySet[Score]:
-    scores = scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
+def _rule_scores(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, cutoff, usable: bool = True
+) -> QuerySet[Score]:
+    # Inside an EXISTS whose outer query already keeps usable pairs only, the status joins are waste.
+    scores = (
+        scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
+        if usable
+        else Score.objects.filter(encoder=encoder, reward_model_version=reward_model_version)
+    )
     if rule.top_percent is not None:
         if cutoff is None:
             return scores.none()
@@ -189,7 +196,7 @@ def filter_plan(*, encoder: str, reward_model_version: int, rule: FilterRule) ->
         caption=OuterRef("pk"), encoder=encoder, reward_model_version=reward_model_version
     )
     passing = _rule_scores(
-        encoder=encoder, reward_model_version=reward_model_version, rule=rule, cutoff=cutoff
+        encoder=encoder, reward_model_version=reward_model_version, rule=rule, cutoff=cutoff, usable=False
     ).filter(caption=OuterRef("pk"))
     usable = Caption.objects.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
     is_rewrite = Q(source=CaptionSource.REWRITE)

@@ -60,7 +60,7 @@ def test_parquet_export_matches_the_kept_set(run, tmp_path):
         caption = kept[row["uid"]]
         assert row["caption"] == caption.text and row["image_path"] == str(caption.image.path)
         assert row["reward"] == caption.scores.get().reward
-        assert dict(row["criteria"])["completeness"] == 3.0
+        assert json.loads(row["criteria"])["completeness"] == 3.0
 
 
 def test_npy_export_holds_the_sorted_datacomp_uids(run, tmp_path):

@@ -1,4 +1,4 @@
-"""Recompute the curator flags for one scoring: ``manage.py refresh_flags [--encoder E] [--version V]``."""
+"""Recompute the curator flags for one scoring: ``manage.py refresh_flags --encoder E --reward-model-version V``."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--encoder", default=None, help="Encoder name (default: the configured one).")
         parser.add_argument(
-            "--version", type=int, default=None, help="Reward model version (default: active)."
+            "--reward-model-version", type=int, default=None, help="Reward model version (default: active)."
         )
         parser.add_argument("--low-reward-share", type=float, default=0.1)
         parser.add_argument("--disagreement-threshold", type=float, default=DEFAULT_DISAGREEMENT_THRESHOLD)
         parser.add_argument("--agreement-threshold", type=float, default=DEFAULT_AGREEMENT_THRESHOLD)
 
     def handle(self, *args, **options):
-        context = score_context_default(encoder=options["encoder"], reward_model_version=options["version"])
+        context = score_context_default(
+            encoder=options["encoder"], reward_model_version=options["reward_model_version"]
+        )
         counts = flags_refresh(
             encoder=context.encoder,
             reward_model_version=context.reward_model_version,

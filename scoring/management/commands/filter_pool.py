@@ -21,7 +21,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--encoder", default=None)
         parser.add_argument(
-            "--version", type=int, default=None, help="Reward model version (default: active)."
+            "--reward-model-version", type=int, default=None, help="Reward model version (default: active)."
         )
         parser.add_argument("--preset", choices=sorted(PRESETS), default="")
         parser.add_argument("--top-percent", type=float, default=None, help="Keep the best k%% by reward.")
@@ -32,7 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="Run even if the rule keeps nothing or all.")
 
     def handle(self, *args, **options):
-        context = score_context_default(encoder=options["encoder"], reward_model_version=options["version"])
+        context = score_context_default(
+            encoder=options["encoder"], reward_model_version=options["reward_model_version"]
+        )
         data: dict = {"preset": options["preset"], "balance_clusters": options["balance_clusters"]}
         thresholds = {
             "reward_min": options["reward_min"],

@@ -94,6 +94,26 @@ def pool_build(cache_dir: Path, clipart: int) -> dict:
     return out
 
 
+def synthetic_pool_data(n_images: int) -> dict:
+    """The training helper's synthetic pool (training/synthetic.py): a hidden reward that is part
+    image-text agreement, part text style, over random features; quality = sigmoid(reward / std)."""
+    from training.synthetic import synthetic_pool
+
+    pool = synthetic_pool(n_images=n_images, captions_per_image=4, embed_dim=32, image_extra=16, seed=7)
+    row_image = np.repeat(np.arange(n_images), 4)
+    first = np.arange(0, 4 * n_images, 4)
+    hidden = pool.hidden_reward / (pool.hidden_reward.std() or 1.0)
+    return {
+        "image_feats": pool.image_feats[first],
+        "text_feats": pool.text_feats,
+        "row_image": row_image,
+        "row_quality": 1.0 / (1.0 + np.exp(-hidden)),
+        "row_role": np.array(["synthetic"] * len(row_image)),
+        "row_text": np.array([str(c) for c in pool.caption_ids]),
+        "embed_dim": np.array(pool.embed_dim),
+    }
+
+
 class Pool:
     """Tasks = images with two or more candidate captions; a caption's id is its row number."""
 
@@ -193,8 +213,13 @@ def run_strategy(
         curve.append((len(labelled), accuracy(model, pool, test_tasks)))
         if round_index == args.rounds:
             break
-        unlabelled = [t for t in train_tasks if t not in set(labelled)]
-        member = pad_ragged([model_outputs(model, pool, np.array(pool.tasks[t])) for t in unlabelled])
+        taken = set(labelled)
+        unlabelled = [t for t in train_tasks if t not in taken]
+        # One forward over every unlabelled caption, then split back into tasks.
+        rows = np.concatenate([pool.tasks[t] for t in unlabelled])
+        flat = model_outputs(model, pool, rows)
+        bounds = np.cumsum([0] + [len(pool.tasks[t]) for t in unlabelled])
+        member = pad_ragged([flat[:, bounds[i] : bounds[i + 1]] for i in range(len(unlabelled))])
         clip = pad_ragged([_clipscore(pool, pool.tasks[t]) for t in unlabelled])
         embeddings = np.stack(
             [pool.image_feats[pool.task_image[t], : pool.embed_dim] for t in unlabelled + labelled]
@@ -244,7 +269,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clipart", type=int, default=600)
+    parser.add_argument("--pool", choices=["demo", "synthetic"], default="demo")
+    parser.add_argument("--clipart", type=int, default=600, help="Drawings in the demo pool.")
+    parser.add_argument("--images", type=int, default=600, help="Images in the synthetic pool.")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=20)
@@ -260,7 +287,10 @@ def main() -> None:
 
     # One thread: the heads are tiny, and on a shared machine extra OpenMP threads mostly spin.
     torch.set_num_threads(1)
-    pool = Pool(pool_build(ROOT / "var" / "benchmarks", args.clipart))
+    if args.pool == "demo":
+        pool = Pool(pool_build(ROOT / "var" / "benchmarks", args.clipart))
+    else:
+        pool = Pool(synthetic_pool_data(args.images))
     split_rng = np.random.default_rng(12345)
     order = split_rng.permutation(len(pool.tasks))
     n_test = int(0.3 * len(order))
@@ -340,7 +370,9 @@ def plot(labels, mean, std, args, random_final) -> None:
         ax.axhline(random_final, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("labels (judged tasks)")
     ax.set_ylabel("held-out pairwise accuracy vs hidden preference")
-    ax.set_title(f"Active learning on the demo pool ({args.seeds} seeds, annotator noise {args.noise})")
+    ax.set_title(
+        f"Active learning on the {args.pool} pool ({args.seeds} seeds, annotator noise {args.noise})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

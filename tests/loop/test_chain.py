@@ -102,3 +102,20 @@ def test_refused_candidate_skips_rescore_and_flags(judged_campaign, tiny_encoder
     assert "refused by the gate" in second.log and "skipped: no new model to score with" in second.log
     assert RewardModel.objects.get(status=ModelStatus.ACTIVE).pk == first.params["candidate_id"]
     assert ScoringRun.objects.count() == 1
+
+
+def test_run_loop_sync_runs_the_chain_in_process(judged_campaign, tiny_encoder):
+    out = io.StringIO()
+    call_command("run_loop", campaign=judged_campaign.name, top_percent=40, sync=True, stdout=out)
+    run = LoopRun.objects.get()
+    assert run.status == RunStatus.SUCCEEDED, run.error + run.log
+    assert f"Loop run {run.pk} succeeded after step 'filter'" in out.getvalue()
+    assert FilterRun.objects.get().rule["top_percent"] == 40
+
+
+def test_run_loop_is_refused_while_a_chain_is_queued(judged_campaign):
+    from django.core.management import CommandError
+
+    loop_start(campaign=judged_campaign, enqueue=False)
+    with pytest.raises(CommandError, match="already queued"):
+        call_command("run_loop", campaign=judged_campaign.name, sync=True, stdout=io.StringIO())

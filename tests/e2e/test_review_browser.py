@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.urls import reverse
+from playwright.sync_api import expect
 
 from annotate.flags import flags_refresh
 from annotate.models import Review
@@ -32,7 +33,7 @@ def test_curator_reviews_three_flagged_pairs_by_keyboard(
     items = page.locator(".review-item:not(.decided)")
     assert items.count() == 3
     assert page.locator(".review-legend").is_visible()
-    page.wait_for_function("document.querySelector('.review-item.current') !== null")
+    page.wait_for_selector(".review-item.current")
     page.screenshot(path=str(artifacts_dir / "review-queue.png"), full_page=True)
 
     page.keyboard.press("a")  # accept the first pair
@@ -55,3 +56,22 @@ def test_curator_reviews_three_flagged_pairs_by_keyboard(
     assert rewrite.source == "rewrite" and rewrite.text.startswith("a pale photo of pair two")
     assert Caption.objects.get(pk=third.id).text == third.text
     assert Review.objects.filter(reviewer__username="carl").count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_filter_preview_follows_the_form_and_a_run_is_listed(
+    page, live_server, browser_login, artifacts_dir, settings, eager_celery
+):
+    settings.LOUPE_DEFAULT_ENCODER = ENCODER
+    make_scored_pool(40, images=20)
+    make_user("ada", "admin")
+    reverse("filters:index")
+    browser_login("ada")
+    page.goto(f"{live_server.url}/scoring/filters/")
+    assert page.locator("#preview-kept").inner_text() == "12"
+    page.fill("input[name=top_percent]", "50")
+    expect(page.locator("#preview-kept")).to_have_text("20")
+    assert page.locator("#preview svg line.cut").count() == 1
+    page.click("text=Run filter")
+    page.wait_for_selector(".runs-table td.num >> text=20")
+    page.screenshot(path=str(artifacts_dir / "filters.png"), full_page=True)

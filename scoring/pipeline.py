@@ -40,6 +40,14 @@ class _Item:
     raw: torch.Tensor | None = None  # uint8 JPEG bytes, decoded on the GPU
     error: str = ""
 
+    def pin_memory(self) -> _Item:
+        # DataLoader(pin_memory=True) calls this on custom batch elements; without it nothing is pinned.
+        if self.crop is not None:
+            self.crop = self.crop.pin_memory()
+        if self.raw is not None:
+            self.raw = self.raw.pin_memory()
+        return self
+
 
 class ImageFiles(Dataset):
     def __init__(self, paths: list[str], preprocess: ImagePreprocess, gpu_jpeg: bool = False):

@@ -140,7 +140,9 @@ def test_skipped_steps_record_progress(campaign):
 @pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="advisory locks: needs PostgreSQL"
 )
-@pytest.mark.django_db(transaction=True)
+# serialized_rollback: the flush after a transactional test would otherwise drop the role groups
+# that the migrations created, for every test that runs after this one.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_concurrent_starts_make_exactly_one_chain():
     from tests.annotate.factories import campaign_with_tasks
 

@@ -34,7 +34,8 @@ from training.simulate import (
 
 
 def simulated_users(count: int) -> list[User]:
-    group = Group.objects.get(name="annotator")
+    # The role groups come from a migration; get_or_create also copes with a flushed test database.
+    group, _ = Group.objects.get_or_create(name="annotator")
     users = []
     for index in range(1, count + 1):
         user, created = User.objects.get_or_create(

@@ -77,3 +77,11 @@ def test_a_suggestion_is_stored_for_the_web_process_to_read(caption, settings):
     result = rewrite_suggest(caption=caption)
     assert rewrite_suggestion_get(caption_id=caption.id)["text"] == result["text"] != caption.text
     assert result["generator"] == "template"
+
+
+@pytest.mark.system
+def test_the_template_uses_the_encoders_content_labels_when_it_can_run(caption, settings):
+    settings.LOUPE_DEFAULT_ENCODER = "offline:effnet-minilm"
+    text, origin = template_suggestion(caption=caption)
+    assert origin == "encoder content labels"
+    assert text.startswith("a picture of a cat, with ") and len(text) > len("a picture of a cat, with ")

@@ -158,6 +158,18 @@ LOUPE_MIN_IMAGE_SIDE = int(os.environ.get("LOUPE_MIN_IMAGE_SIDE", "64"))
 # API always requires one.
 LOUPE_IMPORT_ROOTS = env_list("LOUPE_IMPORT_ROOTS", "")
 
+# --- Reward model -------------------------------------------------------------------------------
+# A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus
+# this: a small tolerance keeps retrains on slightly different splits from flapping.
+LOUPE_GATE_TOLERANCE = float(os.environ.get("LOUPE_GATE_TOLERANCE", "0.01"))
+# Fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
+LOUPE_REWARD_MIN_JUDGMENTS = int(os.environ.get("LOUPE_REWARD_MIN_JUDGMENTS", "30"))
+# Shares of images (never of pairs) held out for early stopping and for the evaluation report.
+LOUPE_REWARD_VALIDATION_FRACTION = float(os.environ.get("LOUPE_REWARD_VALIDATION_FRACTION", "0.1"))
+LOUPE_REWARD_TEST_FRACTION = float(os.environ.get("LOUPE_REWARD_TEST_FRACTION", "0.2"))
+# A local transformers model for caption rewrite suggestions; unset = the label-expansion template.
+LOUPE_REWRITE_MODEL_DIR = os.environ.get("LOUPE_REWRITE_MODEL_DIR") or None
+
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
 
 # --- Celery -------------------------------------------------------------------------------------

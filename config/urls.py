@@ -17,6 +17,7 @@ urlpatterns = [
     path("scoring/", include("scoring.urls")),
     path("models/", include("training.urls")),
     path("console/", include("training.console_urls")),
+    path("accounts/", include("accounts.urls")),
     path("api/", api.urls),
     path("admin/", admin.site.urls),
     # Media behind login: pool images are not public. Production serves them the same way (or via

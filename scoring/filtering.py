@@ -333,13 +333,8 @@ def _warning(considered: int, kept: int) -> str:
 
 def _balanced_ids(plan: FilterPlan, target: int, clusters: int) -> tuple[np.ndarray | None, str]:
     """Pick ``target`` pairs spread evenly over k-means clusters of image embeddings, or explain why not."""
-    try:
-        from scoring.services import caption_features
-    except ImportError:
-        return (
-            None,
-            "Cluster balancing skipped: the embedding cache (scoring.services.caption_features) is not available.",
-        )
+    from scoring.services import caption_features
+
     thresholds = FilterRule(**{**plan.rule.to_dict(), "top_percent": None, "balance_clusters": 0})
     eligible = _rule_scores(
         encoder=plan.encoder, reward_model_version=plan.reward_model_version, rule=thresholds, cutoff=None

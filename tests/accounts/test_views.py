@@ -8,7 +8,7 @@ from accounts.models import ApiToken
 from accounts.services import api_token_create, api_token_user
 from tests.conftest import make_user
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.accounts.urls")]
+pytestmark = [pytest.mark.django_db]
 
 
 def test_token_page_needs_login(client):

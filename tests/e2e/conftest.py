@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import config.urls  # noqa: F401 - load views (and torch) before the live server's first request times out
+
 # Playwright's sync API runs an event loop in this thread; the ORM calls in the tests are still
 # synchronous and safe, so let Django allow them.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -156,12 +156,6 @@ def test_hostile_captions_render_escaped_on_every_page(hostile, role):
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known: pool and review pages print caption text without bidi isolation, so a right-to-left "
-    "override can make a caption read differently from what is stored. Fix: wrap caption text in <bdi> "
-    "(or dir=auto) in the templates, then remove this marker.",
-)
 def test_bidi_overrides_in_captions_are_isolated(hostile):
     unisolated = {}
     for role in (ANNOTATOR, ADMIN):

@@ -8,7 +8,7 @@ command -v chromium >/dev/null || want+=(chromium)
 command -v redis-server >/dev/null || want+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 [ -d /usr/share/openclipart/svg ] || want+=(openclipart-svg)
-ldconfig -p | grep -q libcairo.so.2 || want+=(libcairo2)
+ldconfig -p | grep libcairo.so.2 >/dev/null || want+=(libcairo2)  # not grep -q: pipefail + SIGPIPE
 if [ ${#want[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "Missing system packages: ${want[*]}. Install them (apt-get install ${want[*]}) and retry." >&2

@@ -15,7 +15,7 @@ echo "== ruff"
 uv run --no-sync ruff check .
 uv run --no-sync ruff format --check .
 
-echo "== docs/issue-free settings check"
+echo "== Django system checks, migrations up to date"
 LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync python manage.py check
 LOUPE_DATA_DIR="$(mktemp -d)" uv run --no-sync python manage.py makemigrations --check --dry-run >/dev/null
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from tqdm import tqdm
 
+from pool.progress import ProgressBar
 from pool.services import pool_clean
 
 
@@ -26,32 +26,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        bars: list[tqdm] = []
-
-        def progress(done: int, total: int) -> None:
-            # Created on the first report, once the total is known (a failed start prints no bar).
-            if not bars:
-                bars.append(
-                    tqdm(
-                        desc="clean",
-                        unit="row",
-                        total=total or None,
-                        disable=options["verbosity"] == 0,
-                        file=self.stderr._out,
-                    )
-                )
-            bar = bars[0]
-            bar.total = total or None
-            bar.n = done
-            bar.refresh()
-
+        progress = ProgressBar("clean", "row", stream=self.stderr._out, disable=options["verbosity"] == 0)
         try:
             run = pool_clean(
                 min_side=options["min_side"], hamming_radius=options["radius"], progress=progress
             )
         finally:
-            for bar in bars:
-                bar.close()
+            progress.close()
         summary = run.summary
         self.stdout.write(f"Cleaning {run.pk}: {run.status}")
         self.stdout.write("images:   " + ", ".join(f"{k} {v}" for k, v in sorted(summary["images"].items())))

@@ -13,9 +13,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from tqdm import tqdm
 
 from pool.demo import demo_source_build
+from pool.progress import ProgressBar
 
 DEMO_USERS = [
     # (username, password, role, superuser)
@@ -58,15 +58,9 @@ class Command(BaseCommand):
 
         limit = clipart if clipart is not None else (130 if small else 1500)
         source_dir = Path(settings.DATA_DIR) / "demo-source"
-        bar = tqdm(total=limit, desc="Rasterising clip art", unit="img")
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+        progress = ProgressBar("Rasterising clip art", "img")
         built = demo_source_build(out_dir=source_dir, clipart_limit=limit, progress=progress)
-        bar.close()
+        progress.close()
         self.stdout.write(
             f"Demo source: {built['images']} images ({built['rasterise_failed']} SVGs could not be rasterised)"
         )

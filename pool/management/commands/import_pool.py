@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
+from pool.progress import ProgressBar
 from pool.readers import FORMATS
 from pool.services import ImportFailed, pool_import
 
@@ -63,25 +63,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=500)
 
     def handle(self, *args, **options):
-        bars: list[tqdm] = []
-
-        def progress(done: int, total: int) -> None:
-            # Created on the first report, once the total is known (a failed start prints no bar).
-            if not bars:
-                bars.append(
-                    tqdm(
-                        desc="import",
-                        unit="rec",
-                        total=total or None,
-                        disable=options["verbosity"] == 0,
-                        file=self.stderr._out,
-                    )
-                )
-            bar = bars[0]
-            bar.total = total or None
-            bar.n = done
-            bar.refresh()
-
+        progress = ProgressBar("import", "rec", stream=self.stderr._out, disable=options["verbosity"] == 0)
         try:
             run = pool_import(
                 source=options["source"],
@@ -96,8 +78,7 @@ class Command(BaseCommand):
         except ImportFailed as exc:
             raise CommandError(str(exc)) from None
         finally:
-            for bar in bars:
-                bar.close()
+            progress.close()
         self.stdout.write(f"Import {run.pk} of {run.source} ({run.format}): {run.status}")
         for line in format_import_summary(run.summary):
             self.stdout.write(line)

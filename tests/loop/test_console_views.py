@@ -52,7 +52,7 @@ def test_dashboard_shows_pool_counts_judgments_chart_and_the_form(client, admin_
 
 
 def test_jobs_page_lists_every_run_type_newest_first_with_progress(client, admin_user, campaign):
-    ImportRun.objects.create(source="/data/a.csv", format="csv")
+    imported = ImportRun.objects.create(source="/data/a.csv", format="csv")
     CleaningRun.objects.create()
     ScoringRun.objects.create(encoder="offline:effnet-minilm", total=10, done=4, status=RunStatus.RUNNING)
     FilterRun.objects.create(encoder="offline:effnet-minilm", status=RunStatus.FAILED, error="no scores")
@@ -62,7 +62,8 @@ def test_jobs_page_lists_every_run_type_newest_first_with_progress(client, admin
     html = client.get(reverse("console:jobs")).content.decode()
     for label in ("Import", "Cleaning", "Scoring", "Filter", "Training", "Loop"):
         assert f">{label}</span>" in html
-    assert html.index(f"Loop {loop.pk}") < html.index("Import 1") or "Import" in html
+    # Newest first: the loop run was created last, the import first.
+    assert html.index(f"Loop {loop.pk}") < html.index(f"Import {imported.pk}")
     assert reverse("console:job_progress", args=["scoring", ScoringRun.objects.get().pk]) in html
     assert "no scores" in html
 

@@ -509,6 +509,10 @@ def _row_record(
         except UnicodeEncodeError:
             yield Skip(file, line, "not_utf8", "image path is not valid UTF-8")
             return
+        if "\x00" in key:
+            # No file system accepts a NUL in a path; os calls would raise instead of answering.
+            yield Skip(file, line, "bad_path", "image path contains a NUL character")
+            return
         if re.match(r"^[a-z][a-z0-9+.-]*://", key, re.I):
             yield Skip(
                 file, line, "remote_url", f"{key[:200]} is a URL; download it first (e.g. with img2dataset)"

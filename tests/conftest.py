@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +170,65 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25, message:
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+# --- Browser: Playwright driving Debian's Chromium (never `playwright install`) -----------------------
+CHROMIUM = os.environ.get("LOUPE_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(os.environ.get("LOUPE_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium for the whole session (a second sync Playwright in the same thread is refused)."""
+    from playwright.sync_api import sync_playwright
+
+    import config.urls  # noqa: F401 - views (and torch) load now, not in the live server's first request
+
+    # Playwright's sync API runs an event loop in this thread; the tests' ORM calls are still
+    # synchronous and safe, so let Django allow them.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/system-deps.sh)")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def browser_login(page, live_server):
+    """Log a user in through the real login form: ``browser_login("anna", "pw-for-tests")``."""
+
+    def login(username: str, password: str = "pw-for-tests"):
+        page.goto(f"{live_server.url}/login/")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        return page
+
+    return login

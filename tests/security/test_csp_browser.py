@@ -6,17 +6,13 @@ styles, dynamically created elements). Marked e2e: it runs with the browser test
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import pytest
 
 from tests.annotate.factories import campaign_with_tasks
 from tests.conftest import make_user
-from tests.e2e.conftest import browser, browser_login, page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 PAGES = [
     "/",
@@ -33,7 +29,7 @@ PAGES = [
 ]
 
 
-def test_pages_raise_no_csp_violations(page, browser_login, live_server):  # noqa: F811
+def test_pages_raise_no_csp_violations(page, browser_login, live_server):
     from django.contrib.auth.models import Group
 
     for role in ("annotator", "curator", "admin"):

@@ -18,6 +18,11 @@ start_postgres() {
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U loupe --auth=trust -E UTF8 >/dev/null
   fi
   if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+    if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+      echo "Port $PG_PORT is taken by a PostgreSQL that is not $PG_DATA's (a removed checkout's?)." >&2
+      echo "Stop it, or choose another port with LOUPE_PG_PORT=..." >&2
+      exit 1
+    fi
     # fsync off: a test cluster trades durability for speed; the fault tests restart it cleanly.
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -o \
       "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start >/dev/null

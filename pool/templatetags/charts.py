@@ -15,7 +15,7 @@ from django.utils.safestring import mark_safe
 register = template.Library()
 
 WIDTH, HEIGHT = 640, 240
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 16, 36
+LEFT, RIGHT, TOP, BOTTOM = 48, 12, 26, 36
 
 
 def _fmt(value: float) -> str:
@@ -42,7 +42,8 @@ def _frame(y_min: float, y_max: float, title: str, x_label: str, y_label: str) -
             f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 4}" text-anchor="middle">{escape(x_label)}</text>'
         )
     if y_label:
-        parts.append(f'<text x="12" y="{TOP + 4}" >{escape(y_label)}</text>')
+        # Above the axis, clear of the top tick label.
+        parts.append(f'<text x="{LEFT}" y="{TOP - 12}">{escape(y_label)}</text>')
     return parts
 
 

@@ -12,6 +12,7 @@ from annotate.roles import ADMIN, CURATOR, has_role, role_required
 from pool import selectors, services
 from pool.forms import CleaningForm, ImportForm
 from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun
+from pool.run_views import run_progress_response
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -114,12 +115,7 @@ def import_detail(request, run_id: int):
 @require_GET
 @role_required(CURATOR)
 def import_progress(request, run_id: int):
-    run = get_object_or_404(ImportRun, pk=run_id)
-    return render(
-        request,
-        "partials/progress.html",
-        {"run": run, "poll_url": reverse("pool:import_progress", args=[run.pk])},
-    )
+    return run_progress_response(request, get_object_or_404(ImportRun, pk=run_id))
 
 
 @require_GET
@@ -161,9 +157,4 @@ def cleaning_detail(request, run_id: int):
 @require_GET
 @role_required(CURATOR)
 def cleaning_progress(request, run_id: int):
-    run = get_object_or_404(CleaningRun, pk=run_id)
-    return render(
-        request,
-        "partials/progress.html",
-        {"run": run, "poll_url": reverse("pool:cleaning_progress", args=[run.pk])},
-    )
+    return run_progress_response(request, get_object_or_404(CleaningRun, pk=run_id))

@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate.roles import ADMIN, CURATOR, has_role, role_required
+from pool.run_views import run_progress_response
 from scoring import selectors, services
 from scoring.forms import ScoringRunForm
 from scoring.models import ScoringRun
@@ -92,12 +93,7 @@ def scoring_run_detail(request, run_id: int):
 @require_GET
 @role_required(CURATOR)
 def scoring_run_progress(request, run_id: int):
-    run = get_object_or_404(ScoringRun, pk=run_id)
-    return render(
-        request,
-        "partials/progress.html",
-        {"run": run, "poll_url": reverse("scoring:run_progress", args=[run.pk])},
-    )
+    return run_progress_response(request, get_object_or_404(ScoringRun, pk=run_id))
 
 
 @require_POST

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate.models import Campaign, Flag, Judgment, Task
 from annotate.roles import ADMIN, role_required
 from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun, RunStatus
+from pool.run_views import run_progress_response
 from scoring.models import Export, FilterRun, ScoringRun
 from training.loop import (
     STEPS,
@@ -446,9 +447,7 @@ def _loop_children(run: LoopRun) -> list:
 @require_GET
 @role_required(ADMIN)
 def job_progress(request, kind: str, run_id: int):
-    run = _run_get(kind, run_id)
-    poll_url = reverse("console:job_progress", args=[kind, run.pk])
-    return render(request, "partials/progress.html", {"run": run, "poll_url": poll_url})
+    return run_progress_response(request, _run_get(kind, run_id))
 
 
 @require_POST

@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate.roles import ADMIN, role_required
+from pool.run_views import run_progress_response
 from training import selectors
 from training.forms import RollbackForm, TrainingStartForm
 from training.models import TrainingRun
@@ -120,5 +121,4 @@ def training_start(request: HttpRequest) -> HttpResponse:
 @require_GET
 @role_required(ADMIN)
 def training_run_progress(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(TrainingRun, pk=pk)
-    return render(request, "partials/progress.html", {"run": run, "poll_url": request.path})
+    return run_progress_response(request, get_object_or_404(TrainingRun, pk=pk))

@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.pg import recreate_database  # noqa: E402 - needs the repository on sys.path
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -42,16 +44,6 @@ def _percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def _recreate_database(server_url: str, name: str) -> str:
-    import psycopg
-
-    base = server_url.rsplit("/", 1)[0]
-    with psycopg.connect(server_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
 
 
 def _insert_select(model, exprs: dict[str, str], from_sql: str) -> int:
@@ -357,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.server_url.startswith(("postgres://", "postgresql://")):
         parser.error("the benchmark needs PostgreSQL: pass --server-url postgres://... or set DATABASE_URL")
-    os.environ["DATABASE_URL"] = _recreate_database(args.server_url, args.db_name)
+    os.environ["DATABASE_URL"] = recreate_database(args.server_url, args.db_name)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 

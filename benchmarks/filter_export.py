@@ -43,6 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.pg import recreate_database  # noqa: E402 - needs the repository on sys.path
+
 ENCODER = "bench:encoder"
 VERSION = 1
 
@@ -52,16 +55,6 @@ def _setup_django() -> None:
     import django
 
     django.setup()
-
-
-def _recreate_database(server_url: str, name: str) -> str:
-    import psycopg
-
-    base = server_url.rsplit("/", 1)[0]
-    with psycopg.connect(server_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
 
 
 def _insert_select(model, exprs: dict[str, str], from_sql: str) -> int:
@@ -315,7 +308,7 @@ def main() -> None:
     if not args.server_url.startswith("postgres"):
         parser.error("the benchmark needs PostgreSQL: pass --server-url postgres://... or set DATABASE_URL")
     scratch = Path(tempfile.mkdtemp(prefix="loupe-bench-export-"))
-    os.environ["DATABASE_URL"] = _recreate_database(args.server_url, args.db_name)
+    os.environ["DATABASE_URL"] = recreate_database(args.server_url, args.db_name)
     os.environ["LOUPE_DATA_DIR"] = str(scratch / "data")
     os.environ["LOUPE_MEDIA_ROOT"] = str(scratch / "media")
     os.environ["LOUPE_EXPORT_DIR"] = str(scratch / "exports")

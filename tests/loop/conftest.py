@@ -28,3 +28,22 @@ def write_truth_table(directory) -> str:
     path = directory / "truth.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def simulate_judgments(campaign, directory, *, judgments: int = 80) -> None:
+    """Two simulated annotators judge ``campaign`` through the real services (quietly, seeded)."""
+    import io
+
+    from django.core.management import call_command
+
+    call_command(
+        "simulate_annotators",
+        campaign=campaign.name,
+        annotators=2,
+        judgments=judgments,
+        noise=0.05,
+        seed=0,
+        truth=write_truth_table(directory),
+        no_progress=True,
+        stdout=io.StringIO(),
+    )

@@ -12,7 +12,7 @@ from pool.models import RunStatus
 from scoring.active_model import active_model_get
 from scoring.models import FilterRun, Score, ScoringRun
 from tests.annotate.factories import campaign_with_tasks
-from tests.loop.conftest import write_truth_table
+from tests.loop.conftest import simulate_judgments
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
 from training.loop import loop_run_inline, loop_start
 from training.models import LoopRun, ModelStatus, RewardModel, TrainingRun
@@ -30,17 +30,7 @@ def tiny_encoder(settings, tmp_path_factory):
 @pytest.fixture
 def judged_campaign(db, tiny_encoder, tmp_path):
     campaign = campaign_with_tasks(name="Chain", images=40, captions_per_image=4, overlap=2)
-    call_command(
-        "simulate_annotators",
-        campaign=campaign.name,
-        annotators=2,
-        judgments=80,
-        noise=0.05,
-        seed=0,
-        truth=write_truth_table(tmp_path),
-        no_progress=True,
-        stdout=io.StringIO(),
-    )
+    simulate_judgments(campaign, tmp_path)
     assert Judgment.objects.count() == 80
     return campaign
 

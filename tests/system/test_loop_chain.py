@@ -4,10 +4,7 @@ reprioritises the open tasks, refreshes flags and runs a filter; a second start 
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from django.core.management import call_command
 
 from annotate.models import Campaign, Task
 from pool.models import RunStatus
@@ -15,7 +12,7 @@ from scoring.active_model import active_model_get
 from scoring.models import FilterRun, Score, ScoringRun
 from tests.annotate.factories import campaign_with_tasks
 from tests.conftest import wait_for
-from tests.loop.conftest import write_truth_table
+from tests.loop.conftest import simulate_judgments
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
 from training.loop import LoopBusy, loop_start, loop_tick
 from training.loop_tasks import loop_tick_task
@@ -30,17 +27,7 @@ def test_beat_ticks_start_one_chain_that_promotes_rescores_and_reprioritises(
     encoder = tiny_clip_encoder_name(tmp_path / "tiny-clip")
     settings.LOUPE_DEFAULT_ENCODER = encoder
     campaign = campaign_with_tasks(name="System loop", images=48, captions_per_image=4, overlap=2)
-    call_command(
-        "simulate_annotators",
-        campaign=campaign.name,
-        annotators=2,
-        judgments=80,
-        noise=0.05,
-        seed=0,
-        truth=write_truth_table(tmp_path),
-        no_progress=True,
-        stdout=io.StringIO(),
-    )
+    simulate_judgments(campaign, tmp_path)
     open_before = dict(Task.objects.filter(campaign=campaign, status="open").values_list("id", "priority"))
     assert len(open_before) == 8 and set(open_before.values()) == {0.0}
     Campaign.objects.filter(pk=campaign.pk).update(selection_mix={"retrain_after": 20, "batch_size": 4})

@@ -1,11 +1,11 @@
-"""Admin for campaigns, tasks, assignments and judgments, and a read-mostly view of flags and reviews."""
+"""Admin for campaigns, tasks, assignments and judgments."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
 
 from annotate import services
-from annotate.models import Assignment, Campaign, Flag, Judgment, Review, Task, TaskCaption
+from annotate.models import Assignment, Campaign, Judgment, Task, TaskCaption
 
 
 @admin.register(Campaign)
@@ -74,25 +74,5 @@ class JudgmentAdmin(admin.ModelAdmin):
     raw_id_fields = ("task", "user", "assignment")
     readonly_fields = ("client_key", "created_at")
     search_fields = ("user__username",)
-    date_hierarchy = "created_at"
-    show_full_result_count = False
-
-
-@admin.register(Flag)
-class FlagAdmin(admin.ModelAdmin):
-    """Flags are raised by the curation jobs and closed by reviews; the admin only looks."""
-
-    list_display = ("id", "caption", "reason", "is_open", "created_at", "updated_at")
-    list_filter = ("reason", "is_open")
-    raw_id_fields = ("caption",)
-    show_full_result_count = False
-
-
-@admin.register(Review)
-class ReviewAdmin(admin.ModelAdmin):
-    list_display = ("id", "caption", "decision", "reviewer", "created_at")
-    list_filter = ("decision",)
-    raw_id_fields = ("caption", "rewritten_caption", "reviewer")
-    search_fields = ("reviewer__username", "note")
     date_hierarchy = "created_at"
     show_full_result_count = False

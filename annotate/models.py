@@ -195,37 +195,3 @@ class Judgment(models.Model):
         constraints = [models.UniqueConstraint(fields=["task", "user"], name="judgment_unique_per_user")]
         # The claim's "tasks this user has judged" set, read index-only (the unique index leads with task).
         indexes = [models.Index(fields=["user", "task"], name="judgment_user_task_idx")]
-
-
-class FlagReason(models.TextChoices):
-    LOW_REWARD = "low_reward", "low reward"
-    DISAGREEMENT = "disagreement", "reward and CLIPScore disagree"
-    NEAR_DUPLICATE = "near_duplicate", "near-duplicate cluster"
-    LOW_AGREEMENT = "low_agreement", "annotators disagree"
-    TRUNCATED = "truncated", "caption truncated by the encoder"
-
-
-class Flag(models.Model):
-    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="flags")
-    reason = models.CharField(max_length=32, choices=FlagReason.choices)
-    details = models.JSONField(default=dict, blank=True, help_text="The scores behind the flag.")
-    is_open = models.BooleanField(default=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["caption", "reason"], name="flag_unique_reason")]
-        indexes = [models.Index(fields=["is_open", "reason"])]
-
-
-class Review(models.Model):
-    """One curator decision: the audit trail. The current decision is mirrored on the caption."""
-
-    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="reviews")
-    decision = models.CharField(max_length=16)
-    note = models.TextField(blank=True)
-    rewritten_caption = models.ForeignKey(
-        Caption, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -20,11 +20,11 @@ from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.roles import ADMIN, ANNOTATOR, role_required
 from annotate import selectors, services
 from annotate import tasks as annotate_tasks
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
 from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Judgment, Task
-from annotate.roles import ADMIN, ANNOTATOR, role_required
 
 PROGRESS_EVENT = "annotate-progress"
 # Tasks built inside the request (about 0.7 s per 1,000 on a busy machine); beyond this, Celery continues.

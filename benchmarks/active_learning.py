@@ -180,7 +180,8 @@ def accuracy(model, pool: Pool, test_tasks: list[int]) -> float:
 def run_strategy(
     pool: Pool, mix: dict, *, train_tasks: list[int], test_tasks: list[int], seed: int, args
 ) -> list[tuple[int, float]]:
-    from training.train import TrainConfig, train
+    from training.config import TrainConfig
+    from training.train import train
 
     rng = np.random.default_rng(seed)
     annotator_rng = np.random.default_rng(seed + 1000)  # same judgments for the same task order

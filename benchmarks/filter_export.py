@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: filter N scored pairs and export them, streamed (``scoring.exports``) against a naive export.
+"""Benchmark: filter N scored pairs and export them, streamed (``curate.exports``) against a naive export.
 
 Builds a fresh PostgreSQL database with ``--pairs`` usable scored pairs (2 captions per image, one
 Score row per caption with reward, cosine and four criteria) using ``INSERT ... SELECT generate_series``
@@ -155,7 +155,7 @@ def populate(*, pairs: int, media_root: Path) -> float:
 
 
 def _filter(top_percent: float) -> tuple[int, float, dict]:
-    from scoring.filtering import FilterRule, filter_run_create, filter_run_execute
+    from curate.filtering import FilterRule, filter_run_create, filter_run_execute
 
     started = time.perf_counter()
     run = filter_run_create(
@@ -169,7 +169,7 @@ def _limit_run(run_id: int, limit: int) -> int:
     """A copy of a filter run that keeps only its first ``limit`` pairs (for subset exports)."""
     import numpy as np
 
-    from scoring.models import FilterRun
+    from curate.models import FilterRun
 
     run = FilterRun.objects.get(pk=run_id)
     ids = np.load(run.kept_file)[:limit]
@@ -190,8 +190,8 @@ def worker(mode: str, run_id: int, out: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scoring.exports import export_create, export_execute
-    from scoring.models import FilterRun
+    from curate.exports import export_create, export_execute
+    from curate.models import FilterRun
 
     run = FilterRun.objects.get(pk=run_id)
     started = time.perf_counter()

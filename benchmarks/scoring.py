@@ -6,7 +6,7 @@
 Naive loop: for each batch of 64 pairs, PIL-decode each pair's image in the main process (full
 resolution, then resize), run the image tower in fp32, run the text tower on the batch's captions.
 
-Pipeline: what a scoring chunk does (``scoring.services.pair_features`` + cosine/CLIPScore, without the
+Pipeline: what a scoring chunk does (``scoring.features.pair_features`` + cosine/CLIPScore, without the
 database write): each distinct image and text embedded once, decoding in DataLoader workers with JPEG
 draft mode, channels_last, bf16 autocast when ``--cpu-bf16`` (or CUDA), results in the float16 cache.
 "cold" starts from an empty cache; "warm" is a rescore (everything cached, nothing re-encoded).
@@ -111,7 +111,8 @@ def naive_loop(encoder, paths: list[str], texts: list[str], batch: int = 64) -> 
 
 
 def pipeline(encoder, rows, chunk: int = 2048) -> np.ndarray:
-    from scoring.services import clipscore, pair_features
+    from scoring.features import pair_features
+    from scoring.services import clipscore
 
     cosines = []
     d = encoder.embed_dim
@@ -151,7 +152,7 @@ def main() -> None:
     import torch
 
     from scoring.encoders import encoder_load
-    from scoring.services import PairRow
+    from scoring.features import PairRow
 
     name = args.encoder
     if args.vit_b_32:

@@ -62,10 +62,11 @@ def _peak_reset() -> None:
 def _measure(args: argparse.Namespace, queue) -> None:
     import torch
 
+    from training.config import TrainConfig
     from training.evaluate import reward_model_evaluate
     from training.pairs import training_data_build
     from training.synthetic import synthetic_judgments, synthetic_pool
-    from training.train import TrainConfig, train
+    from training.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,10 +213,11 @@ def _measure_demo(args: argparse.Namespace, queue) -> None:
 
     import numpy as np
 
+    from training.config import TrainConfig
     from training.evaluate import reward_model_evaluate
     from training.pairs import JudgmentRecord, human_agreement, image_split, training_data_build
     from training.simulate import AnnotatorConfig, ranking_sample, ratings_sample
-    from training.train import TrainConfig, train
+    from training.train import train
 
     t0 = time.perf_counter()
     items, keys, qualities, image_feats, text_feats, embed_dim = _demo_features(

@@ -7,7 +7,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
 
-from annotate.roles import user_role
+from accounts.roles import user_role
 from loupe_api import annotate, pool, runs
 from loupe_api.auth import API_AUTH
 

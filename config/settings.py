@@ -58,11 +58,15 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_celery_beat",
+    # Loupe's apps, by floor along the data's path: a module imports only its own floor and lower ones
+    # (tests/test_architecture.py checks it; docs/architecture.md draws it).
+    "accounts",
     "pool",
     "annotate",
     "scoring",
     "training",
-    "accounts",
+    "curate",
+    "loop",
     "ninja",  # serves /api/docs from its bundled static files instead of a CDN
 ]
 
@@ -93,7 +97,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "annotate.roles.roles_context",
+                "accounts.roles.roles_context",
             ],
         },
     },
@@ -194,7 +198,7 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Task modules beside each app's tasks.py (autodiscovered); these run on CPU workers.
-CELERY_IMPORTS = ("scoring.filter_tasks", "annotate.review_tasks", "training.loop_tasks")
+CELERY_IMPORTS = ("curate.tasks", "curate.tasks", "loop.tasks")
 # Routed by module: the machines' work (encoders, training) goes to GPU workers.
 CELERY_TASK_ROUTES = {
     "scoring.tasks.*": {"queue": "gpu"},

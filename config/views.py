@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django.views.static import serve
 
-from annotate.roles import user_role
+from accounts.roles import user_role
 
 
 @require_GET

@@ -16,8 +16,8 @@ from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field
 
+from accounts.roles import ANNOTATOR
 from annotate.models import Assignment, Campaign, Judgment, Task
-from annotate.roles import ANNOTATOR
 from annotate.selectors import task_view
 from annotate.services import JudgmentError, judgment_submit, task_next
 from loupe_api.auth import require_role

@@ -1,6 +1,6 @@
 """API authentication (a per-user bearer token, or the browser's session with CSRF) and role checks.
 
-Roles are the web pages' roles (annotate.roles): a token acts as its user, with that user's role.
+Roles are the web pages' roles (accounts.roles): a token acts as its user, with that user's role.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
+from accounts.roles import has_role
 from accounts.services import api_token_user
-from annotate.roles import has_role
 
 
 class TokenAuth(HttpBearer):

@@ -19,8 +19,8 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from pydantic import Field
 
-from annotate.models import Flag
-from annotate.roles import ADMIN, CURATOR
+from accounts.roles import ADMIN, CURATOR
+from curate.models import Flag
 from loupe_api.auth import require_role
 from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
 from pool.models import Caption, Image, ImportRun

@@ -12,10 +12,11 @@ from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field
 
-from annotate.roles import ADMIN
+from accounts.roles import ADMIN
+from curate.models import Export
 from loupe_api.auth import require_role
 from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
-from scoring.models import Export, ScoringRun
+from scoring.models import ScoringRun
 from scoring.services import scoring_run_cancel, scoring_run_start
 
 router = Router()

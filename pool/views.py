@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate.roles import ADMIN, CURATOR, has_role, role_required
+from accounts.roles import ADMIN, CURATOR, has_role, role_required
 from pool import selectors, services
 from pool.forms import CleaningForm, ImportForm
 from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from scoring.encoders import EncoderError, encoder_name_check
+from scoring.encoder_names import EncoderError, encoder_name_check
 
 
 class ScoringRunForm(forms.Form):

@@ -50,42 +50,6 @@ class ScoringRun(Run):
         return f"Scoring {self.pk} ({self.encoder})"
 
 
-class FilterRun(Run):
-    """A cut of the pool: the rule, the model it used, and what it kept (a .npy of caption ids)."""
-
-    encoder = models.CharField(max_length=255)
-    reward_model_version = models.PositiveIntegerField(default=0)
-    rule = models.JSONField(default=dict)
-    considered = models.PositiveBigIntegerField(default=0)
-    kept = models.PositiveBigIntegerField(default=0)
-    kept_file = models.CharField(max_length=1024, blank=True)
-
-    @property
-    def compression_ratio(self) -> float | None:
-        return self.considered / self.kept if self.kept else None
-
-    def __str__(self) -> str:
-        return f"Filter {self.pk}"
-
-
-class Export(Run):
-    class Kind(models.TextChoices):
-        PARQUET = "parquet", "Parquet"
-        WEBDATASET = "webdataset", "WebDataset shards"
-        NPY = "npy", "DataComp uids (.npy)"
-        JSONL = "jsonl", "JSONL"
-        PREFERENCES = "preferences", "preference pairs (JSONL)"
-        COCO_HF = "coco_hf", "COCO-HF judgments (JSON)"
-
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    filter_run = models.ForeignKey(FilterRun, null=True, blank=True, on_delete=models.SET_NULL)
-    path = models.CharField(max_length=1024)
-    manifest = models.JSONField(default=dict, blank=True)
-
-    def __str__(self) -> str:
-        return f"Export {self.pk} ({self.kind})"
-
-
 class ScoringChunk(models.Model):
     """One slice of a scoring run (captions with ids in [first_id, last_id]).
 

@@ -3,7 +3,7 @@
 Plain PyTorch, no Django. ``scoring`` runs inference with it and ``training`` trains it; it lives here
 because scoring must not import training.
 
-Features per pair (from ``scoring.services.caption_features``): ``image_feats`` [N, Fi] and
+Features per pair (from ``scoring.features.caption_features``): ``image_feats`` [N, Fi] and
 ``text_feats`` [N, Ft]. Each row begins with the L2-normalised shared embedding (``embed_dim``
 columns, where cosine similarity is the zero-shot image-text score); any further columns are
 encoder-specific extras (e.g. a CNN's pooled features) that the heads may use.
@@ -20,7 +20,6 @@ Usage (what scoring does)::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from pool.hashing import file_sha256
+from scoring.checkpoint_meta import checkpoint_meta_write
 
 CHECKPOINT_FORMAT = "loupe-reward-model/1"
 
@@ -219,14 +221,6 @@ class RewardEnsemble(nn.Module):
         )
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike, model: RewardEnsemble, meta: dict) -> str:
     """Write weights + config + meta atomically (temp file + rename); return the file's sha256.
 
@@ -253,7 +247,8 @@ def save_checkpoint(path: str | os.PathLike, model: RewardEnsemble, meta: dict) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return _file_sha256(path)
+    checkpoint_meta_write(path, {"config": payload["config"], "meta": meta})
+    return file_sha256(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
@@ -284,4 +279,4 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
-    return _file_sha256(Path(path))
+    return file_sha256(path)

@@ -1,6 +1,8 @@
 """Celery tasks of pool scoring (routed to the ``gpu`` queue by ``CELERY_TASK_ROUTES``).
 
 Tasks take ids, re-read rows and call one service; all are safe to run twice (see scoring.services).
+The ML modules are imported inside the tasks: web processes import this module to enqueue, and never
+load torch.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from celery import shared_task
 from django.db import OperationalError
 
 from scoring import services
-from scoring.encoders import EncoderError, encoder_load
+from scoring.encoder_names import EncoderError
 from scoring.models import ScoringRun
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ def scoring_run_execute(self, run_id: int) -> None:
     run = ScoringRun.objects.get(pk=run_id)
     if run.status in services.FINISHED:
         return
+    from scoring.encoders import encoder_load
+
     try:
         # Load before planning: a bad name or weights file fails the run with one clear error.
         encoder_load(run.encoder)
@@ -39,8 +43,10 @@ def scoring_run_execute(self, run_id: int) -> None:
 
 @shared_task(bind=True, max_retries=3, acks_late=True)
 def scoring_chunk_execute(self, run_id: int, chunk_index: int) -> str:
+    from scoring import inference
+
     try:
-        return services.scoring_chunk_score(run_id=run_id, chunk_index=chunk_index)
+        return inference.scoring_chunk_score(run_id=run_id, chunk_index=chunk_index)
     except OperationalError as exc:  # database busy or restarting: the chunk is idempotent, try again
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc

@@ -14,9 +14,10 @@ import numpy as np
 from django.db import transaction
 
 from pool.models import Caption, CaptionStatus
-from scoring.encoders import OFFLINE_DEFAULT, encoder_load
+from scoring.encoder_names import OFFLINE_DEFAULT
+from scoring.encoders import encoder_load
+from scoring.features import embedding_cache_for
 from scoring.pipeline import texts_embed
-from scoring.services import embedding_cache_for
 
 BLOCK = 4096  # captions embedded per round trip to the cache
 

@@ -11,7 +11,7 @@ import yaml
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from annotate.roles import ADMIN, ANNOTATOR, CURATOR, has_role, user_role
+from accounts.roles import ADMIN, ANNOTATOR, CURATOR, has_role, user_role
 from tests.conftest import make_user
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The Django side of the training data: a campaign's judgments -> TrainingData over cached features.
 
-Features come from ``scoring.services.caption_features`` (the embedding cache), so retraining never
+Features come from ``scoring.features.caption_features`` (the embedding cache), so retraining never
 re-encodes the pool. The split is by image (a hash of its sha256), never by pair.
 """
 
@@ -75,7 +75,7 @@ def encoder_embed_dim(encoder: str) -> int:
 
 def training_data_load(*, campaign: Campaign, encoder: str) -> LoadedData:
     """Judgments -> pairs and ratings per split, with features of ``encoder``; clear errors if unusable."""
-    from scoring.services import caption_features
+    from scoring.features import caption_features
 
     records = judgment_records(campaign=campaign)
     needed = min_judgments()

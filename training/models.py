@@ -63,17 +63,3 @@ class TrainingRun(Run):
 
     def __str__(self) -> str:
         return f"Training {self.pk}"
-
-
-class LoopRun(Run):
-    """One pass of the loop: retrain -> evaluate -> gate -> rescore -> priorities -> flags.
-
-    ``step`` records the last finished step, so a rerun resumes where a failure stopped it.
-    """
-
-    campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
-    step = models.CharField(max_length=32, blank=True)
-    trigger = models.CharField(max_length=16, default="manual")
-
-    def __str__(self) -> str:
-        return f"Loop {self.pk}"

@@ -20,13 +20,9 @@ def training_run_execute(self, run_id: int) -> None:
     """Train (and optionally gate + promote) for one TrainingRun. Safe to run twice: a finished run is
     left alone, and a run found RUNNING is only redone when the training lock is free, i.e. when the
     worker that ran it died."""
-    from training.services import (
-        TrainingBusy,
-        reward_model_gate,
-        reward_model_promote,
-        reward_model_train,
-    )
-    from training.train import TrainConfig
+    from training.candidates import TrainingBusy, reward_model_gate, reward_model_train
+    from training.config import TrainConfig
+    from training.services import reward_model_promote
 
     run = TrainingRun.objects.select_related("campaign", "created_by").filter(pk=run_id).first()
     if run is None or run.is_finished:

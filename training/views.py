@@ -7,13 +7,13 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate.roles import ADMIN, role_required
+from accounts.roles import ADMIN, role_required
 from pool.run_views import run_progress_response
 from training import selectors
+from training.config import TrainConfig
 from training.forms import RollbackForm, TrainingStartForm
 from training.models import TrainingRun
 from training.services import RegistryError, reward_model_promote, reward_model_rollback, training_run_create
-from training.train import TrainConfig
 
 
 def _list_context(form: TrainingStartForm | None = None) -> dict:

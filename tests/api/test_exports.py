@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.models import Export
+from curate.models import Export
 
 pytestmark = pytest.mark.django_db
 

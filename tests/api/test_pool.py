@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.models import Flag
+from curate.models import Flag
 from scoring.models import Score
 
 pytestmark = pytest.mark.django_db

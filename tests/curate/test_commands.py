@@ -5,8 +5,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotate.models import Flag
-from scoring.models import Export, FilterRun
+from curate.models import Export, FilterRun, Flag
 from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
 
 pytestmark = pytest.mark.django_db

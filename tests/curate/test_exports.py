@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from curate.exports import ExportLocationExists, export_create, export_execute, pair_uid
+from curate.filtering import FilterRule, filter_run_create, filter_run_execute
 from pool.models import Caption
-from scoring.exports import ExportLocationExists, export_create, export_execute, pair_uid
-from scoring.filtering import FilterRule, filter_run_create, filter_run_execute
 from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
 
 pytestmark = pytest.mark.django_db

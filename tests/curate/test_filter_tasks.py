@@ -3,10 +3,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from scoring.exports import export_create
-from scoring.filter_tasks import export_execute, filter_run_execute
-from scoring.filtering import FilterRule, filter_run_create
-from scoring.models import Export, FilterRun
+from curate.exports import export_create
+from curate.filtering import FilterRule, filter_run_create
+from curate.models import Export, FilterRun
+from curate.tasks import export_execute, filter_run_execute
 from tests.conftest import wait_for
 from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from scoring.exports import export_create, export_execute
-from scoring.filtering import FilterRule, filter_run_create, filter_run_execute
-from scoring.models import Export, FilterRun
+from curate.exports import export_create, export_execute
+from curate.filtering import FilterRule, filter_run_create, filter_run_execute
+from curate.models import Export, FilterRun
 from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
 
 pytestmark = pytest.mark.django_db

@@ -3,14 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pool.models import Caption, CaptionSource
-from scoring.filtering import (
+from curate.filtering import (
     FilterNeedsConfirm,
     FilterRule,
     filter_preview,
     filter_run_create,
     filter_run_execute,
 )
+from pool.models import Caption, CaptionSource
 from scoring.models import Score
 from tests.curate.conftest import ENCODER, VERSION, make_caption, make_scored_pool
 

@@ -4,8 +4,9 @@ import uuid
 
 import pytest
 
-from annotate.flags import flags_refresh
-from annotate.models import Campaign, Flag, Judgment, Task, TaskCaption
+from annotate.models import Campaign, Judgment, Task, TaskCaption
+from curate.flags import flags_refresh
+from curate.models import Flag
 from tests.conftest import make_user
 from tests.curate.conftest import ENCODER, VERSION, make_caption, make_image, make_score, make_scored_pool
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.models import Review
-from annotate.review_services import DecisionConflict, review_decide, review_decide_bulk
+from curate.models import Review
+from curate.services import DecisionConflict, review_decide, review_decide_bulk
 from tests.conftest import make_user
 from tests.curate.conftest import make_caption, make_image
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from annotate.flags import flags_refresh
-from annotate.models import Flag, Review
-from annotate.review_services import review_decide
+from curate.flags import flags_refresh
+from curate.models import Flag, Review
+from curate.services import review_decide
 from pool.models import Caption
 from tests.conftest import make_user
 from tests.curate.conftest import ENCODER, VERSION, make_scored_pool
@@ -128,7 +128,7 @@ def test_accepting_a_suggestion_saves_it_as_the_rewrite(client_curator, flagged,
     assert "Use this rewrite" in response.content.decode()
     page = client_curator.get(reverse("review:queue")).content.decode()
     assert "Use this rewrite" in page
-    from annotate.rewrite import rewrite_suggestion_get
+    from curate.rewrite import rewrite_suggestion_get
 
     text = rewrite_suggestion_get(caption_id=caption.id)["text"]
     client_curator.post(

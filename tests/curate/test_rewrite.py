@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.models import Campaign, Review, TaskCaption
-from annotate.review_services import review_decide
-from annotate.rewrite import RewriteRefused, rewrite_suggest, rewrite_suggestion_get, template_suggestion
+from annotate.models import Campaign, TaskCaption
+from curate.models import Review
+from curate.rewrite import RewriteRefused, rewrite_suggest, rewrite_suggestion_get, template_suggestion
+from curate.services import review_decide
 from pool.models import Caption
 from tests.curate.conftest import make_caption, make_image
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
+from accounts.roles import ROLES
 from annotate.models import Judgment
-from annotate.roles import ROLES
 from tests.annotate.factories import campaign_with_tasks
 from tests.conftest import make_user
 

@@ -6,8 +6,8 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import expect
 
-from annotate.flags import flags_refresh
-from annotate.models import Review
+from curate.flags import flags_refresh
+from curate.models import Review
 from pool.models import Caption
 from tests.conftest import make_user
 from tests.curate.conftest import ENCODER, VERSION, make_caption, make_scored_pool

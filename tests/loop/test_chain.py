@@ -8,14 +8,16 @@ import pytest
 from django.core.management import call_command
 
 from annotate.models import Judgment, Task
+from curate.models import FilterRun
+from loop.models import LoopRun
+from loop.services import loop_run_inline, loop_start
 from pool.models import RunStatus
 from scoring.active_model import active_model_get
-from scoring.models import FilterRun, Score, ScoringRun
+from scoring.models import Score, ScoringRun
 from tests.annotate.factories import campaign_with_tasks
 from tests.loop.conftest import simulate_judgments
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
-from training.loop import loop_run_inline, loop_start
-from training.models import LoopRun, ModelStatus, RewardModel, TrainingRun
+from training.models import ModelStatus, RewardModel, TrainingRun
 
 SMALL_TRAINING = {"epochs": 4, "hidden": 16, "n_heads": 3, "patience": 2}
 

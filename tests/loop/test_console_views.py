@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from curate.models import FilterRun
+from loop.models import LoopRun
+from loop.services import loop_start
 from pool.models import CleaningRun, ImportRun, RunStatus
-from scoring.models import FilterRun, ScoringRun
-from training.loop import loop_start
-from training.models import LoopRun, TrainingRun
+from scoring.models import ScoringRun
+from training.models import TrainingRun
 
 PAGES = ["console:dashboard", "console:jobs"]
 

@@ -1,4 +1,4 @@
-"""The loop's lock, tick and resume semantics (training/loop.py), without running the heavy steps."""
+"""The loop's lock, tick and resume semantics (loop/), without running the heavy steps."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ from django.core.management import call_command
 from django.db import connection
 
 from annotate.models import Campaign, Judgment
+from loop.models import LoopRun
+from loop.runs import LoopBusy, LoopError, loop_next_step
+from loop.schedule import loop_should_run, loop_tick
+from loop.services import loop_cancel, loop_resume, loop_start, loop_step_execute
 from pool.models import RunStatus
-from training import loop
-from training.loop import (
-    LoopBusy,
-    LoopError,
-    loop_cancel,
-    loop_resume,
-    loop_should_run,
-    loop_start,
-    loop_tick,
-)
-from training.models import LoopRun
 
 
 def test_second_start_while_one_runs_is_refused(campaign):
@@ -79,7 +72,7 @@ def test_inactive_campaign_never_retrains(campaign):
 def test_failed_step_stops_the_chain_with_its_error(campaign):
     run = loop_start(campaign=campaign, enqueue=False)
     LoopRun.objects.filter(pk=run.pk).update(step="retrain")  # evaluate is next; there is no candidate
-    assert loop.loop_step_execute(run_id=run.pk, step="evaluate") is None
+    assert loop_step_execute(run_id=run.pk, step="evaluate") is None
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "Step 'evaluate' failed" in run.error and "no candidate" in run.error
@@ -89,7 +82,7 @@ def test_failed_step_stops_the_chain_with_its_error(campaign):
 def test_step_that_is_not_next_does_nothing(campaign):
     run = loop_start(campaign=campaign, enqueue=False)
     LoopRun.objects.filter(pk=run.pk).update(step="gate")
-    assert loop.loop_step_execute(run_id=run.pk, step="retrain") is None  # a redelivered message
+    assert loop_step_execute(run_id=run.pk, step="retrain") is None  # a redelivered message
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED and run.step == "gate"
 
@@ -100,7 +93,7 @@ def test_resume_continues_after_the_last_finished_step(campaign, django_capture_
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         resumed = loop_resume(run=run)
     assert resumed.status == RunStatus.QUEUED and resumed.error == ""
-    assert loop.loop_next_step(resumed) == "rescore"
+    assert loop_next_step(resumed) == "rescore"
     assert len(callbacks) == 1
     assert "resumed at step 'rescore'" in resumed.log
 
@@ -124,14 +117,14 @@ def test_cancel_releases_the_lock_and_the_next_step_does_nothing(campaign):
     loop_cancel(run=run)
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
-    assert loop.loop_step_execute(run_id=run.pk, step="retrain") is None
+    assert loop_step_execute(run_id=run.pk, step="retrain") is None
     loop_start(campaign=campaign, enqueue=False)  # not refused
 
 
 def test_skipped_steps_record_progress(campaign):
     run = loop_start(campaign=campaign, enqueue=False)
     LoopRun.objects.filter(pk=run.pk).update(step="gate", params={**run.params, "promoted": False})
-    assert loop.loop_step_execute(run_id=run.pk, step="rescore") == "priorities"
+    assert loop_step_execute(run_id=run.pk, step="rescore") == "priorities"
     run.refresh_from_db()
     assert run.step == "rescore" and run.done == 4 and "skipped" in run.log
 
@@ -175,7 +168,7 @@ def test_install_schedule_is_idempotent_and_keeps_admin_changes(db):
     call_command("install_schedule")
     call_command("install_schedule")
     task = PeriodicTask.objects.get(name="loupe: loop tick")
-    assert task.task == "training.loop_tasks.loop_tick_task"
+    assert task.task == "loop.tasks.loop_tick_task"
     assert task.interval.every == 10 and task.expire_seconds and task.enabled
     task.enabled = False
     task.save()

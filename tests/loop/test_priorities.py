@@ -9,7 +9,7 @@ from annotate.models import Task
 from scoring.active_model import ActiveModel, active_model_set
 from scoring.reward_model import RewardEnsemble, RewardHeadConfig, save_checkpoint
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
-from training.loop import task_priorities_refresh
+from training.priorities import task_priorities_refresh
 
 
 @pytest.fixture

@@ -7,19 +7,13 @@ import pytest
 import torch
 
 from pool.models import RunStatus
-from scoring import services
+from scoring import inference
 from scoring.active_model import ActiveModel, active_model_set
 from scoring.encoders import encoder_load
+from scoring.features import caption_features
+from scoring.inference import scoring_chunk_score, scoring_run_sync
 from scoring.models import Score, ScoringRun
-from scoring.services import (
-    caption_features,
-    clipscore,
-    scoring_chunk_score,
-    scoring_run_cancel,
-    scoring_run_plan,
-    scoring_run_start,
-    scoring_run_sync,
-)
+from scoring.services import clipscore, scoring_run_cancel, scoring_run_plan, scoring_run_start
 from tests.conftest import image_bytes
 from tests.scoring.conftest import make_pool, pool_caption, pool_image
 
@@ -197,8 +191,8 @@ def test_active_reward_model_gives_reward_criteria_and_uncertainty(tiny_clip_nam
     image, text, ids = caption_features(
         encoder=tiny_clip_name, caption_ids=list(scores.values_list("caption_id", flat=True))
     )
-    model, _ = services.reward_model_load(str(path), sha)
-    expected = dict(zip(ids, services.reward_predict(model, image, text)[0].tolist(), strict=True))
+    model, _ = inference.reward_model_load(str(path), sha)
+    expected = dict(zip(ids, inference.reward_predict(model, image, text)[0].tolist(), strict=True))
     for score in scores:
         assert score.reward == pytest.approx(expected[score.caption_id], abs=1e-5)
         assert set(score.criteria) == {"accuracy", "detail"}

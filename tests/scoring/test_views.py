@@ -6,8 +6,9 @@ import pytest
 from django.urls import reverse
 
 from pool.models import RunStatus
+from scoring.inference import scoring_run_sync
 from scoring.models import ScoringRun
-from scoring.services import scoring_run_start, scoring_run_sync
+from scoring.services import scoring_run_start
 from tests.scoring.conftest import make_pool
 
 pytestmark = pytest.mark.django_db

@@ -17,12 +17,13 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from accounts.roles import ADMIN, ANNOTATOR, CURATOR
 from annotate import services as annotate_services
-from annotate.models import Flag, Judgment
-from annotate.roles import ADMIN, ANNOTATOR, CURATOR
+from annotate.models import Judgment
 from config.api import api
+from curate.models import Export, FilterRun, Flag
 from pool.models import CleaningRun, ImportRun
-from scoring.models import Export, FilterRun, Score, ScoringRun
+from scoring.models import Score, ScoringRun
 from tests.annotate.factories import answer_for, campaign_with_tasks
 from tests.conftest import make_user
 

@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 import pytest
 from django.test import Client
 
+from accounts.roles import ADMIN, ANNOTATOR, CURATOR
 from annotate import services as annotate_services
-from annotate.models import Flag
-from annotate.roles import ADMIN, ANNOTATOR, CURATOR
+from curate.models import Flag
 from scoring.models import Score
 from tests.annotate.factories import caption_create, image_create
 from tests.conftest import make_user

@@ -7,16 +7,20 @@ from __future__ import annotations
 import pytest
 
 from annotate.models import Campaign, Task
+from curate.models import FilterRun
+from loop.models import LoopRun
+from loop.runs import LoopBusy
+from loop.schedule import loop_tick
+from loop.services import loop_start
+from loop.tasks import loop_tick_task
 from pool.models import RunStatus
 from scoring.active_model import active_model_get
-from scoring.models import FilterRun, Score, ScoringRun
+from scoring.models import Score, ScoringRun
 from tests.annotate.factories import campaign_with_tasks
 from tests.conftest import wait_for
 from tests.loop.conftest import simulate_judgments
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
-from training.loop import LoopBusy, loop_start, loop_tick
-from training.loop_tasks import loop_tick_task
-from training.models import LoopRun, ModelStatus, RewardModel
+from training.models import ModelStatus, RewardModel
 
 pytestmark = [pytest.mark.system, pytest.mark.django_db(transaction=True)]
 

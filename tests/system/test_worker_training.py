@@ -16,9 +16,9 @@ from scoring.reward_model import load_checkpoint
 from tests.conftest import image_bytes, wait_for
 from tests.scoring.conftest import pool_caption, pool_image
 from tests.scoring.tiny_clip import tiny_clip_encoder_name
+from training.config import TrainConfig
 from training.models import ModelEvent, RewardModel, TrainingRun
 from training.services import training_run_create
-from training.train import TrainConfig
 
 pytestmark = [pytest.mark.system, pytest.mark.django_db(transaction=True)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import scoring.services
+import scoring.features
 import training.data
 from tests.training.factories import features_from, judged_campaign
 
@@ -15,7 +15,7 @@ def synthetic_features(monkeypatch):
     """Install synthetic features for the given judged campaigns; returns the installer."""
 
     def install(*campaigns, embed_dim: int = 16):
-        monkeypatch.setattr(scoring.services, "caption_features", features_from(*campaigns))
+        monkeypatch.setattr(scoring.features, "caption_features", features_from(*campaigns))
         monkeypatch.setattr(training.data, "encoder_embed_dim", lambda encoder: embed_dim)
 
     return install

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scoring.checkpoint_meta import checkpoint_meta_read
 from scoring.reward_model import (
     CheckpointError,
     RewardEnsemble,
@@ -62,7 +63,9 @@ def test_checkpoint_round_trip_gives_same_outputs(tmp_path):
     assert not loaded.training
     with torch.no_grad():
         assert torch.allclose(loaded(x_img, x_txt).reward, model(x_img, x_txt).reward)
-    assert [p.name for p in path.parent.iterdir()] == ["v1.pt"]  # no temp file left behind
+    # No temp file left behind; the JSON description beside it lets the web tier check the encoder.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["v1.pt", "v1.pt.meta.json"]
+    assert checkpoint_meta_read(path)["encoder"] == "offline:x"
 
 
 def test_corrupt_checkpoint_raises_clear_error(tmp_path):

@@ -11,19 +11,12 @@ from pool.models import RunStatus
 from scoring.active_model import active_model_get
 from scoring.reward_model import load_checkpoint
 from tests.training.factories import judged_campaign
+from training.candidates import TrainingBusy, reward_model_gate, reward_model_train, training_lock
+from training.config import TrainConfig
 from training.data import EncoderMismatchError, TrainingDataError, checkpoint_encoder_check
 from training.models import ModelEvent, ModelStatus, RewardModel, TrainingRun
 from training.pairs import image_split
-from training.services import (
-    RegistryError,
-    TrainingBusy,
-    reward_model_gate,
-    reward_model_promote,
-    reward_model_rollback,
-    reward_model_train,
-    training_lock,
-)
-from training.train import TrainConfig
+from training.services import RegistryError, reward_model_promote, reward_model_rollback
 
 ENC = "offline:effnet-minilm"
 GOOD = TrainConfig(epochs=30, hidden=32, n_heads=3, batch_size=64, lr=1e-2)
@@ -195,7 +188,7 @@ def test_second_training_while_one_holds_the_lock_is_refused(judged):
     if connection.vendor == "postgresql":
         other = connections.create_connection("default")
         with other.cursor() as cursor:
-            from training.services import _LOCK_KEY
+            from training.candidates import _LOCK_KEY
 
             cursor.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
         try:

@@ -9,10 +9,10 @@ import pytest
 from django.db import connection, connections
 
 from pool.models import RunStatus
+from training.candidates import _LOCK_KEY, TrainingBusy, training_lock
+from training.config import TrainConfig
 from training.models import RewardModel, TrainingRun
-from training.services import _LOCK_KEY, TrainingBusy, training_lock
 from training.tasks import training_run_execute
-from training.train import TrainConfig
 
 ENC = "offline:effnet-minilm"
 QUICK = asdict(TrainConfig(epochs=2, hidden=8, n_heads=2))

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from training.config import TrainConfig
 from training.evaluate import reward_model_evaluate
 from training.pairs import training_data_build
 from training.synthetic import synthetic_judgments, synthetic_pool
-from training.train import TrainConfig, train
+from training.train import train
 
 FAST = dict(epochs=10, hidden=32, n_heads=3, batch_size=256, lr=5e-3)
 

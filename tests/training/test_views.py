@@ -7,9 +7,10 @@ from django.urls import reverse
 
 from pool.models import RunStatus
 from scoring.active_model import active_model_get
+from training.candidates import reward_model_train
+from training.config import TrainConfig
 from training.models import ModelStatus, RewardModel, TrainingRun
-from training.services import reward_model_promote, reward_model_train
-from training.train import TrainConfig
+from training.services import reward_model_promote
 
 ENC = "offline:effnet-minilm"
 FAST = TrainConfig(epochs=2, hidden=8, n_heads=2, batch_size=4096)

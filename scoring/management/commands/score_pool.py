@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from pool.models import RunStatus
-from scoring import services
+from scoring import inference, services
 from scoring.encoders import EncoderError, encoder_load
 from scoring.models import ScoringRun
 
@@ -71,7 +71,7 @@ class Command(BaseCommand):
                 bar.total = current.total
                 bar.update(current.done - bar.n)
 
-            run = services.scoring_run_sync(run=run, progress=progress)
+            run = inference.scoring_run_sync(run=run, progress=progress)
             bar.close()
             self._report(run)
         elif not no_wait:

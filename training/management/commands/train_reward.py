@@ -7,8 +7,9 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from annotate.models import Campaign
-from training.services import reward_model_gate, reward_model_promote, reward_model_train
-from training.train import TrainConfig
+from training.candidates import reward_model_gate, reward_model_train
+from training.config import TrainConfig
+from training.services import reward_model_promote
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CurateConfig(AppConfig):
+    name = "curate"
+    verbose_name = "Curation"

@@ -1,0 +1,463 @@
+"""Filter runs: cut the scored pool down to the pairs worth training on.
+
+A rule is an AND of predicates over one scoring (encoder, reward model version):
+
+- ``top_percent``: the best k% by reward among usable scored pairs (Compress & Align kept 30%);
+- ``reward_min``: reward at least this;
+- ``cosine_min``: image-text cosine at least this (DataComp's CLIPScore filter: presets 0.25 and 0.28);
+- ``criteria_min``: per-criterion minimums on the predicted 1-5 scores, e.g. ``{"accuracy": 3}``;
+- ``balance_clusters``: keep the same number of pairs, but spread over k-means clusters of image
+  embeddings (best reward first inside each cluster) instead of taking the global top.
+
+Only usable pairs (image ok, caption ok) are considered. Curator decisions override the rule: accept ->
+kept whatever the scores; reject -> dropped; rewrite -> the original is dropped and its rewrite is a
+candidate pair in its own right (judged by the rule once scored, kept while not yet scored, because a
+curator wrote it).
+
+Everything is computed in SQL (counts, the percentile cut by ORDER BY + OFFSET, EXISTS for the decision
+overrides) and the kept ids are streamed back as numpy arrays; no model object is built per pair, so a
+run over a million scored pairs takes seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from curate.models import FilterRun
+from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, ImageStatus, RunStatus
+from scoring.models import Score
+
+logger = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict] = {
+    "top-30": {"top_percent": 30.0},
+    "datacomp-0.25": {"top_percent": None, "cosine_min": 0.25},
+    "datacomp-0.28": {"top_percent": None, "cosine_min": 0.28},
+}
+STREAM_CHUNK = 50_000
+HISTOGRAM_BINS = 40
+
+
+class FilterNeedsConfirm(ValueError):
+    """The rule keeps nothing or everything; running it needs an explicit confirmation."""
+
+
+@dataclass
+class FilterRule:
+    top_percent: float | None = 30.0
+    reward_min: float | None = None
+    cosine_min: float | None = None
+    criteria_min: dict[str, float] = field(default_factory=dict)
+    balance_clusters: int = 0
+    preset: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FilterRule:
+        data = dict(data or {})
+        preset = data.get("preset") or ""
+        if preset:
+            if preset not in PRESETS:
+                raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+            for key, value in PRESETS[preset].items():
+                data.setdefault(key, value)
+        rule = cls(
+            top_percent=_opt_float(data.get("top_percent", 30.0)),
+            reward_min=_opt_float(data.get("reward_min")),
+            cosine_min=_opt_float(data.get("cosine_min")),
+            criteria_min={str(k): float(v) for k, v in (data.get("criteria_min") or {}).items()},
+            balance_clusters=int(data.get("balance_clusters") or 0),
+            preset=preset,
+        )
+        rule.validate()
+        return rule
+
+    def validate(self) -> None:
+        if self.top_percent is not None and not 0 <= self.top_percent <= 100:
+            raise ValueError(f"top_percent must be between 0 and 100, got {self.top_percent}.")
+        if self.cosine_min is not None and not -1 <= self.cosine_min <= 1:
+            raise ValueError(f"cosine_min is a cosine similarity (-1..1), got {self.cosine_min}.")
+        for key, value in self.criteria_min.items():
+            if not 1 <= value <= 5:
+                raise ValueError(f"Minimum for criterion {key!r} must be on the 1-5 scale, got {value}.")
+        if self.balance_clusters < 0:
+            raise ValueError("balance_clusters must be 0 (off) or a number of clusters.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = []
+        if self.top_percent is not None:
+            parts.append(f"top {self.top_percent:g}% by reward")
+        if self.reward_min is not None:
+            parts.append(f"reward ≥ {self.reward_min:g}")
+        if self.cosine_min is not None:
+            parts.append(f"cosine ≥ {self.cosine_min:g}")
+        parts += [f"{key} ≥ {value:g}" for key, value in self.criteria_min.items()]
+        text = " AND ".join(parts) or "keep every usable scored pair"
+        if self.balance_clusters:
+            text += f", balanced over {self.balance_clusters} clusters"
+        return f"{self.preset}: {text}" if self.preset else text
+
+    @property
+    def histogram_field(self) -> str:
+        return (
+            "cosine" if self.top_percent is None and self.reward_min is None and self.cosine_min else "reward"
+        )
+
+
+def _opt_float(value) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def scored_pairs(*, encoder: str, reward_model_version: int) -> QuerySet[Score]:
+    """Scores of usable pairs for one scoring: what a rule is evaluated over."""
+    return Score.objects.filter(
+        encoder=encoder,
+        reward_model_version=reward_model_version,
+        caption__status=CaptionStatus.OK,
+        caption__image__status=ImageStatus.OK,
+    )
+
+
+def reward_cutoff(*, encoder: str, reward_model_version: int, top_percent: float) -> tuple[float | None, int]:
+    """(lowest reward inside the top ``top_percent``%, number of pairs with a reward).
+
+    One ORDER BY ... OFFSET on the (encoder, version, reward) index instead of loading the column.
+    Pairs tied with the cut value are all kept, so a run can keep a few more than k%.
+    """
+    with_reward = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
+        reward__isnull=False
+    )
+    total = with_reward.count()
+    wanted = math.ceil(total * top_percent / 100)
+    if not wanted:
+        return None, total
+    cut = with_reward.order_by("-reward").values_list("reward", flat=True)[wanted - 1 : wanted]
+    return float(cut[0]), total
+
+
+def _rule_scores(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, cutoff, usable: bool = True
+) -> QuerySet[Score]:
+    # Inside an EXISTS whose outer query already keeps usable pairs only, the status joins are waste.
+    scores = (
+        scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
+        if usable
+        else Score.objects.filter(encoder=encoder, reward_model_version=reward_model_version)
+    )
+    if rule.top_percent is not None:
+        if cutoff is None:
+            return scores.none()
+        scores = scores.filter(reward__gte=cutoff)
+    if rule.reward_min is not None:
+        scores = scores.filter(reward__gte=rule.reward_min)
+    if rule.cosine_min is not None:
+        scores = scores.filter(cosine__gte=rule.cosine_min)
+    for key, minimum in rule.criteria_min.items():
+        scores = scores.filter(**{f"criteria__{key}__gte": minimum})
+    return scores
+
+
+@dataclass
+class FilterPlan:
+    """The querysets of one evaluation; counts and ids come from them."""
+
+    encoder: str
+    reward_model_version: int
+    rule: FilterRule
+    cutoff: float | None
+    considered: QuerySet[Caption]
+    kept: QuerySet[Caption]
+    rule_passed: QuerySet[Caption]
+    overrides: dict[str, QuerySet[Caption]]
+
+
+def filter_plan(*, encoder: str, reward_model_version: int, rule: FilterRule) -> FilterPlan:
+    cutoff = None
+    if rule.top_percent is not None:
+        cutoff, _ = reward_cutoff(
+            encoder=encoder, reward_model_version=reward_model_version, top_percent=rule.top_percent
+        )
+    any_score = Score.objects.filter(
+        caption=OuterRef("pk"), encoder=encoder, reward_model_version=reward_model_version
+    )
+    passing = _rule_scores(
+        encoder=encoder, reward_model_version=reward_model_version, rule=rule, cutoff=cutoff, usable=False
+    ).filter(caption=OuterRef("pk"))
+    usable = Caption.objects.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
+    is_rewrite = Q(source=CaptionSource.REWRITE)
+    considered = usable.filter(Exists(any_score) | Q(decision=CuratorDecision.ACCEPT) | is_rewrite)
+    undecided = Q(decision="")
+    kept = usable.filter(
+        Q(decision=CuratorDecision.ACCEPT)
+        | (undecided & Exists(passing))
+        # A rewrite nobody has scored yet: the curator's text is the best judgement available.
+        | (undecided & is_rewrite & ~Exists(any_score))
+    )
+    overrides = {
+        "accepted_against_rule": usable.filter(decision=CuratorDecision.ACCEPT).exclude(Exists(passing)),
+        "rejected_against_rule": usable.filter(Exists(passing), decision=CuratorDecision.REJECT),
+        "replaced_by_rewrite": usable.filter(decision=CuratorDecision.REWRITE),
+        "unscored_rewrites_kept": usable.filter(undecided & is_rewrite & ~Exists(any_score)),
+    }
+    return FilterPlan(
+        encoder=encoder,
+        reward_model_version=reward_model_version,
+        rule=rule,
+        cutoff=cutoff,
+        considered=considered,
+        kept=kept,
+        rule_passed=usable.filter(Exists(passing)),
+        overrides=overrides,
+    )
+
+
+def stream_rows(
+    queryset: QuerySet, fields: tuple[str, ...], chunk: int = STREAM_CHUNK
+) -> Iterator[list[tuple]]:
+    """Raw rows of ``queryset.values_list(*fields)`` in chunks, through a server-side cursor on PostgreSQL.
+
+    Skips the ORM's per-row conversion, which is most of the cost at a million rows; use it for plain
+    columns only (no JSON or datetime conversion happens).
+    """
+    sql, params = queryset.values_list(*fields).query.sql_with_params()
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+
+
+def stream_ids(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
+    parts = [
+        np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        for rows in stream_rows(queryset.order_by(), (field_name,))
+    ]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def score_histogram(
+    *, encoder: str, reward_model_version: int, score_field: str = "reward", bins: int = HISTOGRAM_BINS
+) -> tuple[list[int], list[float]]:
+    """Histogram of one score over the usable scored pairs, from the streamed column."""
+    counts = np.zeros(bins, dtype=np.int64)
+    queryset = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
+        **{f"{score_field}__isnull": False}
+    )
+    bounds = queryset.order_by(score_field).values_list(score_field, flat=True)
+    lo = bounds.first()
+    hi = queryset.order_by(f"-{score_field}").values_list(score_field, flat=True).first()
+    if lo is None:
+        return [], []
+    if hi == lo:
+        hi = lo + 1e-6
+    edges = np.linspace(lo, hi, bins + 1)
+    for rows in stream_rows(queryset.order_by(), (score_field,)):
+        values = np.fromiter((row[0] for row in rows), dtype=np.float64, count=len(rows))
+        counts += np.histogram(values, bins=edges)[0]
+    return counts.tolist(), edges.tolist()
+
+
+@dataclass
+class FilterPreview:
+    rule: FilterRule
+    considered: int
+    kept: int
+    cutoff: float | None
+    counts: list[int]
+    edges: list[float]
+    cut: float | None
+    score_field: str
+    warning: str = ""
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return self.considered / self.kept if self.kept else None
+
+    @property
+    def kept_percent(self) -> float:
+        return 100 * self.kept / self.considered if self.considered else 0.0
+
+
+def filter_preview(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, histogram: bool = True
+) -> FilterPreview:
+    plan = filter_plan(encoder=encoder, reward_model_version=reward_model_version, rule=rule)
+    considered, kept = plan.considered.count(), plan.kept.count()
+    score_field = rule.histogram_field
+    counts, edges = (
+        score_histogram(encoder=encoder, reward_model_version=reward_model_version, score_field=score_field)
+        if histogram
+        else ([], [])
+    )
+    if score_field == "cosine":
+        cut = rule.cosine_min
+    else:
+        candidates = [value for value in (plan.cutoff, rule.reward_min) if value is not None]
+        cut = max(candidates) if candidates else None
+    return FilterPreview(
+        rule=rule,
+        considered=considered,
+        kept=kept,
+        cutoff=plan.cutoff,
+        counts=counts,
+        edges=edges,
+        cut=cut,
+        score_field=score_field,
+        warning=_warning(considered, kept),
+    )
+
+
+def _warning(considered: int, kept: int) -> str:
+    if considered == 0:
+        return "No usable scored pairs for this encoder and model version: score the pool first."
+    if kept == 0:
+        return "This rule keeps nothing: every pair would be dropped."
+    if kept >= considered:
+        return "This rule keeps everything: nothing would be filtered out."
+    return ""
+
+
+def _balanced_ids(plan: FilterPlan, target: int, clusters: int) -> tuple[np.ndarray | None, str]:
+    """Pick ``target`` pairs spread evenly over k-means clusters of image embeddings, or explain why not."""
+    from scoring.features import caption_features
+
+    thresholds = FilterRule(**{**plan.rule.to_dict(), "top_percent": None, "balance_clusters": 0})
+    eligible = _rule_scores(
+        encoder=plan.encoder, reward_model_version=plan.reward_model_version, rule=thresholds, cutoff=None
+    ).filter(caption__decision="", reward__isnull=False)
+    rows = [row for chunk in stream_rows(eligible.order_by(), ("caption_id", "reward")) for row in chunk]
+    if len(rows) <= target or clusters < 2:
+        return None, "Cluster balancing skipped: fewer eligible pairs than the rule keeps."
+    reward_of = {cid: reward for cid, reward in rows}
+    try:
+        feats, got = [], []
+        all_ids = [r[0] for r in rows]
+        for start in range(0, len(all_ids), 4096):
+            image, _text, row_ids = caption_features(
+                encoder=plan.encoder, caption_ids=all_ids[start : start + 4096]
+            )
+            feats.append(np.asarray(image, dtype=np.float32))
+            got.extend(row_ids)
+        features = np.concatenate(feats)
+    except Exception as exc:  # embeddings not cached or encoder unavailable here
+        return None, f"Cluster balancing skipped: image embeddings unavailable ({exc})."
+    if len(got) <= target:
+        return None, "Cluster balancing skipped: too few pairs have image embeddings."
+    ids = np.array(got, dtype=np.int64)
+    rewards = np.array([reward_of[cid] for cid in got], dtype=np.float64)
+    from sklearn.cluster import MiniBatchKMeans
+
+    k = min(clusters, len(ids))
+    rng = np.random.default_rng(0)
+    sample = features[rng.choice(len(ids), size=min(len(ids), 20_000), replace=False)]
+    labels = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3).fit(sample).predict(features)
+    order = np.lexsort((-rewards, labels))  # by cluster, best reward first
+    by_cluster = [order[labels[order] == c] for c in range(k)]
+    chosen: list[int] = []
+    # Round-robin over clusters: a small cluster's unused quota goes to the others.
+    depth = 0
+    while len(chosen) < target:
+        added = False
+        for members in by_cluster:
+            if depth < len(members) and len(chosen) < target:
+                chosen.append(members[depth])
+                added = True
+        if not added:
+            break
+        depth += 1
+    return np.sort(ids[np.array(chosen, dtype=np.int64)]), f"Balanced over {k} image-embedding clusters."
+
+
+def filter_run_create(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, user=None, confirm: bool = False
+) -> FilterRun:
+    """Validate and queue a run; a rule that keeps nothing or everything needs ``confirm=True``."""
+    preview = filter_preview(
+        encoder=encoder, reward_model_version=reward_model_version, rule=rule, histogram=False
+    )
+    if preview.warning and not confirm:
+        raise FilterNeedsConfirm(preview.warning)
+    return FilterRun.objects.create(
+        encoder=encoder,
+        reward_model_version=reward_model_version,
+        rule=rule.to_dict(),
+        params={"rule_text": rule.describe(), "confirmed_warning": preview.warning},
+        created_by=user,
+    )
+
+
+def _kept_path(run: FilterRun) -> Path:
+    return Path(settings.EXPORT_DIR) / "filter-runs" / f"filter-run-{run.pk}-kept.npy"
+
+
+def filter_run_execute(*, run: FilterRun) -> FilterRun:
+    """Evaluate the run's rule, write the kept caption ids (sorted int64 .npy) and record the counts."""
+    # A redelivered task finds the run RUNNING after its worker died: redo it (the .npy is replaced atomically).
+    if run.status == RunStatus.SUCCEEDED:
+        return run
+    run.status, run.started_at, run.error = RunStatus.RUNNING, timezone.now(), ""
+    run.save(update_fields=["status", "started_at", "error"])
+    try:
+        rule = FilterRule.from_dict(run.rule)
+        plan = filter_plan(encoder=run.encoder, reward_model_version=run.reward_model_version, rule=rule)
+        run.considered = plan.considered.count()
+        run.total = run.considered
+        run.save(update_fields=["considered", "total"])
+        kept_ids = stream_ids(plan.kept)
+        messages = []
+        if rule.balance_clusters:
+            rule_part = stream_ids(plan.kept.filter(decision=""))
+            balanced, message = _balanced_ids(plan, target=len(rule_part), clusters=rule.balance_clusters)
+            messages.append(message)
+            if balanced is not None:
+                kept_ids = np.union1d(np.setdiff1d(kept_ids, rule_part), balanced)
+        path = _kept_path(run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, kept_ids.astype(np.int64))
+        os.replace(tmp, path)
+        run.kept = int(kept_ids.size)
+        run.kept_file = str(path)
+        run.summary = {
+            "rule_text": rule.describe(),
+            "reward_cutoff": plan.cutoff,
+            "rule_passed": plan.rule_passed.count(),
+            **{name: qs.count() for name, qs in plan.overrides.items()},
+            "messages": messages,
+        }
+        run.done, run.status, run.finished_at = run.considered, RunStatus.SUCCEEDED, timezone.now()
+        run.save()
+    except Exception as exc:
+        logger.exception("filter run %s failed", run.pk)
+        run.status, run.error, run.finished_at = (
+            RunStatus.FAILED,
+            f"{type(exc).__name__}: {exc}",
+            timezone.now(),
+        )
+        run.save(update_fields=["status", "error", "finished_at"])
+        raise
+    return run
+
+
+def filter_run_kept_ids(*, run: FilterRun) -> np.ndarray:
+    if not run.kept_file or not Path(run.kept_file).exists():
+        raise FileNotFoundError(
+            f"Filter run {run.pk} (status {run.status}): its kept-ids file {run.kept_file or '(none)'} is missing."
+        )
+    return np.load(run.kept_file)

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from curate import review_views as views
+
+app_name = "review"
+
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("bulk", views.bulk, name="bulk"),
+    path("audit", views.audit, name="audit"),
+    path("<int:caption_id>/decide", views.decide, name="decide"),
+    path("<int:caption_id>/suggest", views.suggest, name="suggest"),
+    path("<int:caption_id>/suggestion", views.suggestion, name="suggestion"),
+]

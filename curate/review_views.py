@@ -1,0 +1,259 @@
+"""Curator review: the flagged-pairs queue, decisions (one or a selection), rewrites, the audit trail.
+
+Plain forms first: every action is a POST that redirects back to the queue. With htmx the decided item
+is swapped out in place, and a conflict (another curator decided first) comes back as 409 with the
+newer decision shown in the item.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.roles import CURATOR, role_required
+from annotate.models import Campaign
+from curate.models import FlagReason, Review
+from curate.rewrite import RewriteRefused, rewrite_suggestion_get
+from curate.selectors import (
+    QueueFilters,
+    review_audit,
+    review_counts_by_reason,
+    review_items,
+    review_queue,
+    score_context_default,
+)
+from curate.services import DECISIONS, DecisionConflict, review_decide, review_decide_bulk
+from curate.tasks import rewrite_suggest_task
+from pool.models import Caption, CaptionSource, CuratorDecision
+
+PAGE_SIZE = 10
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _filters(params) -> QueueFilters:
+    return QueueFilters(
+        reason=params.get("reason", "") if params.get("reason", "") in FlagReason.values else "",
+        source=params.get("source", "") if params.get("source", "") in CaptionSource.values else "",
+        score=params.get("score", "reward"),
+        score_min=_float(params.get("score_min")),
+        score_max=_float(params.get("score_max")),
+        state=params.get("state", "undecided")
+        if params.get("state") in ("undecided", "decided", "all")
+        else "undecided",
+    )
+
+
+def _context(params):
+    version = params.get("version")
+    return score_context_default(
+        encoder=params.get("encoder") or None,
+        reward_model_version=int(version) if version and version.isdigit() else None,
+    )
+
+
+def _queue_url(request) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()}):
+        return candidate
+    return reverse("review:queue")
+
+
+def _campaigns():
+    return Campaign.objects.filter(is_active=True).order_by("name")
+
+
+def _page_context(request, *, status_message: str = "") -> dict:
+    filters = _filters(request.GET)
+    context = _context(request.GET)
+    queryset = review_queue(filters=filters, context=context)
+    page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    items = review_items(captions=list(page.object_list), context=context)
+    query = {k: v for k, v in request.GET.items() if k != "page" and v}
+    return {
+        "filters": filters,
+        "score_context": context,
+        "page": page,
+        "items": items,
+        "reasons": FlagReason.choices,
+        "sources": CaptionSource.choices,
+        "counts": review_counts_by_reason(),
+        "campaigns": _campaigns(),
+        "query": urlencode(query),
+        "here": request.get_full_path(),
+        "status_message": status_message,
+    }
+
+
+@require_GET
+@role_required(CURATOR)
+def queue(request):
+    return render(request, "review/queue.html", _page_context(request))
+
+
+def _item_response(request, caption: Caption, *, status: int = 200, notice: str = "", conflict=None):
+    context = _context(request.POST)
+    (item,) = review_items(captions=[caption], context=context)
+    return render(
+        request,
+        "review/queue.html#item",
+        {
+            "item": item,
+            "notice": notice,
+            "conflict": conflict,
+            "campaigns": _campaigns(),
+            "here": _queue_url(request),
+            "score_context": context,
+        },
+        status=status,
+    )
+
+
+@require_POST
+@role_required(CURATOR)
+def decide(request, caption_id: int):
+    caption = get_object_or_404(Caption.objects.select_related("image"), pk=caption_id)
+    decision = request.POST.get("decision", "")
+    rewrite_text = request.POST.get("rewrite_text")
+    if request.POST.get("accept_suggestion"):
+        # The suggestion's own button: accepting it is a rewrite with its text.
+        decision, rewrite_text = CuratorDecision.REWRITE, request.POST["accept_suggestion"]
+    version = request.POST.get("expected_version", "")
+    if decision not in DECISIONS or not version.isdigit():
+        message = "Choose accept, reject or rewrite (the form was incomplete; reload the page)."
+        if request.htmx:
+            return _item_response(request, caption, status=400, notice=message)
+        messages.error(request, message)
+        return redirect(_queue_url(request))
+    campaign = None
+    if decision == CuratorDecision.REWRITE and request.POST.get("campaign", "").isdigit():
+        campaign = Campaign.objects.filter(pk=int(request.POST["campaign"])).first()
+    try:
+        review = review_decide(
+            caption=caption,
+            reviewer=request.user,
+            decision=decision,
+            expected_version=int(version),
+            note=request.POST.get("note", ""),
+            rewrite_text=rewrite_text,
+            campaign=campaign,
+        )
+    except DecisionConflict as conflict:
+        if request.htmx:
+            return _item_response(request, conflict.caption, status=409, conflict=conflict)
+        messages.warning(request, str(conflict))
+        return render(request, "review/queue.html", _page_context(request), status=409)
+    except RewriteRefused as exc:
+        if request.htmx:
+            return _item_response(request, caption, status=400, notice=str(exc))
+        messages.error(request, f"Not saved: {exc}")
+        return redirect(_queue_url(request))
+    text = {
+        CuratorDecision.ACCEPT: "Accepted: always kept",
+        CuratorDecision.REJECT: "Rejected: always dropped",
+        CuratorDecision.REWRITE: "Rewritten",
+    }[decision]
+    if review.rewritten_caption_id:
+        text += f" as “{review.rewritten_caption.text}”"
+        if campaign:
+            text += f", sent to campaign {campaign.name}"
+    if request.htmx:
+        response = render(
+            request, "review/queue.html#decided", {"caption": caption, "text": text, "review": review}
+        )
+        response["HX-Trigger"] = "review-decided"
+        return response
+    messages.success(request, f"{text} ({caption.text[:60]})")
+    return redirect(_queue_url(request))
+
+
+@require_POST
+@role_required(CURATOR)
+def bulk(request):
+    decision = request.POST.get("decision", "")
+    selection = []
+    for value in request.POST.getlist("selected"):
+        cid, _, version = value.partition(":")
+        if cid.isdigit() and version.isdigit():
+            selection.append((int(cid), int(version)))
+    if not selection:
+        messages.error(request, "Select at least one pair (the checkboxes, or x on the keyboard).")
+        return redirect(_queue_url(request))
+    try:
+        result = review_decide_bulk(
+            selection=selection, reviewer=request.user, decision=decision, note=request.POST.get("note", "")
+        )
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect(_queue_url(request))
+    if result.decided:
+        messages.success(request, f"{decision.capitalize()}ed {len(result.decided)} pair(s).")
+    if result.conflicts:
+        messages.warning(
+            request,
+            f"{len(result.conflicts)} pair(s) were decided by someone else meanwhile and were left as they are: "
+            + ", ".join(str(c) for c in result.conflicts),
+        )
+    for cid, why in result.refused.items():
+        messages.error(request, f"Pair {cid}: {why}")
+    return redirect(_queue_url(request))
+
+
+@require_POST
+@role_required(CURATOR)
+def suggest(request, caption_id: int):
+    caption = get_object_or_404(Caption, pk=caption_id)
+    rewrite_suggest_task.delay(caption.pk)
+    if request.htmx:
+        return _suggestion_response(request, caption)
+    messages.info(request, "A rewrite suggestion is being generated; it appears under Rewrite when ready.")
+    return redirect(f"{_queue_url(request)}#item-{caption.pk}")
+
+
+@require_GET
+@role_required(CURATOR)
+def suggestion(request, caption_id: int):
+    return _suggestion_response(request, get_object_or_404(Caption, pk=caption_id))
+
+
+def _suggestion_response(request, caption: Caption):
+    return render(
+        request,
+        "review/queue.html#suggestion",
+        {"caption": caption, "suggestion": rewrite_suggestion_get(caption_id=caption.pk), "polling": True},
+    )
+
+
+@require_GET
+@role_required(CURATOR)
+def audit(request):
+    curator = request.GET.get("curator", "")
+    decision = request.GET.get("decision", "")
+    page = Paginator(review_audit(curator=curator, decision=decision), 50).get_page(request.GET.get("page"))
+    reviewer_ids = Review.objects.values_list("reviewer_id", flat=True).distinct()
+    curators = get_user_model().objects.filter(id__in=reviewer_ids).order_by("username")
+    query = urlencode({k: v for k, v in {"curator": curator, "decision": decision}.items() if v})
+    return render(
+        request,
+        "review/audit.html",
+        {
+            "page": page,
+            "curator": curator,
+            "decision": decision,
+            "curators": curators,
+            "decisions": DECISIONS,
+            "query": query,
+        },
+    )

@@ -1,0 +1,126 @@
+"""Pair features through the embedding cache: each image and each distinct text is embedded at most
+once per encoder identity (name + weights fingerprint), and only when the cache lacks it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from pool.models import Caption
+from scoring.cache import EmbeddingCache
+from scoring.encoders import Encoder, encoder_load
+from scoring.pipeline import images_embed, texts_embed
+
+logger = logging.getLogger(__name__)
+
+
+_caches: dict[tuple[str, str, str], EmbeddingCache] = {}
+_caches_lock = threading.Lock()
+
+
+def embedding_cache_for(encoder: Encoder) -> EmbeddingCache:
+    root = str(settings.EMBEDDING_CACHE_DIR)
+    key = (encoder.name, encoder.fingerprint, root)
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = _caches[key] = EmbeddingCache(encoder.name, fingerprint=encoder.fingerprint, root=root)
+        return cache
+
+
+@dataclass(frozen=True)
+class PairRow:
+    caption_id: int
+    text: str
+    text_sha256: str
+    image_sha256: str
+    image_path: str
+
+
+@dataclass
+class PairFeatures:
+    """Features of the readable pairs, aligned with ``caption_ids``; unreadable ones are in ``errors``."""
+
+    caption_ids: list[int]
+    image: np.ndarray
+    text: np.ndarray
+    truncated: list[bool]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def pair_rows(caption_ids) -> list[PairRow]:
+    rows = Caption.objects.filter(id__in=list(caption_ids)).values_list(
+        "id", "text", "text_sha256", "image__sha256", "image__file"
+    )
+    media = Path(settings.MEDIA_ROOT)
+    return [PairRow(cid, text, tsha, isha, str(media / path)) for cid, text, tsha, isha, path in rows]
+
+
+def pair_features(*, encoder: Encoder, rows: list[PairRow], progress=None) -> PairFeatures:
+    """Features of ``rows``, each image and each distinct text embedded at most once and only when
+    the cache lacks it. Unreadable images are not cached, so a repaired file is read again later."""
+    cache = embedding_cache_for(encoder)
+
+    image_shas = list(dict.fromkeys(r.image_sha256 for r in rows))
+    cached, found = cache.get_images(image_shas)
+    image_feats = np.zeros((len(image_shas), encoder.image_feature_dim), dtype=np.float32)
+    if cached is not None:
+        image_feats[found] = cached[found].astype(np.float32)
+    image_errors: dict[str, str] = {}
+    missing = [i for i, ok in enumerate(found) if not ok]
+    if missing:
+        path_of = {r.image_sha256: r.image_path for r in rows}
+        paths = [path_of[image_shas[i]] for i in missing]
+        feats, errors = images_embed(encoder, paths, progress=progress)
+        good = [j for j in range(len(missing)) if j not in errors]
+        if good:
+            cache.put_images([image_shas[missing[j]] for j in good], feats[good])
+            image_feats[[missing[j] for j in good]] = feats[good].astype(np.float16).astype(np.float32)
+        for j, reason in errors.items():
+            image_errors[image_shas[missing[j]]] = reason
+
+    text_of = {r.text_sha256: r.text for r in rows}
+    text_shas = list(text_of)
+    cached, found = cache.get_texts(text_shas)
+    text_feats = np.zeros((len(text_shas), encoder.text_feature_dim), dtype=np.float32)
+    if cached is not None:
+        text_feats[found] = cached[found].astype(np.float32)
+    missing = [i for i, ok in enumerate(found) if not ok]
+    if missing:
+        feats, _ = texts_embed(encoder, [text_of[text_shas[i]] for i in missing])
+        cache.put_texts([text_shas[i] for i in missing], feats)
+        # Rows read back from the cache are float16: round fresh ones the same way so a rescore of
+        # cached pairs gives bit-identical scores.
+        text_feats[missing] = feats.astype(np.float16).astype(np.float32)
+    truncated_of = dict(zip(text_shas, encoder.text_truncated([text_of[s] for s in text_shas]), strict=True))
+
+    image_row = {sha: i for i, sha in enumerate(image_shas)}
+    text_row = {sha: i for i, sha in enumerate(text_shas)}
+    kept = [r for r in rows if r.image_sha256 not in image_errors]
+    return PairFeatures(
+        caption_ids=[r.caption_id for r in kept],
+        image=image_feats[[image_row[r.image_sha256] for r in kept]],
+        text=text_feats[[text_row[r.text_sha256] for r in kept]],
+        truncated=[truncated_of[r.text_sha256] for r in kept],
+        errors={r.caption_id: image_errors[r.image_sha256] for r in rows if r.image_sha256 in image_errors},
+    )
+
+
+def caption_features(*, encoder: str, caption_ids: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(image features, text features, caption ids of those rows), float32, computing and caching
+    what is missing. Captions whose image cannot be read (or that do not exist) are left out: the
+    third element is the list of ids the rows belong to, in the order of ``caption_ids``."""
+    enc = encoder_load(encoder)
+    order = {cid: i for i, cid in enumerate(dict.fromkeys(caption_ids))}
+    rows = sorted(pair_rows(order), key=lambda r: order[r.caption_id])
+    feats = pair_features(encoder=enc, rows=rows)
+    if feats.errors:
+        logger.warning(
+            "caption_features(%s): %d captions left out: %s", encoder, len(feats.errors), feats.errors
+        )
+    return feats.image, feats.text, feats.caption_ids

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pg import recreate_database  # noqa: E402 - needs the repository on sys.path
+from benchmarks.pg import insert_select, recreate_database  # noqa: E402 - needs the repository on sys.path
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -44,40 +44,6 @@ def _percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def _insert_select(model, exprs: dict[str, str], from_sql: str) -> int:
-    """INSERT INTO model's table SELECT ... FROM from_sql; columns not in ``exprs`` get the field default,
-    so fields other apps add later with a default do not break the benchmark."""
-    from django.db import connection, models
-
-    columns, select, params = [], [], []
-    for field in model._meta.concrete_fields:
-        column = field.column
-        if column in exprs:
-            select.append(exprs[column])
-        elif field.primary_key:
-            continue
-        elif field.has_default():
-            select.append("%s")
-            params.append(field.get_db_prep_save(field.get_default(), connection))
-        elif field.null:
-            select.append("NULL")
-        elif isinstance(field, models.CharField | models.TextField):
-            select.append("''")
-        else:
-            raise RuntimeError(f"The benchmark does not know how to fill {model.__name__}.{field.name}.")
-        columns.append(column)
-    sql = f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) SELECT {', '.join(select)} {from_sql}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        count = cursor.rowcount
-        if model._meta.pk.column in exprs:
-            table = model._meta.db_table
-            cursor.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-            )
-    return count
 
 
 def populate(*, scale: float, annotators: int, seed: int) -> dict:
@@ -101,7 +67,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
     first_uid = min(u.pk for u in users)
     assert max(u.pk for u in users) - first_uid == annotators - 1, "user ids must be contiguous"
 
-    _insert_select(
+    insert_select(
         Image,
         {
             "id": "g",
@@ -116,7 +82,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
         },
         f"FROM generate_series(1, {n}) AS g",
     )
-    _insert_select(
+    insert_select(
         Caption,
         {
             "id": "g",
@@ -134,7 +100,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
         + ", ".join(f"jsonb_build_array({c.format(per=per_image, k=k)})" for k in range(1, 5))
         + ")"
     )
-    _insert_select(
+    insert_select(
         Task,
         {
             "id": "t",
@@ -149,7 +115,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
         },
         f"FROM generate_series(1, {n}) AS t",
     )
-    _insert_select(
+    insert_select(
         TaskCaption,
         {
             "id": "g",
@@ -159,7 +125,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
         },
         f"FROM generate_series(1, {4 * n}) AS g",
     )
-    _insert_select(
+    insert_select(
         Assignment,
         {
             "task_id": "t",
@@ -178,7 +144,7 @@ def populate(*, scale: float, annotators: int, seed: int) -> dict:
     )
     row = "'" + json.dumps({key: 3 for key in campaign.criterion_keys}) + "'::jsonb"
     ratings = "jsonb_build_object(" + ", ".join(f"{i}::text, {row}" for i in ids) + ")"
-    judgments = _insert_select(
+    judgments = insert_select(
         Judgment,
         {
             "task_id": "a.task_id",

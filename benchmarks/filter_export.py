@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pg import recreate_database  # noqa: E402 - needs the repository on sys.path
+from benchmarks.pg import insert_select, recreate_database  # noqa: E402 - needs the repository on sys.path
 
 ENCODER = "bench:encoder"
 VERSION = 1
@@ -55,39 +55,6 @@ def _setup_django() -> None:
     import django
 
     django.setup()
-
-
-def _insert_select(model, exprs: dict[str, str], from_sql: str) -> int:
-    """INSERT ... SELECT over generate_series; other columns get their field default."""
-    from django.db import connection, models
-
-    columns, select, params = [], [], []
-    for field in model._meta.concrete_fields:
-        if field.column in exprs:
-            select.append(exprs[field.column])
-        elif field.primary_key:
-            continue
-        elif field.has_default():
-            select.append("%s")
-            params.append(field.get_db_prep_save(field.get_default(), connection))
-        elif field.null:
-            select.append("NULL")
-        elif isinstance(field, models.CharField | models.TextField):
-            select.append("''")
-        else:
-            raise RuntimeError(f"The benchmark does not know how to fill {model.__name__}.{field.name}.")
-        columns.append(field.column)
-    table = model._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(select)} {from_sql}", params
-        )
-        count = cursor.rowcount
-        if model._meta.pk.column in exprs:
-            cursor.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-            )
-    return count
 
 
 def populate(*, pairs: int, media_root: Path) -> float:
@@ -103,7 +70,7 @@ def populate(*, pairs: int, media_root: Path) -> float:
     (media_root / "bench").mkdir(parents=True, exist_ok=True)
     (media_root / "bench" / "one.jpg").write_bytes(buffer.getvalue())
     images = (pairs + 1) // 2
-    _insert_select(
+    insert_select(
         Image,
         {
             "id": "g",
@@ -119,7 +86,7 @@ def populate(*, pairs: int, media_root: Path) -> float:
         },
         f"FROM generate_series(1, {images}) AS g",
     )
-    _insert_select(
+    insert_select(
         Caption,
         {
             "id": "g",
@@ -131,7 +98,7 @@ def populate(*, pairs: int, media_root: Path) -> float:
         },
         f"FROM generate_series(1, {pairs}) AS g",
     )
-    _insert_select(
+    insert_select(
         Score,
         {
             "caption_id": "g",

@@ -82,6 +82,17 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 5)
 
 
+def _score_details(encoder: str, reward_model_version: int, reward, clipscore, cosine) -> dict:
+    """What every score-based flag records: the model it came from and the pair's scores."""
+    return {
+        "encoder": encoder,
+        "reward_model_version": reward_model_version,
+        "reward": _round(reward),
+        "clipscore": _round(clipscore),
+        "cosine": _round(cosine),
+    }
+
+
 def low_reward_rows(*, encoder: str, reward_model_version: int, share: float) -> Iterator[tuple[int, dict]]:
     scored = usable_scores(encoder=encoder, reward_model_version=reward_model_version).filter(
         reward__isnull=False
@@ -97,11 +108,7 @@ def low_reward_rows(*, encoder: str, reward_model_version: int, share: float) ->
         yield (
             cid,
             {
-                "encoder": encoder,
-                "reward_model_version": reward_model_version,
-                "reward": _round(reward),
-                "clipscore": _round(clipscore),
-                "cosine": _round(cosine),
+                **_score_details(encoder, reward_model_version, reward, clipscore, cosine),
                 "reward_percentile": round(rank / total, 4),
                 "bottom_share": share,
             },
@@ -127,11 +134,7 @@ def disagreement_rows(
         yield (
             cid,
             {
-                "encoder": encoder,
-                "reward_model_version": reward_model_version,
-                "reward": _round(reward),
-                "clipscore": _round(clipscore),
-                "cosine": _round(cosine),
+                **_score_details(encoder, reward_model_version, reward, clipscore, cosine),
                 "reward_percentile": round(reward_pct, 4),
                 "clipscore_percentile": round(clip_pct, 4),
                 "gap": round(abs(reward_pct - clip_pct), 4),
@@ -150,11 +153,7 @@ def truncated_rows(*, encoder: str, reward_model_version: int) -> Iterator[tuple
         yield (
             cid,
             {
-                "encoder": encoder,
-                "reward_model_version": reward_model_version,
-                "reward": _round(reward),
-                "clipscore": _round(clipscore),
-                "cosine": _round(cosine),
+                **_score_details(encoder, reward_model_version, reward, clipscore, cosine),
                 "note": "the encoder saw only the start of this caption, so its scores judge a prefix",
             },
         )

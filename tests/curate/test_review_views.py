@@ -168,3 +168,9 @@ def test_the_audit_trail_lists_decisions_and_filters_by_curator_and_decision(
     assert "n1" in page and "n2" not in page
     page = client_curator.get(reverse("review:audit"), {"decision": "accept"}).content.decode()
     assert "n2" in page and "n1" not in page
+
+
+def test_old_review_and_filter_addresses_redirect_to_curate(client):
+    response = client.get("/annotate/review/audit?decision=accept")
+    assert response.status_code == 302 and response["Location"] == "/curate/review/audit?decision=accept"
+    assert client.get("/scoring/filters/")["Location"] == "/curate/filters/"

@@ -29,7 +29,7 @@ def test_curator_reviews_three_flagged_pairs_by_keyboard(
     reverse("review:queue")
     browser_login("carl")
 
-    page.goto(f"{live_server.url}/annotate/review/?reason=low_reward")
+    page.goto(f"{live_server.url}/curate/review/?reason=low_reward")
     items = page.locator(".review-item:not(.decided)")
     assert items.count() == 3
     assert page.locator(".review-legend").is_visible()
@@ -67,7 +67,7 @@ def test_filter_preview_follows_the_form_and_a_run_is_listed(
     make_user("ada", "admin")
     reverse("filters:index")
     browser_login("ada")
-    page.goto(f"{live_server.url}/scoring/filters/")
+    page.goto(f"{live_server.url}/curate/filters/")
     assert page.locator("#preview-kept").inner_text() == "12"
     page.fill("input[name=top_percent]", "50")
     expect(page.locator("#preview-kept")).to_have_text("20")

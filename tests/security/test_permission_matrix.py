@@ -77,12 +77,12 @@ PAGES: dict[str, Rule] = {
     "admin/login/": Rule(PUBLIC),
     "admin/logout/": Rule(PUBLIC),
     # curator review
-    "annotate/review/": Rule(CURATOR),
-    "annotate/review/bulk": Rule(CURATOR, ("POST",)),
-    "annotate/review/audit": Rule(CURATOR),
-    "annotate/review/<int:caption_id>/decide": Rule(CURATOR, ("POST",)),
-    "annotate/review/<int:caption_id>/suggest": Rule(CURATOR, ("POST",)),
-    "annotate/review/<int:caption_id>/suggestion": Rule(CURATOR),
+    "curate/review/": Rule(CURATOR),
+    "curate/review/bulk": Rule(CURATOR, ("POST",)),
+    "curate/review/audit": Rule(CURATOR),
+    "curate/review/<int:caption_id>/decide": Rule(CURATOR, ("POST",)),
+    "curate/review/<int:caption_id>/suggest": Rule(CURATOR, ("POST",)),
+    "curate/review/<int:caption_id>/suggestion": Rule(CURATOR),
     # scoring runs
     "scoring/": Rule(CURATOR),
     "scoring/runs/start/": Rule(ADMIN, ("POST",)),
@@ -107,13 +107,13 @@ PAGES: dict[str, Rule] = {
         ADMIN, ("POST",), params={"kind": "job_kind", "run_id": "scoring_run_id"}
     ),
     # scoring: filters and exports
-    "scoring/filters/": Rule(CURATOR),
-    "scoring/filters/preview": Rule(CURATOR),
-    "scoring/filters/runs": Rule(CURATOR, ("POST",)),
-    "scoring/filters/runs/<int:run_id>/progress": Rule(CURATOR, params={"run_id": "filter_run_id"}),
-    "scoring/filters/runs/<int:run_id>/export": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
-    "scoring/filters/exports/<int:export_id>/progress": Rule(ADMIN),
-    "scoring/filters/exports/<int:export_id>/files/<str:name>": Rule(ADMIN, params={"name": "export_file"}),
+    "curate/filters/": Rule(CURATOR),
+    "curate/filters/preview": Rule(CURATOR),
+    "curate/filters/runs": Rule(CURATOR, ("POST",)),
+    "curate/filters/runs/<int:run_id>/progress": Rule(CURATOR, params={"run_id": "filter_run_id"}),
+    "curate/filters/runs/<int:run_id>/export": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
+    "curate/filters/exports/<int:export_id>/progress": Rule(ADMIN),
+    "curate/filters/exports/<int:export_id>/files/<str:name>": Rule(ADMIN, params={"name": "export_file"}),
     # reward models
     "models/": Rule(ADMIN),
     "models/train/": Rule(ADMIN, ("POST",)),
@@ -132,6 +132,9 @@ PAGES: dict[str, Rule] = {
 PREFIXES: dict[str, Rule] = {
     "admin/": Rule(STAFF),
     "static/": Rule(PUBLIC),
+    # Old homes of the curation pages: redirects only; the pages they lead to check the role.
+    "annotate/review/": Rule(PUBLIC),
+    "scoring/filters/": Rule(PUBLIC),
 }
 
 # --- API: (method, path as in the OpenAPI schema) -> rule --------------------------------------------
@@ -262,6 +265,7 @@ def rows(db, settings, tmp_path):
         "scoring_run_id": ScoringRun.objects.create(encoder="enc").pk,
         "token_id": token.pk,
         "export_fmt": "pairs",
+        "rest": "",  # the old curation prefixes redirect whatever follows them
         "path": str(media_file.relative_to(settings.MEDIA_ROOT)),
         # Django admin's own parameters
         "app_label": "auth",

@@ -148,7 +148,7 @@ def test_hostile_captions_render_escaped_on_every_page(hostile, role):
         assert "<img src=x" not in html, path
         parsed = audit(html)
         assert not parsed.problems, (path, parsed.problems)
-    expected = {ANNOTATOR: ["next"], CURATOR: ["/pool/", "/annotate/review/"], ADMIN: ["/pool/images/"]}
+    expected = {ANNOTATOR: ["next"], CURATOR: ["/pool/", "/curate/review/"], ADMIN: ["/pool/images/"]}
     for fragment in expected[role]:
         assert any(fragment in path for path in shown), (
             f"the hostile caption was not on a {fragment} page: {shown}"

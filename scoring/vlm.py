@@ -28,8 +28,9 @@ tokens, or one that puts less than ``MIN_SCORE_MASS`` of its next-token probabil
 (it is starting a sentence or refusing, and renormalising a minority of the mass would be a made-up
 number), gets ``error = "the model did not answer with a score ..."`` and no number.
 
-Batches are left-padded (the last position is then every row's next token) with an attention mask;
-batched scores equal one-at-a-time scores to float tolerance. A caption longer than the context is
+Pairs are batched by caption length (less padding), left-padded (the last position is then every
+row's next token) with an attention mask; batched scores equal one-at-a-time scores to float
+tolerance, and results come back in the caller's order. A caption longer than the context is
 cut at the token level, keeping the template, the question and the image tokens whole, and the
 result is flagged ``truncated``. An image the processor refuses fails only its own pair: a failed
 batch is retried one pair at a time.
@@ -151,6 +152,14 @@ class RewriteResult:
 # --- the scorer ---------------------------------------------------------------------------------
 
 
+def _length_sorted_chunks(captions: list[str], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar caption length: a batch is padded to its longest row, so mixing
+    a 3-word and a 60-word caption would make the short one pay for the long one."""
+    order = sorted(range(len(captions)), key=lambda i: len(str(captions[i])))
+    size = max(1, batch_size)
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
 def _exception_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
@@ -257,8 +266,8 @@ class VlmScorer:
         tokens are never cut.
         """
         captions, truncated = list(captions), [False] * len(captions)
-        for i, caption in enumerate(captions):
-            ids = self.tokenizer(caption, add_special_tokens=False, verbose=False).input_ids
+        caption_ids = self.tokenizer(captions, add_special_tokens=False, verbose=False).input_ids
+        for i, ids in enumerate(caption_ids):
             if len(ids) > limit:  # certainly too long: cut before paying for a huge encode
                 captions[i], truncated[i] = self.tokenizer.decode(ids[:limit]), True
         inputs = self._encode(images, [make_text(c) for c in captions])
@@ -301,9 +310,10 @@ class VlmScorer:
             for result in results:
                 result.error = f"the model did not answer with a score: {self._score_problem}"
             return results
-        for start in range(0, len(images), max(1, batch_size)):
-            stop = start + max(1, batch_size)
-            self._score_chunk(images[start:stop], captions[start:stop], results[start:stop])
+        for chunk in _length_sorted_chunks(captions, batch_size):
+            self._score_chunk(
+                [images[i] for i in chunk], [captions[i] for i in chunk], [results[i] for i in chunk]
+            )
         return results
 
     def _score_chunk(self, images, captions, out: list[VlmScores]) -> None:
@@ -389,10 +399,13 @@ class VlmScorer:
 
     def _generate(self, images, captions, prompt, max_new_tokens, batch_size) -> list[RewriteResult]:
         results = [RewriteResult() for _ in images]
-        for start in range(0, len(images), max(1, batch_size)):
-            stop = start + max(1, batch_size)
+        for chunk in _length_sorted_chunks(captions, batch_size):
             self._generate_chunk(
-                images[start:stop], captions[start:stop], prompt, max_new_tokens, results[start:stop]
+                [images[i] for i in chunk],
+                [captions[i] for i in chunk],
+                prompt,
+                max_new_tokens,
+                [results[i] for i in chunk],
             )
         return results
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from pool.models import RunStatus
-from scoring.features import PairRow, pair_rows
+from scoring.features import pair_rows
 from scoring.models import ScoringChunk, ScoringRun, VlmScore
 from scoring.services import FINISHED, chunk_mark_done, run_finish_if_complete, scoring_queryset
 
@@ -20,10 +20,10 @@ logger = logging.getLogger(__name__)
 VLM_UPDATE_FIELDS = ["scorer", "itm", "odf", "ctq", "su", "truncated", "error", "updated_at"]
 
 
-def _image_open(row: PairRow):
-    """The pair's image as RGB, or the reason it cannot be read (that pair gets an error row)."""
+def image_open(path):
+    """(RGB image, "") or (None, the reason it cannot be read): that pair gets an error row."""
     try:
-        with PILImage.open(row.image_path) as img:
+        with PILImage.open(path) as img:
             return img.convert("RGB"), ""
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a per-pair error, not a failed chunk
         return None, f"unreadable image: {type(exc).__name__}: {exc}"[:500]
@@ -41,7 +41,7 @@ def vlm_chunk_score(*, run: ScoringRun, chunk: ScoringChunk, scorer=None) -> str
     rows = pair_rows(caption_ids)
     images, texts, readable, errors = [], [], [], {}
     for row in rows:
-        img, reason = _image_open(row)
+        img, reason = image_open(row.image_path)
         if img is None:
             errors[row.caption_id] = reason
         else:

@@ -19,6 +19,7 @@ class FlagReason(models.TextChoices):
     NEAR_DUPLICATE = "near_duplicate", "near-duplicate cluster"
     LOW_AGREEMENT = "low_agreement", "annotators disagree"
     TRUNCATED = "truncated", "caption truncated by the encoder"
+    LOW_JUDGE = "low_judge", "the multimodal judge says the caption does not match"
 
 
 class Flag(models.Model):

@@ -175,7 +175,10 @@ class VlmScorer:
     """A loaded image-text-to-text model with its processor; thread-safe (one forward at a time)."""
 
     def __init__(self, name: str, directory: Path, device: torch.device, model, processor, fingerprint: str):
-        self.name, self.directory, self.device, self.fingerprint = name, directory, device, fingerprint
+        self.name, self.directory, self.device = name, directory, device
+        # What a score means depends on the weights, tokenizer and template (the files' fingerprint) and
+        # on the questions asked: scores are keyed by both, so changing either makes new rows.
+        self.fingerprint = hashlib.sha256(f"{fingerprint}:{PROMPTS_SHA256}".encode()).hexdigest()
         self.model, self.processor = model, processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # the last position is then the next token of every row

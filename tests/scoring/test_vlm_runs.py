@@ -134,3 +134,18 @@ def test_score_pool_command_runs_a_judge_over_a_band(scored_pool, tiny_clip_name
 def test_score_pool_refuses_a_judge_over_the_whole_pool(judge):
     with pytest.raises(CommandError, match="--band"):
         call_command("score_pool", scorer=judge)
+
+
+def test_low_judge_flags_name_the_judge_and_the_reward_view(scored_pool, tiny_clip_name, judge):
+    from curate.flags import flags_refresh
+    from curate.models import Flag, FlagReason
+
+    scoring_run_sync(run=vlm_run_start(scorer=judge, caption_ids=[c.id for c in scored_pool], enqueue=False))
+    counts = flags_refresh(encoder=tiny_clip_name, reward_model_version=0, judge_itm_below=100)
+    flags = Flag.objects.filter(reason=FlagReason.LOW_JUDGE, is_open=True)
+    assert counts["low_judge"]["open"] == flags.count() == len(scored_pool)
+    assert all(f.details["judge"] == judge and 0 <= f.details["itm"] < 100 for f in flags)
+    # A stricter bar closes them (never deletes).
+    flags_refresh(encoder=tiny_clip_name, reward_model_version=0, judge_itm_below=0)
+    assert not Flag.objects.filter(reason=FlagReason.LOW_JUDGE, is_open=True).exists()
+    assert Flag.objects.filter(reason=FlagReason.LOW_JUDGE).count() == len(scored_pool)

@@ -173,6 +173,9 @@ LOUPE_REWARD_VALIDATION_FRACTION = float(os.environ.get("LOUPE_REWARD_VALIDATION
 LOUPE_REWARD_TEST_FRACTION = float(os.environ.get("LOUPE_REWARD_TEST_FRACTION", "0.2"))
 # A local transformers model for caption rewrite suggestions; unset = the label-expansion template.
 LOUPE_REWRITE_MODEL_DIR = os.environ.get("LOUPE_REWRITE_MODEL_DIR") or None
+# A multimodal judge (vlm:<local dir> or vlm:<hub id>): when set, the curator's "suggest" asks it for a
+# rewrite grounded in the image (AITQE) instead of the text-only model or the template.
+LOUPE_VLM_JUDGE = os.environ.get("LOUPE_VLM_JUDGE") or None
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
 

@@ -7,7 +7,12 @@ A rule is an AND of predicates over one scoring (encoder, reward model version):
 - ``cosine_min``: image-text cosine at least this (DataComp's CLIPScore filter: presets 0.25 and 0.28);
 - ``criteria_min``: per-criterion minimums on the predicted 1-5 scores, e.g. ``{"accuracy": 3}``;
 - ``balance_clusters``: keep the same number of pairs, but spread over k-means clusters of image
-  embeddings (best reward first inside each cluster) instead of taking the global top.
+  embeddings (best reward first inside each cluster) instead of taking the global top;
+- ``vlm_min``: minimums on a multimodal judge's MLM-Filter metrics (0-100: ``itm``, ``odf``, ``ctq``,
+  ``su``), from the judge ``vlm_scorer``; the MLM-Filter preset keeps ITM >= 66 and ODF >= 20 (its best
+  DataComp-medium filter). Pairs the judge has not seen (outside its band) are dropped, or judged by
+  the other predicates alone with ``vlm_unjudged="keep"``. The judge's weights fingerprint is fixed
+  when the run is created, so a later judge at the same path never changes what a run used.
 
 Only usable pairs (image ok, caption ok) are considered. Curator decisions override the rule: accept ->
 kept whatever the scores; reject -> dropped; rewrite -> the original is dropped and its rewrite is a
@@ -37,7 +42,7 @@ from django.utils import timezone
 
 from curate.models import FilterRun
 from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, ImageStatus, RunStatus
-from scoring.models import Score
+from scoring.models import Score, VlmScore
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,9 @@ PRESETS: dict[str, dict] = {
     "top-30": {"top_percent": 30.0},
     "datacomp-0.25": {"top_percent": None, "cosine_min": 0.25},
     "datacomp-0.28": {"top_percent": None, "cosine_min": 0.28},
+    "mlm-filter": {"top_percent": None, "vlm_min": {"itm": 66.0, "odf": 20.0}},
 }
+VLM_METRICS = ("itm", "odf", "ctq", "su")
 STREAM_CHUNK = 50_000
 HISTOGRAM_BINS = 40
 
@@ -62,6 +69,10 @@ class FilterRule:
     criteria_min: dict[str, float] = field(default_factory=dict)
     balance_clusters: int = 0
     preset: str = ""
+    vlm_min: dict[str, float] = field(default_factory=dict)
+    vlm_scorer: str = ""
+    vlm_fingerprint: str = ""
+    vlm_unjudged: str = "drop"
 
     @classmethod
     def from_dict(cls, data: dict) -> FilterRule:
@@ -79,7 +90,13 @@ class FilterRule:
             criteria_min={str(k): float(v) for k, v in (data.get("criteria_min") or {}).items()},
             balance_clusters=int(data.get("balance_clusters") or 0),
             preset=preset,
+            vlm_min={str(k): float(v) for k, v in (data.get("vlm_min") or {}).items()},
+            vlm_scorer=str(data.get("vlm_scorer") or ""),
+            vlm_fingerprint=str(data.get("vlm_fingerprint") or ""),
+            vlm_unjudged=str(data.get("vlm_unjudged") or "drop"),
         )
+        if rule.vlm_min and not rule.vlm_fingerprint:
+            rule.vlm_fingerprint, rule.vlm_scorer = vlm_judge_resolve(rule.vlm_scorer)
         rule.validate()
         return rule
 
@@ -93,6 +110,13 @@ class FilterRule:
                 raise ValueError(f"Minimum for criterion {key!r} must be on the 1-5 scale, got {value}.")
         if self.balance_clusters < 0:
             raise ValueError("balance_clusters must be 0 (off) or a number of clusters.")
+        for key, value in self.vlm_min.items():
+            if key not in VLM_METRICS:
+                raise ValueError(f"Unknown judge metric {key!r}: use {', '.join(VLM_METRICS)}.")
+            if not 0 <= value <= 100:
+                raise ValueError(f"Minimum for judge metric {key!r} must be on the 0-100 scale, got {value}.")
+        if self.vlm_unjudged not in ("drop", "keep"):
+            raise ValueError("vlm_unjudged is 'drop' (pairs the judge has not seen are dropped) or 'keep'.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +130,7 @@ class FilterRule:
         if self.cosine_min is not None:
             parts.append(f"cosine ≥ {self.cosine_min:g}")
         parts += [f"{key} ≥ {value:g}" for key, value in self.criteria_min.items()]
+        parts += [f"{key.upper()} ≥ {value:g}" for key, value in self.vlm_min.items()]
         text = " AND ".join(parts) or "keep every usable scored pair"
         if self.balance_clusters:
             text += f", balanced over {self.balance_clusters} clusters"
@@ -113,9 +138,27 @@ class FilterRule:
 
     @property
     def histogram_field(self) -> str:
-        return (
-            "cosine" if self.top_percent is None and self.reward_min is None and self.cosine_min else "reward"
+        if self.top_percent is None and self.reward_min is None:
+            if self.cosine_min:
+                return "cosine"
+            if self.vlm_min:
+                return next(iter(self.vlm_min))  # the judge's first metric, e.g. itm
+        return "reward"
+
+
+def vlm_judge_resolve(scorer: str) -> tuple[str, str]:
+    """(weights fingerprint, name) of the judge whose scores a rule uses: the named judge's latest
+    fingerprint, or with no name the judge that scored most recently. ``ValueError`` when none has."""
+    judged = VlmScore.objects.exclude(scorer_fingerprint="")
+    if scorer:
+        judged = judged.filter(scorer=scorer)
+    latest = judged.order_by("-updated_at").values_list("scorer_fingerprint", "scorer").first()
+    if latest is None:
+        which = f"judge {scorer!r}" if scorer else "a multimodal judge"
+        raise ValueError(
+            f"No pair has scores from {which}: run score_pool --scorer vlm:<dir> --band reward:40-60 first."
         )
+    return latest
 
 
 def _opt_float(value) -> float | None:
@@ -170,6 +213,13 @@ def _rule_scores(
         scores = scores.filter(cosine__gte=rule.cosine_min)
     for key, minimum in rule.criteria_min.items():
         scores = scores.filter(**{f"criteria__{key}__gte": minimum})
+    if rule.vlm_min:
+        judged = VlmScore.objects.filter(caption=OuterRef("caption"), scorer_fingerprint=rule.vlm_fingerprint)
+        passing = judged.filter(error="", **{f"{key}__gte": value for key, value in rule.vlm_min.items()})
+        condition = Exists(passing)
+        if rule.vlm_unjudged == "keep":
+            condition = condition | ~Exists(judged)
+        scores = scores.filter(condition)
     return scores
 
 
@@ -251,13 +301,27 @@ def stream_ids(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
 
 
 def score_histogram(
-    *, encoder: str, reward_model_version: int, score_field: str = "reward", bins: int = HISTOGRAM_BINS
+    *,
+    encoder: str,
+    reward_model_version: int,
+    score_field: str = "reward",
+    bins: int = HISTOGRAM_BINS,
+    vlm_fingerprint: str = "",
 ) -> tuple[list[int], list[float]]:
-    """Histogram of one score over the usable scored pairs, from the streamed column."""
+    """Histogram of one score over the usable scored pairs, from the streamed column (a judge metric
+    when ``score_field`` is one of itm/odf/ctq/su)."""
     counts = np.zeros(bins, dtype=np.int64)
-    queryset = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
-        **{f"{score_field}__isnull": False}
-    )
+    if score_field in VLM_METRICS:
+        queryset = VlmScore.objects.filter(
+            scorer_fingerprint=vlm_fingerprint,
+            caption__status=CaptionStatus.OK,
+            caption__image__status=ImageStatus.OK,
+            **{f"{score_field}__isnull": False},
+        )
+    else:
+        queryset = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
+            **{f"{score_field}__isnull": False}
+        )
     bounds = queryset.order_by(score_field).values_list(score_field, flat=True)
     lo = bounds.first()
     hi = queryset.order_by(f"-{score_field}").values_list(score_field, flat=True).first()
@@ -300,12 +364,19 @@ def filter_preview(
     considered, kept = plan.considered.count(), plan.kept.count()
     score_field = rule.histogram_field
     counts, edges = (
-        score_histogram(encoder=encoder, reward_model_version=reward_model_version, score_field=score_field)
+        score_histogram(
+            encoder=encoder,
+            reward_model_version=reward_model_version,
+            score_field=score_field,
+            vlm_fingerprint=rule.vlm_fingerprint,
+        )
         if histogram
         else ([], [])
     )
     if score_field == "cosine":
         cut = rule.cosine_min
+    elif score_field in VLM_METRICS:
+        cut = rule.vlm_min.get(score_field)
     else:
         candidates = [value for value in (plan.cutoff, rule.reward_min) if value is not None]
         cut = max(candidates) if candidates else None

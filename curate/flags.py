@@ -1,7 +1,8 @@
 """Flags: pairs a curator should look at, refreshed after each scoring.
 
-Five reasons (``annotate.models.FlagReason``): low reward, reward/CLIPScore disagreement, near-duplicate
-clusters, low annotator agreement and captions the encoder truncated. Each flag is upserted on
+Six reasons (``curate.models.FlagReason``): low reward, reward/CLIPScore disagreement, near-duplicate
+clusters, low annotator agreement, captions the encoder truncated, and pairs a multimodal judge scored
+low on image-text matching (its latest weights; the details say whether the reward model agreed). Each flag is upserted on
 (caption, reason) with the scores behind it in ``details``; a flag whose condition no longer holds is
 closed (``is_open=False``), never deleted, so the review history keeps its context.
 
@@ -16,7 +17,7 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator
 
-from django.db.models import F, FloatField, Func, Window
+from django.db.models import F, FloatField, Func, OuterRef, Subquery, Window
 from django.db.models.functions import PercentRank
 from django.utils import timezone
 
@@ -24,7 +25,7 @@ from annotate.agreement import mean_pairwise_tau
 from annotate.models import Judgment
 from curate.models import Flag, FlagReason
 from pool.models import Caption, CaptionStatus, ImageStatus
-from scoring.models import Score
+from scoring.models import Score, VlmScore
 
 BATCH = 2000
 # Rank percentiles of reward and CLIPScore further apart than this (0..1) count as strong disagreement:
@@ -32,6 +33,9 @@ BATCH = 2000
 DEFAULT_DISAGREEMENT_THRESHOLD = 0.5
 # Mean pairwise Kendall tau between annotators of a task below this counts as low agreement.
 DEFAULT_AGREEMENT_THRESHOLD = 0.2
+# A judge's ITM (0-100) below this flags the pair. MLM-Filter's best DataComp filter kept ITM >= 66; a
+# flag asks a person to look, so the bar sits lower: only pairs the judge thinks clearly mismatched.
+DEFAULT_JUDGE_ITM_BELOW = 40.0
 
 
 class Abs(Func):
@@ -208,6 +212,50 @@ def low_agreement_rows(*, threshold: float) -> Iterator[tuple[int, dict]]:
     yield from worst.items()
 
 
+def low_judge_rows(
+    *, encoder: str, reward_model_version: int, itm_below: float
+) -> Iterator[tuple[int, dict]]:
+    """Pairs the most recent judge scored below ``itm_below`` on image-text matching, with the reward
+    model's view of the same pair when it has one (a high reward there is a disagreement to settle)."""
+    latest = (
+        VlmScore.objects.exclude(scorer_fingerprint="")
+        .order_by("-updated_at")
+        .values_list("scorer_fingerprint", "scorer")
+        .first()
+    )
+    if latest is None:
+        return
+    fingerprint, scorer = latest
+    reward = Score.objects.filter(
+        caption=OuterRef("caption"), encoder=encoder, reward_model_version=reward_model_version
+    ).values("reward")[:1]
+    rows = (
+        VlmScore.objects.filter(
+            scorer_fingerprint=fingerprint,
+            error="",
+            itm__lt=itm_below,
+            caption__status=CaptionStatus.OK,
+            caption__image__status=ImageStatus.OK,
+        )
+        .annotate(reward=Subquery(reward))
+        .values_list("caption_id", "itm", "odf", "ctq", "su", "reward")
+    )
+    for cid, itm, odf, ctq, su, reward in rows.iterator(chunk_size=BATCH):
+        yield (
+            cid,
+            {
+                "judge": scorer,
+                "judge_fingerprint": fingerprint,
+                "itm": _round(itm),
+                "odf": _round(odf),
+                "ctq": _round(ctq),
+                "su": _round(su),
+                "itm_below": itm_below,
+                "reward": _round(reward),
+            },
+        )
+
+
 def flags_refresh(
     *,
     encoder: str,
@@ -215,6 +263,7 @@ def flags_refresh(
     low_reward_share: float = 0.1,
     disagreement_threshold: float = DEFAULT_DISAGREEMENT_THRESHOLD,
     agreement_threshold: float = DEFAULT_AGREEMENT_THRESHOLD,
+    judge_itm_below: float = DEFAULT_JUDGE_ITM_BELOW,
 ) -> dict[str, dict[str, int]]:
     """Recompute every flag for one scoring (encoder, reward model version); idempotent.
 
@@ -241,6 +290,9 @@ def flags_refresh(
         FlagReason.TRUNCATED: truncated_rows(encoder=encoder, reward_model_version=reward_model_version),
         FlagReason.NEAR_DUPLICATE: near_duplicate_rows(),
         FlagReason.LOW_AGREEMENT: low_agreement_rows(threshold=agreement_threshold),
+        FlagReason.LOW_JUDGE: low_judge_rows(
+            encoder=encoder, reward_model_version=reward_model_version, itm_below=judge_itm_below
+        ),
     }
     counts: dict[str, dict[str, int]] = {}
     for reason, rows in sources.items():

@@ -19,6 +19,7 @@ class FlagReason(models.TextChoices):
     NEAR_DUPLICATE = "near_duplicate", "near-duplicate cluster"
     LOW_AGREEMENT = "low_agreement", "annotators disagree"
     TRUNCATED = "truncated", "caption truncated by the encoder"
+    LOW_JUDGE = "low_judge", "the multimodal judge says the caption does not match"
 
 
 class Flag(models.Model):
@@ -91,3 +92,18 @@ class Export(Run):
 
     def __str__(self) -> str:
         return f"Export {self.pk} ({self.kind})"
+
+
+class RewriteRun(Run):
+    """AITQE's rewrite-instead-of-drop over a band of the pool: a multimodal judge rewrites the captions
+    it scored below a bar; each rewrite is a new caption (source ``model``, parent = the original),
+    judged by the same model, scored, and optionally ranked by annotators against its original."""
+
+    scorer = models.CharField(max_length=255)
+    scorer_fingerprint = models.CharField(max_length=64, blank=True)
+    campaign = models.ForeignKey(
+        "annotate.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"Rewrite run {self.pk} ({self.scorer})"

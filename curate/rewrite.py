@@ -3,6 +3,8 @@ linked to its original, which stays in the pool untouched.
 
 Suggestions come from a pluggable generator, run as a Celery task (``curate.tasks``):
 
+- ``LOUPE_VLM_JUDGE`` names a multimodal judge (``vlm:<dir>``): it rewrites from the image and the
+  caption (AITQE); the same model as the rewrite runs of ``curate.model_captions``.
 - ``LOUPE_REWRITE_MODEL_DIR`` (environment or Django setting) names a local transformers checkpoint,
   seq2seq (T5/BART-like) or causal; nothing is downloaded.
 - Otherwise a template expands the caption with the scoring encoder's content labels for the image
@@ -244,11 +246,37 @@ def rewrite_suggestion_get(*, caption_id: int) -> dict | None:
     return json.loads(path.read_text())
 
 
+def judge_suggestion(*, caption: Caption, judge: str) -> str:
+    """One rewrite from the multimodal judge, grounded in the image and the caption (AITQE)."""
+    from scoring.vlm import vlm_load
+    from scoring.vlm_inference import image_open
+
+    image, why = image_open(Path(settings.MEDIA_ROOT) / caption.image.file)
+    if image is None:
+        raise ValueError(why)
+    result = vlm_load(judge).rewrite_captions([image], [caption.text])[0]
+    if result.error or not result.text:
+        raise ValueError(result.error or "the judge wrote nothing")
+    return result.text
+
+
 def rewrite_suggest(*, caption: Caption) -> dict:
     """Generate and store a suggestion for ``caption``; returns {"text", "generator", "detail"}."""
     model_dir = rewrite_model_dir()
+    judge = getattr(settings, "LOUPE_VLM_JUDGE", None)
     result: dict
-    if model_dir:
+    if judge:
+        try:
+            result = {
+                "text": judge_suggestion(caption=caption, judge=judge),
+                "generator": "judge",
+                "detail": judge,
+            }
+        except Exception as exc:  # a broken judge must not block curators: say so and use the template
+            logger.warning("judge %s could not rewrite caption %s: %s", judge, caption.pk, exc)
+            text, origin = template_suggestion(caption=caption)
+            result = {"text": text, "generator": "template", "detail": f"judge failed ({exc}); {origin}"}
+    elif model_dir:
         try:
             text = model_suggestion(caption=caption, model_dir=model_dir)
             result = {"text": text, "generator": "model", "detail": model_dir}

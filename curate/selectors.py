@@ -106,6 +106,9 @@ def flag_summary(flag: Flag) -> str:
         return f"task {d.get('task_id')}: mean Kendall tau {num('mean_kendall_tau')} over {d.get('annotators')} annotators"
     if flag.reason == FlagReason.TRUNCATED:
         return "longer than the text encoder's context"
+    if flag.reason == FlagReason.LOW_JUDGE:
+        line = f"judge ITM {num('itm')} (ODF {num('odf')}, CTQ {num('ctq')}, SU {num('su')})"
+        return line + (f", reward {num('reward')}" if d.get("reward") is not None else "")
     return ""
 
 

@@ -43,3 +43,19 @@ def export_execute(export_id: int) -> None:
     export = Export.objects.filter(pk=export_id).first()
     if export is not None:
         export_execute_service(export=export)
+
+
+@shared_task(name="curate.tasks.rewrite_run_task", acks_late=True)
+def rewrite_run_task(run_id: int) -> None:
+    """Idempotent: originals that already have a model rewrite are skipped. Sent to the gpu queue."""
+    from curate.model_captions import rewrite_run_execute, rewrite_run_fail
+    from curate.models import RewriteRun
+
+    run = RewriteRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return
+    try:
+        rewrite_run_execute(run=run)
+    except Exception as exc:
+        rewrite_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        raise

@@ -38,3 +38,24 @@ def encoder_name_check(name: str) -> None:
         f"Unknown encoder {name!r}: use open_clip:<arch>:<tag or weights file>, hf:<local dir> or "
         f"{OFFLINE_DEFAULT}."
     )
+
+
+VLM_PREFIX = "vlm:"
+
+
+def is_vlm(name: str) -> bool:
+    """A multimodal judge (image-text-to-text model) rather than a dual encoder."""
+    return name.startswith(VLM_PREFIX)
+
+
+def vlm_name_check(name: str) -> None:
+    """``vlm:<local dir>`` or ``vlm:<hub id>`` (e.g. ``vlm:Qwen/Qwen2-VL-2B-Instruct``, for users with
+    internet). Only the shape and a local directory's existence are checked here; loading checks the rest."""
+    if not is_vlm(name) or not name[len(VLM_PREFIX) :].strip():
+        raise EncoderError(f"Judge name {name!r}: expected vlm:<local checkpoint dir> or vlm:<hub id>.")
+    target = name[len(VLM_PREFIX) :]
+    looks_local = (
+        target.startswith(("/", ".", "~")) or os.sep in target and Path(target).expanduser().exists()
+    )
+    if looks_local and not Path(target).expanduser().is_dir():
+        raise EncoderError(f"Judge {name!r}: {target} is not a directory with a transformers checkpoint.")

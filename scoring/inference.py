@@ -10,6 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from pool.models import RunStatus
+from scoring.encoder_names import is_vlm
 from scoring.encoders import Encoder, EncoderError, encoder_load
 from scoring.features import pair_features, pair_rows
 from scoring.models import Score, ScoringChunk, ScoringRun
@@ -22,6 +23,19 @@ from scoring.services import (
     scoring_run_fail,
     scoring_run_plan,
 )
+
+
+def scorer_load(name: str):
+    """The encoder or, for ``vlm:`` names, the multimodal judge a run scores with."""
+    if is_vlm(name):
+        from scoring.vlm import VlmError, vlm_load
+
+        try:
+            return vlm_load(name)
+        except VlmError as exc:
+            raise EncoderError(str(exc)) from exc
+    return encoder_load(name)
+
 
 # --- reward models ------------------------------------------------------------------------------
 
@@ -48,6 +62,10 @@ def reward_predict(model: torch.nn.Module, image: np.ndarray, text: np.ndarray):
 def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | None = None) -> str:
     """Score one chunk. Returns what happened ("scored", "cancelled", "already done", ...)."""
     run = ScoringRun.objects.get(pk=run_id)
+    if is_vlm(run.encoder):
+        from scoring.vlm_inference import vlm_chunk_execute
+
+        return vlm_chunk_execute(run_id=run_id, chunk_index=chunk_index, scorer=encoder)
     if run.status in FINISHED:
         return f"run {run.status}"
     chunk = ScoringChunk.objects.get(run=run, index=chunk_index)
@@ -124,7 +142,7 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
 def scoring_run_sync(*, run: ScoringRun, progress=None) -> ScoringRun:
     """Plan and score every chunk in this process (``score_pool --sync``, benchmarks, tests)."""
     try:
-        encoder = encoder_load(run.encoder)
+        encoder = scorer_load(run.encoder)
     except EncoderError as exc:
         scoring_run_fail(run_id=run.pk, error=str(exc))
         raise

@@ -38,6 +38,39 @@ class Score(models.Model):
         ]
 
 
+class VlmScore(models.Model):
+    """MLM-Filter's four metrics (0-100) of one pair by one multimodal judge (``vlm:<dir>``).
+
+    Keyed by the judge's weights fingerprint, not its name: replacing the weights at the same path
+    makes new rows instead of overwriting what an older filter run used.
+    """
+
+    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="vlm_scores")
+    scorer = models.CharField(max_length=255)
+    scorer_fingerprint = models.CharField(max_length=64)
+    itm = models.FloatField(null=True, blank=True, help_text="Image-Text Matching, 0-100")
+    odf = models.FloatField(null=True, blank=True, help_text="Object Detail Fulfillment, 0-100")
+    ctq = models.FloatField(null=True, blank=True, help_text="Caption Text Quality, 0-100")
+    su = models.FloatField(null=True, blank=True, help_text="Semantic Understanding, 0-100")
+    truncated = models.BooleanField(default=False, help_text="Caption cut to fit the judge's context.")
+    error = models.CharField(max_length=500, blank=True, help_text="Why the pair has no score.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["caption", "scorer_fingerprint"], name="vlm_score_unique_per_judge"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["scorer_fingerprint", "itm"], name="vlm_score_itm_idx"),
+            models.Index(fields=["scorer_fingerprint", "odf"], name="vlm_score_odf_idx"),
+        ]
+
+
+VLM_METRICS = ("itm", "odf", "ctq", "su")
+
+
 class ScoringRun(Run):
     encoder = models.CharField(max_length=255)
     reward_model_version = models.PositiveIntegerField(default=0)

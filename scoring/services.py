@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from pool.models import Caption, CaptionStatus, ImageStatus, RunStatus
 from scoring.active_model import active_model_get
 from scoring.checkpoint_meta import checkpoint_meta_read
 from scoring.encoder_names import encoder_name_check
-from scoring.models import ScoringChunk, ScoringRun
+from scoring.models import Score, ScoringChunk, ScoringRun
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,36 @@ def _file_sha256(path: str) -> str:
 
 
 def scoring_queryset(run: ScoringRun):
-    """The captions a run scores: usable pairs (or the run's explicit caption list)."""
+    """The captions a run scores: usable pairs, the run's explicit caption list, or a score band
+    (a judge run over the pairs whose reward or CLIPScore lies between two recorded values)."""
     qs = Caption.objects.all()
     ids = run.params.get("caption_ids")
     if ids is not None:
         return qs.filter(id__in=ids)
-    return qs.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
+    usable = qs.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
+    band = run.params.get("band")
+    if band:
+        in_band = Score.objects.filter(
+            caption=OuterRef("pk"),
+            encoder=band["encoder"],
+            reward_model_version=band["reward_model_version"],
+            **{f"{band['field']}__gte": band["low"], f"{band['field']}__lte": band["high"]},
+        )
+        usable = usable.filter(Exists(in_band))
+    return usable
+
+
+def chunk_mark_done(*, run: ScoringRun, chunk: ScoringChunk, pairs: int, failed: int) -> bool:
+    """Inside the chunk's write transaction: flip ``done`` once and bump the run's counters. False when
+    the chunk was already done (a redelivered message), so its pairs are never counted twice."""
+    marked = ScoringChunk.objects.filter(pk=chunk.pk, done=False).update(
+        done=True, pairs=pairs, failed=failed, finished_at=timezone.now()
+    )
+    if marked:
+        ScoringRun.objects.filter(pk=run.pk).update(
+            done=F("done") + pairs, chunks_done=F("chunks_done") + 1, failed_pairs=F("failed_pairs") + failed
+        )
+    return bool(marked)
 
 
 def scoring_run_start(

@@ -25,11 +25,11 @@ def scoring_run_execute(self, run_id: int) -> None:
     run = ScoringRun.objects.get(pk=run_id)
     if run.status in services.FINISHED:
         return
-    from scoring.encoders import encoder_load
+    from scoring.inference import scorer_load
 
     try:
         # Load before planning: a bad name or weights file fails the run with one clear error.
-        encoder_load(run.encoder)
+        scorer_load(run.encoder)
     except EncoderError as exc:
         services.scoring_run_fail(run_id=run_id, error=str(exc))
         return

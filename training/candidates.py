@@ -10,6 +10,7 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
@@ -20,7 +21,7 @@ from pool.models import RunStatus
 from scoring.reward_model import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import LoadedData, checkpoint_encoder_check, training_data_load
-from training.evaluate import reward_model_evaluate
+from training.evaluate import judge_accuracy, reward_model_evaluate
 from training.models import RewardModel, TrainingRun
 from training.services import RegistryError, active_reward_model, checkpoint_path, gate_tolerance, model_event
 from training.train import train
@@ -89,6 +90,33 @@ def _evaluate_registered(model: RewardModel, loaded: LoadedData) -> dict:
         human_ceiling=loaded.data.info.get("human_ceiling"),
         human_ceiling_pairs=loaded.data.info.get("human_ceiling_pairs", 0),
     )
+
+
+def _judge_baseline(data) -> dict | None:
+    """The latest multimodal judge's accuracy on the same held-out pairs (MLM-Filter's ITM and the mean
+    of its four metrics), where it judged both captions; None when no judge has scored any of them."""
+    from scoring.models import VlmScore
+
+    if data.test is None or not data.test.n_pairs:
+        return None
+    latest = (
+        VlmScore.objects.exclude(scorer_fingerprint="")
+        .order_by("-updated_at")
+        .values_list("scorer_fingerprint", "scorer")
+        .first()
+    )
+    if latest is None:
+        return None
+    rows = VlmScore.objects.filter(
+        scorer_fingerprint=latest[0], caption_id__in=data.caption_ids, error="", itm__isnull=False
+    ).values_list("caption_id", "itm", "odf", "ctq", "su")
+    itm = {cid: i for cid, i, *_ in rows}
+    mean = {cid: float(np.mean([v for v in (i, o, c, s) if v is not None])) for cid, i, o, c, s in rows}
+    accuracy_itm, pairs = judge_accuracy(data, data.test, itm)
+    if not pairs:
+        return None
+    accuracy_mean, _ = judge_accuracy(data, data.test, mean)
+    return {"name": latest[1], "itm_accuracy": accuracy_itm, "mean_accuracy": accuracy_mean, "n_pairs": pairs}
 
 
 def _headline(report: dict) -> dict:
@@ -182,6 +210,7 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
     report["epochs_run"] = len(result.history)
     report["train_seconds"] = round(result.seconds, 2)
     report["history"] = result.history
+    report["judge"] = _judge_baseline(data)
     active = active_reward_model(encoder)
     if active is not None:
         try:

@@ -120,6 +120,23 @@ def clipscore_accuracy(data: TrainingData, pairset: PairSet) -> float:
     )
 
 
+def judge_accuracy(
+    data: TrainingData, pairset: PairSet, judge_scores: dict[int, float]
+) -> tuple[float | None, int]:
+    """A multimodal judge as one more baseline: pairwise accuracy of its score on the held-out pairs
+    whose two captions it judged (``judge_scores``: caption id -> score). Returns (accuracy, pairs)."""
+    ids = np.asarray(data.caption_ids, dtype=np.int64)
+    a_ids, b_ids = ids[pairset.a], ids[pairset.b]
+    covered = np.array(
+        [a in judge_scores and b in judge_scores for a, b in zip(a_ids, b_ids, strict=True)], bool
+    )
+    if not covered.any():
+        return None, 0
+    score_a = np.array([judge_scores[a] for a in a_ids[covered]], np.float64)
+    score_b = np.array([judge_scores[b] for b in b_ids[covered]], np.float64)
+    return _nan_to_none(pairwise_accuracy(score_a, score_b, pairset.target[covered])), int(covered.sum())
+
+
 def reward_model_evaluate(
     model: RewardEnsemble,
     data: TrainingData,

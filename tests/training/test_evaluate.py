@@ -59,3 +59,31 @@ def test_spearman_ignores_missing_targets():
     target = np.array([2.0, 3.0, 4.0, 5.0, np.nan])
     assert spearman(predicted, target) == pytest.approx(1.0)
     assert math.isnan(spearman(predicted, np.array([3.0, 3.0, 3.0, 3.0, 3.0])))
+
+
+def test_judge_accuracy_counts_only_pairs_it_judged_both_sides_of():
+    import numpy as np
+
+    from training.evaluate import judge_accuracy
+    from training.pairs import PairSet, TrainingData
+
+    pairset = PairSet(
+        a=np.array([0, 2, 0]),
+        b=np.array([1, 3, 3]),
+        target=np.ones(3, np.float32),
+        weight=np.ones(3, np.float32),
+        rated_rows=np.zeros(0, np.int64),
+        ratings=np.zeros((0, 1), np.float32),
+    )
+    data = TrainingData(
+        image_feats=np.zeros((1, 2), np.float32),
+        text_feats=np.zeros((4, 2), np.float32),
+        image_of_row=np.zeros(4, np.int64),
+        embed_dim=2,
+        criteria=["a"],
+        train=pairset,
+        caption_ids=[10, 11, 12, 13],
+    )
+    # Caption 13 was never judged: only the pair (10, 11) counts, and the judge orders it right.
+    assert judge_accuracy(data, pairset, {10: 80.0, 11: 20.0, 12: 5.0}) == (1.0, 1)
+    assert judge_accuracy(data, pairset, {}) == (None, 0)

@@ -1,4 +1,7 @@
-"""Score the pool: ``manage.py score_pool [--encoder NAME] [--chunk-size N] [--sync]``."""
+"""Score the pool: ``manage.py score_pool [--encoder NAME] [--chunk-size N] [--sync]``.
+
+With a multimodal judge, ``--scorer vlm:<dir> --band reward:40-60`` fills MLM-Filter's four metrics for
+the pairs whose reward lies between those percentiles of the active scoring (or ``--captions FILE``)."""
 
 from __future__ import annotations
 
@@ -36,8 +39,34 @@ class Command(BaseCommand):
             "--resume", type=int, metavar="RUN", help="Re-queue the unfinished chunks of RUN."
         )
         parser.add_argument("--no-wait", action="store_true", help="Queue the run and return at once.")
+        parser.add_argument(
+            "--scorer",
+            default=None,
+            help="A multimodal judge, vlm:<local dir> (or vlm:<hub id> with internet): MLM-Filter's four metrics.",
+        )
+        parser.add_argument(
+            "--band",
+            default=None,
+            metavar="FIELD:LOW-HIGH",
+            help="With --scorer: judge only the pairs whose reward (or clipscore) lies between these "
+            "percentiles of --encoder's scoring, e.g. reward:40-60 (the middle 20%%).",
+        )
+        parser.add_argument(
+            "--captions",
+            default=None,
+            metavar="FILE",
+            help="With --scorer: judge these caption ids (one per line).",
+        )
 
     def handle(self, *args, encoder, chunk_size, reward_model_version, sync, resume, no_wait, **options):
+        if options.get("scorer"):
+            return self._judge(
+                options,
+                encoder=encoder,
+                reward_model_version=reward_model_version,
+                sync=sync,
+                no_wait=no_wait,
+            )
         if resume is not None:
             try:
                 run = ScoringRun.objects.get(pk=resume)
@@ -73,6 +102,56 @@ class Command(BaseCommand):
 
             run = inference.scoring_run_sync(run=run, progress=progress)
             bar.close()
+            self._report(run)
+        elif not no_wait:
+            self._follow(run)
+
+    def _judge(self, options, *, encoder, reward_model_version, sync, no_wait) -> None:
+        from scoring.active_model import active_model_get
+        from scoring.vlm_runs import DEFAULT_CHUNK, vlm_band_resolve, vlm_run_start
+
+        band = caption_ids = None
+        try:
+            if options.get("captions"):
+                with open(options["captions"]) as handle:
+                    caption_ids = [int(line) for line in handle if line.strip()]
+            elif options.get("band"):
+                field, _, span = options["band"].partition(":")
+                low, _, high = span.partition("-")
+                encoder = encoder or _default_encoder()
+                if reward_model_version is None:
+                    active = active_model_get(encoder=encoder)
+                    reward_model_version = active.version if active else 0
+                band = vlm_band_resolve(
+                    encoder=encoder,
+                    reward_model_version=reward_model_version,
+                    field=field,
+                    low_percent=float(low),
+                    high_percent=float(high),
+                )
+            else:
+                raise CommandError(
+                    "A judge is costly: give --band FIELD:LOW-HIGH (e.g. reward:40-60) or --captions FILE."
+                )
+            if sync:
+                inference.scorer_load(options["scorer"])
+            run = vlm_run_start(
+                scorer=options["scorer"],
+                band=band,
+                caption_ids=caption_ids,
+                chunk_size=DEFAULT_CHUNK,
+                enqueue=not sync,
+            )
+        except (EncoderError, ValueError, OSError) as exc:
+            raise CommandError(str(exc)) from exc
+        what = (
+            f"{band['field']} percentiles {band['low_percent']:g}-{band['high_percent']:g}"
+            if band
+            else f"{len(caption_ids)} captions"
+        )
+        self.stdout.write(f"Judge run {run.pk}: {run.encoder} over {what}")
+        if sync:
+            run = inference.scoring_run_sync(run=run)
             self._report(run)
         elif not no_wait:
             self._follow(run)

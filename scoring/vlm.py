@@ -246,8 +246,7 @@ class VlmScorer:
         return (
             prefix,
             None,
-            "its vocabulary has no single token for each digit 0-9 after the answer prompt, so it cannot "
-            "answer with a score",
+            "its vocabulary has no single token for each digit 0-9 after the answer prompt",
         )
 
     # inputs --------------------------------------------------------------------------------------
@@ -330,12 +329,10 @@ class VlmScorer:
                 return
             out[0].error = self._pair_error(images[0], exc)
             return
-        for result, (scores, errors, truncated) in zip(out, batch, strict=True):
+        for result, (scores, error, truncated) in zip(out, batch, strict=True):
             for metric, value in scores.items():
                 setattr(result, metric, value)
-            result.truncated = truncated
-            if errors:
-                result.error = "; ".join(errors)
+            result.truncated, result.error = truncated, error
 
     @staticmethod
     def _pair_error(image, exc: BaseException) -> str:
@@ -348,7 +345,8 @@ class VlmScorer:
     def _score_batch(self, images, captions):
         n = len(images)
         scores = [dict.fromkeys(METRICS) for _ in range(n)]
-        errors: list[list[str]] = [[] for _ in range(n)]
+        low_mass: list[dict[str, float]] = [{} for _ in range(n)]
+        non_finite: list[list[str]] = [[] for _ in range(n)]
         fitted, truncated = captions, [False] * n
         ids = torch.tensor(self._score_ids)
         weights = torch.arange(10, dtype=torch.float32)
@@ -359,21 +357,30 @@ class VlmScorer:
                 )
             else:
                 inputs = self._encode(images, [self._score_text(metric, c) for c in fitted])
-            logits = self.model(**self._to_device(inputs), logits_to_keep=1).logits[:, -1, :]
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
-            digits = probs[:, ids]
+            logits = self.model(**self._to_device(inputs), logits_to_keep=1).logits[:, -1, :].float().cpu()
+            digits = torch.softmax(logits, dim=-1)[:, ids]
             mass = digits.sum(dim=1)
             expected = (digits * weights).sum(dim=1) / mass.clamp_min(1e-12)
             for i in range(n):
                 if not torch.isfinite(logits[i]).all():
-                    errors[i].append(f"{metric}: the model returned non-finite logits")
+                    non_finite[i].append(metric)
                 elif mass[i] < MIN_SCORE_MASS:
-                    errors[i].append(
-                        f"{metric}: the model did not answer with a score (only {float(mass[i]):.1%} of "
-                        f"its next-token probability was on the digits 0-9; {MIN_SCORE_MASS:.0%} needed)"
-                    )
+                    low_mass[i][metric] = float(mass[i])
                 else:
                     scores[i][metric] = float(expected[i]) * 100.0 / 9.0
+        errors = []
+        for i in range(n):
+            parts = []
+            if low_mass[i]:
+                ordered = [m for m in METRICS if m in low_mass[i]]
+                shares = ", ".join(f"{low_mass[i][m]:.1%}" for m in ordered)
+                parts.append(
+                    f"the model did not answer with a score for {', '.join(ordered)} (only {shares} of its "
+                    f"next-token probability was on the digits 0-9; {MIN_SCORE_MASS:.0%} needed)"
+                )
+            if non_finite[i]:
+                parts.append(f"the model returned non-finite logits for {', '.join(non_finite[i])}")
+            errors.append("; ".join(parts))
         return list(zip(scores, errors, truncated, strict=True))
 
     # rewriting -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ urlpatterns = [
     path("scoring/", include("scoring.urls")),
     path("curate/review/", include("curate.review_urls")),
     path("curate/filters/", include("curate.filter_urls")),
+    path("curate/judge/", include("curate.judge_urls")),
     # Where curation lived before it had its own app: old bookmarks keep working.
     re_path(
         r"^annotate/review/(?P<rest>.*)$",

@@ -85,6 +85,9 @@ PAGES: dict[str, Rule] = {
     "curate/review/<int:caption_id>/suggestion": Rule(CURATOR),
     # scoring runs
     "scoring/": Rule(CURATOR),
+    "curate/judge/": Rule(CURATOR),
+    "curate/judge/runs": Rule(ADMIN, ("POST",)),
+    "curate/judge/rewrites": Rule(ADMIN, ("POST",)),
     "scoring/runs/start/": Rule(ADMIN, ("POST",)),
     "scoring/runs/<int:run_id>/": Rule(CURATOR, params={"run_id": "scoring_run_id"}),
     "scoring/runs/<int:run_id>/progress/": Rule(CURATOR, params={"run_id": "scoring_run_id"}),

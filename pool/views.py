@@ -1,4 +1,4 @@
-"""Views of the pool app: thin, they call services and selectors. Curators browse; admins start runs."""
+"""Views of the pool app: thin, they call services (importing, cleaning_runs) and selectors. Curators browse; admins start runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.roles import ADMIN, CURATOR, has_role, role_required
-from pool import selectors, services
+from pool import cleaning_runs, importing, selectors
 from pool.forms import CleaningForm, ImportForm
 from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun
 from pool.run_views import run_progress_response
@@ -70,16 +70,23 @@ def image_detail(request, image_id: int):
     )
 
 
+def _runs_page(request, *, template: str, runs, form_class, form=None, status: int = 200):
+    """A list of runs with, for admins, the form that starts one (bound and with errors after a bad POST)."""
+    if form is None and has_role(request.user, ADMIN):
+        form = form_class()
+    return render(request, template, {"runs": runs, "form": form}, status=status)
+
+
+def _run_detail(request, *, model, run_id: int, template: str, progress_url: str):
+    run = get_object_or_404(model, pk=run_id)
+    return render(request, template, {"run": run, "poll_url": reverse(progress_url, args=[run.pk])})
+
+
 @require_GET
 @role_required(CURATOR)
 def import_list(request):
-    return render(
-        request,
-        "pool/imports.html",
-        {
-            "runs": selectors.import_runs(),
-            "form": ImportForm() if has_role(request.user, ADMIN) else None,
-        },
+    return _runs_page(
+        request, template="pool/imports.html", runs=selectors.import_runs(), form_class=ImportForm
     )
 
 
@@ -88,11 +95,16 @@ def import_list(request):
 def import_start(request):
     form = ImportForm(request.POST)
     if not form.is_valid():
-        return render(
-            request, "pool/imports.html", {"runs": selectors.import_runs(), "form": form}, status=400
+        return _runs_page(
+            request,
+            template="pool/imports.html",
+            runs=selectors.import_runs(),
+            form_class=ImportForm,
+            form=form,
+            status=400,
         )
     data = form.cleaned_data
-    run = services.import_run_start(
+    run = importing.import_run_start(
         source=data["source"],
         user=request.user,
         format=data["format"] or None,
@@ -107,9 +119,13 @@ def import_start(request):
 @require_GET
 @role_required(CURATOR)
 def import_detail(request, run_id: int):
-    run = get_object_or_404(ImportRun, pk=run_id)
-    poll_url = reverse("pool:import_progress", args=[run.pk])
-    return render(request, "pool/import_detail.html", {"run": run, "poll_url": poll_url})
+    return _run_detail(
+        request,
+        model=ImportRun,
+        run_id=run_id,
+        template="pool/import_detail.html",
+        progress_url="pool:import_progress",
+    )
 
 
 @require_GET
@@ -121,13 +137,8 @@ def import_progress(request, run_id: int):
 @require_GET
 @role_required(CURATOR)
 def cleaning_list(request):
-    return render(
-        request,
-        "pool/cleaning.html",
-        {
-            "runs": selectors.cleaning_runs(),
-            "form": CleaningForm() if has_role(request.user, ADMIN) else None,
-        },
+    return _runs_page(
+        request, template="pool/cleaning.html", runs=selectors.cleaning_runs(), form_class=CleaningForm
     )
 
 
@@ -136,10 +147,15 @@ def cleaning_list(request):
 def cleaning_start(request):
     form = CleaningForm(request.POST)
     if not form.is_valid():
-        return render(
-            request, "pool/cleaning.html", {"runs": selectors.cleaning_runs(), "form": form}, status=400
+        return _runs_page(
+            request,
+            template="pool/cleaning.html",
+            runs=selectors.cleaning_runs(),
+            form_class=CleaningForm,
+            form=form,
+            status=400,
         )
-    run = services.cleaning_run_start(
+    run = cleaning_runs.cleaning_run_start(
         user=request.user, min_side=form.cleaned_data["min_side"], hamming_radius=form.cleaned_data["radius"]
     )
     messages.success(request, f"Cleaning run {run.pk} queued.")
@@ -149,9 +165,13 @@ def cleaning_start(request):
 @require_GET
 @role_required(CURATOR)
 def cleaning_detail(request, run_id: int):
-    run = get_object_or_404(CleaningRun, pk=run_id)
-    poll_url = reverse("pool:cleaning_progress", args=[run.pk])
-    return render(request, "pool/cleaning_detail.html", {"run": run, "poll_url": poll_url})
+    return _run_detail(
+        request,
+        model=CleaningRun,
+        run_id=run_id,
+        template="pool/cleaning_detail.html",
+        progress_url="pool:cleaning_progress",
+    )
 
 
 @require_GET

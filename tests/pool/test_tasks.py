@@ -30,7 +30,7 @@ def test_import_task_records_a_fatal_error_without_raising(tmp_path):
 
 
 def test_cleaning_task_uses_the_run_parameters(shard):
-    from pool.services import pool_import
+    from pool.importing import pool_import
 
     pool_import(source=str(shard))
     run = CleaningRun.objects.create(params={"min_side": 100, "hamming_radius": 6})

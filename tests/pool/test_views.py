@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from pool.importing import pool_import
 from pool.models import CleaningRun, Image, ImportRun, RunStatus
-from pool.services import pool_import
 from tests.pool.conftest import write_images
 
 pytestmark = pytest.mark.django_db

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from pool.importing import ImportFailed, pool_import
 from pool.progress import ProgressBar
 from pool.readers import FORMATS
-from pool.services import ImportFailed, pool_import
 
 
 def format_import_summary(summary: dict, *, listed: int = 20) -> list[str]:

@@ -82,6 +82,16 @@ def _run_detail(request, *, model, run_id: int, template: str, progress_url: str
     return render(request, template, {"run": run, "poll_url": reverse(progress_url, args=[run.pk])})
 
 
+def _run_start(request, *, form_class, template: str, runs, start, detail_url: str):
+    """Start a run from a POSTed form; a bad form comes back with its errors (400)."""
+    form = form_class(request.POST)
+    if not form.is_valid():
+        return _runs_page(request, template=template, runs=runs, form_class=form_class, form=form, status=400)
+    run, message = start(form.cleaned_data)
+    messages.success(request, message)
+    return redirect(detail_url, run_id=run.pk)
+
+
 @require_GET
 @role_required(CURATOR)
 def import_list(request):
@@ -93,27 +103,25 @@ def import_list(request):
 @require_POST
 @role_required(ADMIN)
 def import_start(request):
-    form = ImportForm(request.POST)
-    if not form.is_valid():
-        return _runs_page(
-            request,
-            template="pool/imports.html",
-            runs=selectors.import_runs(),
-            form_class=ImportForm,
-            form=form,
-            status=400,
+    def start(data):
+        run = importing.import_run_start(
+            source=data["source"],
+            user=request.user,
+            format=data["format"] or None,
+            image_column=data["image_column"] or None,
+            caption_columns=data["caption_columns"] or None,
+            caption_source=data["caption_source"],
         )
-    data = form.cleaned_data
-    run = importing.import_run_start(
-        source=data["source"],
-        user=request.user,
-        format=data["format"] or None,
-        image_column=data["image_column"] or None,
-        caption_columns=data["caption_columns"] or None,
-        caption_source=data["caption_source"],
+        return run, f"Import {run.pk} of {run.source} queued."
+
+    return _run_start(
+        request,
+        form_class=ImportForm,
+        template="pool/imports.html",
+        runs=selectors.import_runs(),
+        start=start,
+        detail_url="pool:import_detail",
     )
-    messages.success(request, f"Import {run.pk} of {run.source} queued.")
-    return redirect("pool:import_detail", run_id=run.pk)
 
 
 @require_GET
@@ -145,21 +153,20 @@ def cleaning_list(request):
 @require_POST
 @role_required(ADMIN)
 def cleaning_start(request):
-    form = CleaningForm(request.POST)
-    if not form.is_valid():
-        return _runs_page(
-            request,
-            template="pool/cleaning.html",
-            runs=selectors.cleaning_runs(),
-            form_class=CleaningForm,
-            form=form,
-            status=400,
+    def start(data):
+        run = cleaning_runs.cleaning_run_start(
+            user=request.user, min_side=data["min_side"], hamming_radius=data["radius"]
         )
-    run = cleaning_runs.cleaning_run_start(
-        user=request.user, min_side=form.cleaned_data["min_side"], hamming_radius=form.cleaned_data["radius"]
+        return run, f"Cleaning run {run.pk} queued."
+
+    return _run_start(
+        request,
+        form_class=CleaningForm,
+        template="pool/cleaning.html",
+        runs=selectors.cleaning_runs(),
+        start=start,
+        detail_url="pool:cleaning_detail",
     )
-    messages.success(request, f"Cleaning run {run.pk} queued.")
-    return redirect("pool:cleaning_detail", run_id=run.pk)
 
 
 @require_GET

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from pool import cleaning
+from pool.inspection import images_inspect
 from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, RunStatus
 from pool.runs import Progress, run_finish, run_progress, run_start
 
@@ -230,8 +231,9 @@ def pool_clean(
     run: CleaningRun | None = None,
     progress: Progress | None = None,
 ) -> CleaningRun:
-    """Mark low-resolution images, near duplicates (grouped, highest resolution kept) and empty, trivial
-    or repeated captions. Recomputes every mark it owns, so running it twice changes nothing."""
+    """Decode the images not decoded yet (unreadable ones are marked), then mark low-resolution images,
+    near duplicates (grouped, highest resolution kept) and empty, trivial or repeated captions.
+    Recomputes every mark it owns, so running it twice changes nothing."""
     min_side = settings.LOUPE_MIN_IMAGE_SIDE if min_side is None else min_side
     if not 0 <= hamming_radius <= 32:
         # Beyond 32 of 64 bits unrelated pictures match, and the band split needs radius + 1 <= 64.
@@ -240,6 +242,8 @@ def pool_clean(
         run = CleaningRun.objects.create(params={"min_side": min_side, "hamming_radius": hamming_radius})
     try:
         run_start(run)
+        # Images indexed in place have not been decoded yet: their perceptual hashes come first.
+        inspected = images_inspect()
         arrays = _pool_arrays()
         total = 2 * len(arrays.ids)
         done = 0
@@ -258,6 +262,7 @@ def pool_clean(
         captions_changed = _captions_write(arrays, keeper, counts=caption_counts, tick=tick)
         groups = len({m.keeper for m in marks.values()})
         summary = {
+            "inspected": dict(inspected),
             "images": dict(image_counts),
             "captions": dict(caption_counts),
             "near_duplicate_groups": groups,

@@ -1,12 +1,23 @@
-"""Imports into the pool (``pool_import``), and queueing one from a page (``import_run_start``).
+"""Imports into the pool (``pool_import``): index a source in place, shard by shard; and queueing one
+from a page (``import_run_start``).
 
-An import runs inside an ImportRun row (progress, summary, error) and is safe to run twice: it inserts
-with ``ignore_conflicts`` on content keys (image sha256, caption (image, text sha256)).
+Indexing copies no image. Each shard gets a ``Shard`` row with its fingerprint; each image, where its
+bytes are (a tar member's range, a Parquet cell, a file) and what its header says (format, size); each
+caption, the source's identity of the pair (uid, key, url, metadata). An image's bytes pass through
+once, to be hashed (sha256: the content key, and what every later read is checked against); the full
+decode happens later, once (``pool.inspection``).
+
+An import runs inside an ImportRun row (progress, summary, error) and is safe to run twice: a shard
+whose fingerprint has not changed is skipped after a stat and a footer read; rows are keyed by the
+image's sha256 and the caption's uid, so nothing is added twice. A shard that changed or vanished is
+reported (its Shard row and a line in the summary), never silently re-pointed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import stat
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
@@ -15,17 +26,35 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import reset_queries, transaction
+from django.utils import timezone
 
-from pool.images import ImageInfo, ImageRejected, image_inspect, image_store
-from pool.models import Caption, CaptionStatus, Image, ImportRun, RunStatus, text_sha256
+from pool import storage
+from pool.bulk import rows_insert
+from pool.images import ImageHeader, ImageRejected, image_header
+from pool.models import (
+    Caption,
+    CaptionStatus,
+    Image,
+    ImportRun,
+    RunStatus,
+    Shard,
+    ShardStatus,
+    pair_uid_derive,
+    text_sha256,
+)
 from pool.readers import (
+    READERS,
+    ImportSource,
     ImportSourceError,
     Record,
+    ShardUnreadable,
     Skip,
+    Unit,
+    path_cache_clear,
     path_resolve,
     path_within,
+    read_options,
     records_estimate,
-    records_read,
     source_resolve,
 )
 from pool.runs import Progress, run_cancelled, run_finish, run_progress, run_start
@@ -33,12 +62,27 @@ from pool.runs import Progress, run_cancelled, run_finish, run_progress, run_sta
 logger = logging.getLogger(__name__)
 
 MAX_SKIPS_LISTED = 100
+MAX_PROBLEMS_LISTED = 50
 # Rows that name the same image are usually near each other; the recent paths suffice and bound memory.
 PATH_CACHE_SIZE = 1024
+# Reads of image files overlap in threads: file system calls wait on storage (slow on network volumes
+# and object stores) and hashlib releases the GIL. Bytes a reader already holds are hashed inline: a
+# thread hand-off costs more than hashing a web-sized image.
+IMPORT_THREADS = 8
+# Records in flight ahead of the database writer: bounds memory to this many images' bytes.
+PREFETCH = 64
+DEFAULT_BATCH = 2000
 
 
 class ImportFailed(Exception):
     """The import could not run at all (missing file, missing column): one line for people."""
+
+
+class _Cancelled(Exception):
+    """Someone cancelled the run: stop after the batch just written."""
+
+
+# --- summary --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -53,11 +97,24 @@ class ImportSummary:
     captions_marked: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     skips: list[dict] = field(default_factory=list)
+    uids: Counter = field(default_factory=Counter)  # source / derived
+    shards: Counter = field(default_factory=Counter)  # indexed / unchanged / changed / missing / failed
+    shard_notes: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     def skip(self, item: Skip) -> None:
         self.skipped[item.code] += 1
         if len(self.skips) < MAX_SKIPS_LISTED:
             self.skips.append(item.as_dict())
+
+    def shard_note(self, uri: str, status: str, reason: str) -> None:
+        self.shards[status] += 1
+        if len(self.shard_notes) < MAX_PROBLEMS_LISTED:
+            self.shard_notes.append({"shard": uri, "status": status, "reason": reason})
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
 
     def as_dict(self) -> dict:
         return {
@@ -69,64 +126,81 @@ class ImportSummary:
             "captions_imported": self.captions_imported,
             "captions_already_present": self.captions_already_present,
             "captions_marked": dict(self.captions_marked),
-            "skipped_total": sum(self.skipped.values()),
+            "skipped_total": self.skipped_total,
             "skipped": dict(self.skipped),
             "skips": self.skips,
+            "uids": dict(self.uids),
+            "shards": dict(self.shards),
+            "shard_notes": self.shard_notes,
+            "problems": self.problems,
         }
 
 
+# --- reading images -------------------------------------------------------------------------------
+
+
 @dataclass
-class _Entry:
-    record: Record
-    info: ImageInfo
-    file: str  # relative path of the stored copy
+class _Loaded:
+    sha256: str
+    header: ImageHeader
+    size: int
 
 
-# Reads, decodes and hashes overlap in threads: file system calls wait on storage (slow on network
-# volumes) and Pillow, hashlib and the DCT release the GIL while they work.
-IMPORT_THREADS = 8
-# Records in flight ahead of the database writer: bounds memory to this many images' bytes.
-PREFETCH = 64
+def _inspect_bytes(data: bytes) -> _Loaded:
+    header = image_header(data)
+    return _Loaded(hashlib.sha256(data).hexdigest(), header, len(data))
 
 
 class _ImageLoader:
-    """Validates and stores the image of each record, ahead of the writer, in a few threads.
+    """Hashes and reads the header of each record's image, ahead of the writer.
 
-    Tables often list one image on several rows (one per caption); a bounded map from path to its
-    pending or finished result makes each file be read and decoded once per import.
+    Bytes a reader streamed past are handled inline; files are read in a few threads. Tables often
+    list one image on several rows (one per caption): a bounded map from path to its pending or
+    finished result makes each file be read once per import.
     """
 
     def __init__(self, threads: int = IMPORT_THREADS):
         self.by_path: OrderedDict[str, Future] = OrderedDict()
-        # Bigger than any image under the pixel limit can honestly be (4 bytes per pixel + headers).
-        self.max_bytes = settings.LOUPE_MAX_IMAGE_PIXELS * 4 + (1 << 20)
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pool-import")
+        self.max_bytes = settings.LOUPE_MAX_IMAGE_BYTES
+        self.threads = threads
+        self.executor: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
     def loaded(self, items: Iterator[Record | Skip]) -> Iterator[tuple[Record | Skip, object]]:
-        """Yield each item in order with its ``(ImageInfo, file)``, its ``ImageRejected``, or None for skips."""
-        pending: deque[tuple[Record | Skip, Future | None]] = deque()
+        """Each item in order with its ``_Loaded``, its ``ImageRejected``, or None for skips."""
+        pending: deque[tuple[Record | Skip, object]] = deque()
         for item in items:
-            pending.append((item, None if isinstance(item, Skip) else self._submit(item)))
+            if isinstance(item, Skip):
+                result: object = None
+            elif item.data is not None:
+                try:
+                    result = _inspect_bytes(item.data)
+                except ImageRejected as exc:
+                    result = exc
+                item.data = None  # the bytes are not needed past this point
+            else:
+                result = self._submit(item)
+            pending.append((item, result))
             if len(pending) > PREFETCH:
                 yield self._settle(*pending.popleft())
         while pending:
             yield self._settle(*pending.popleft())
 
     @staticmethod
-    def _settle(item, future: Future | None):
-        if future is None:
-            return item, None
-        try:
-            return item, future.result()
-        except ImageRejected as exc:
-            return item, exc
+    def _settle(item, result):
+        if isinstance(result, Future):
+            try:
+                return item, result.result()
+            except ImageRejected as exc:
+                return item, exc
+        return item, result
 
     def _submit(self, record: Record) -> Future:
-        if record.data is not None:
-            return self.executor.submit(self._from_bytes, record.data)
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pool-import")
         key = str(record.path)
         future = self.by_path.get(key)
         if future is not None:
@@ -138,119 +212,299 @@ class _ImageLoader:
             self.by_path.popitem(last=False)
         return future
 
-    def _from_path(self, record: Record) -> tuple[ImageInfo, str]:
-        real, st = path_resolve(str(record.path))
+    def _from_path(self, record: Record) -> _Loaded:
+        path = str(record.path)
+        if not storage.is_local(path):
+            try:
+                data = storage.read_all(path, max_bytes=self.max_bytes)
+            except storage.StorageError as exc:
+                code = "too_large" if "over the limit" in str(exc) else "missing_file"
+                raise ImageRejected(code, str(exc)) from exc
+            return _inspect_bytes(data)
+        real, st = path_resolve(path)
         if record.root is not None and not path_within(real, record.root):
             raise ImageRejected("outside_root", f"{record.key} is outside the import root {record.root}")
         if st is None or not stat.S_ISREG(st.st_mode):
             raise ImageRejected("missing_file", f"image file not found: {record.key}")
         if st.st_size > self.max_bytes:
             raise ImageRejected(
-                "too_many_pixels",
-                f"file of {st.st_size:,} bytes is too large to be an image under the pixel limit",
+                "too_large", f"{record.key} is {st.st_size:,} bytes, over the limit of {self.max_bytes:,}"
             )
         try:
             with open(real, "rb") as handle:
-                data = handle.read()
+                data = handle.read(self.max_bytes + 1)
         except OSError as exc:
             raise ImageRejected("missing_file", f"cannot read {record.key}: {exc.strerror}") from exc
-        return self._from_bytes(data)
-
-    @staticmethod
-    def _from_bytes(data: bytes) -> tuple[ImageInfo, str]:
-        info = image_inspect(data)
-        return info, image_store(data=data, info=info)
+        # Point the image at the resolved file: what was checked against the root is what is read later.
+        record.path = real
+        return _inspect_bytes(data)
 
 
-def _import_flush(entries: list[_Entry], summary: ImportSummary) -> None:
-    """Write one batch: images first (content-keyed), then captions, in one transaction."""
+# --- writing rows ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    record: Record
+    loaded: _Loaded
+    shard_id: int
+
+
+def _image_row(entry: _Entry, now) -> dict:
+    record, loaded = entry.record, entry.loaded
+    return {
+        "sha256": loaded.sha256,
+        "width": loaded.header.width,
+        "height": loaded.header.height,
+        "format": loaded.header.format,
+        "bytes": loaded.size,
+        "shard_id": entry.shard_id,
+        "uri": str(record.path)[:1024] if record.path is not None else "",
+        "offset": record.offset,
+        "length": record.length,
+        "row_group": record.row_group,
+        "row": record.row_in_group,
+        "source": record.unit[-255:],
+        "source_key": record.key[:1024],
+        "created_at": now,
+    }
+
+
+def _index_flush(entries: list[_Entry], summary: ImportSummary, per_shard: Counter) -> None:
+    """Write one batch: images first (keyed by sha256), then captions (keyed by uid), in one transaction."""
     if not entries:
         return
-    shas = list(dict.fromkeys(e.info.sha256 for e in entries))
+    now = timezone.now()
+    shas = list(dict.fromkeys(e.loaded.sha256 for e in entries))
     with transaction.atomic():
         before = {
-            sha: (pk, source, key)
-            for pk, sha, source, key in Image.objects.filter(sha256__in=shas).values_list(
-                "pk", "sha256", "source", "source_key"
+            sha: (pk, shard_id, key)
+            for pk, sha, shard_id, key in Image.objects.filter(sha256__in=shas).values_list(
+                "pk", "sha256", "shard_id", "source_key"
             )
         }
-        new_images: dict[str, Image] = {}
+        new_images: dict[str, dict] = {}
         for entry in entries:
-            sha = entry.info.sha256
-            if sha in before or sha in new_images:
-                continue
-            info = entry.info
-            new_images[sha] = Image(
-                sha256=sha,
-                phash=info.phash,
-                width=info.width,
-                height=info.height,
-                format=info.format,
-                bytes=info.size,
-                file=entry.file,
-                source=entry.record.source[-255:],
-                source_key=entry.record.key[:1024],
-            )
-        Image.objects.bulk_create(new_images.values(), ignore_conflicts=True)
-        # ignore_conflicts gives no ids back (and another import may have won a race): re-read them.
-        rows = dict(before)
+            sha = entry.loaded.sha256
+            if sha not in before and sha not in new_images:
+                new_images[sha] = _image_row(entry, now)
+        rows_insert(Image, list(new_images.values()), unique="sha256")
+        # COPY and ignore_conflicts give no ids back (and a concurrent import may have won a race).
+        ids = {sha: pk for sha, (pk, _, _) in before.items()}
         if new_images:
-            rows.update(
-                (sha, (pk, source, key))
-                for pk, sha, source, key in Image.objects.filter(sha256__in=list(new_images)).values_list(
-                    "pk", "sha256", "source", "source_key"
-                )
-            )
-        # Only images that existed before this batch can already have captions. (An image created
-        # meanwhile by a concurrent import may too; the unique key then keeps the data right and only
-        # this batch's counts would be off.)
-        seen_pairs: set[tuple[int, str]] = set()
-        if before:
-            text_shas = {
-                text_sha256(c.text) for e in entries if e.info.sha256 in before for c in e.record.captions
-            }
-            seen_pairs = set(
-                Caption.objects.filter(
-                    image_id__in=[pk for pk, _, _ in before.values()], text_sha256__in=text_shas
-                ).values_list("image_id", "text_sha256")
-            )
-        created_now: set[str] = set()
-        new_captions: list[Caption] = []
+            ids.update(Image.objects.filter(sha256__in=list(new_images)).values_list("sha256", "pk"))
+
+        # Every caption's uid: the source's for the record's first caption, derived for the others and
+        # for sources without one.
+        planned: list[tuple[_Entry, list[tuple[object, str, str, bool]]]] = []
         for entry in entries:
-            record = entry.record
-            pk, source, key = rows[entry.info.sha256]
-            added = 0
-            for caption in record.captions:
+            pk = ids[entry.loaded.sha256]
+            items = []
+            for n, caption in enumerate(entry.record.captions):
                 digest = text_sha256(caption.text)
-                if (pk, digest) in seen_pairs:
-                    summary.captions_already_present += 1
+                source_uid = entry.record.uid if n == 0 else None
+                uid = source_uid or pair_uid_derive(entry.loaded.sha256, digest)
+                items.append((caption, digest, uid, source_uid is None))
+            planned.append((entry, items))
+        uids = [uid for _, items in planned for _, _, uid, _ in items]
+        existing = {
+            uid: (image_id, digest)
+            for uid, image_id, digest in Caption.objects.filter(uid__in=uids).values_list(
+                "uid", "image_id", "text_sha256"
+            )
+        }
+        taken: dict[str, tuple[int, str]] = {}
+        new_captions: list[dict] = []
+        created_now: set[str] = set()
+        for entry, items in planned:
+            record = entry.record
+            sha = entry.loaded.sha256
+            pk = ids[sha]
+            added = 0
+            for caption, digest, uid, derived in items:
+                seen = existing.get(uid) or taken.get(uid)
+                if seen is not None:
+                    if seen == (pk, digest):
+                        summary.captions_already_present += 1
+                        per_shard["present"] += 1
+                    else:
+                        summary.skip(
+                            Skip(
+                                record.file,
+                                record.row,
+                                "duplicate_uid",
+                                f"uid {uid} already names another pair (image {seen[0]}); a uid names one "
+                                "pair, so this one is not imported",
+                            )
+                        )
                     continue
-                seen_pairs.add((pk, digest))
+                taken[uid] = (pk, digest)
                 added += 1
+                summary.uids["derived" if derived else "source"] += 1
                 if caption.status != CaptionStatus.OK:
                     summary.captions_marked[caption.status] += 1
                 new_captions.append(
-                    Caption(
-                        image_id=pk,
-                        text=caption.text,
-                        text_sha256=digest,
-                        source=caption.source,
-                        status=caption.status,
-                        status_reason=caption.reason[:255],
-                    )
+                    {
+                        "image_id": pk,
+                        "text": caption.text,
+                        "text_sha256": digest,
+                        "source": caption.source,
+                        "status": caption.status,
+                        "status_reason": caption.reason[:255],
+                        "uid": uid,
+                        "uid_derived": derived,
+                        "key": (record.sample_key or record.key)[:255],
+                        "url": record.url,
+                        "meta": record.meta,
+                        "created_at": now,
+                    }
                 )
-            sha = entry.info.sha256
-            if sha not in before and sha not in created_now:
+            per_shard["indexed"] += added
+            if sha in new_images and sha not in created_now:
                 created_now.add(sha)
                 summary.images_imported += 1
             elif not added:
                 summary.already_present += 1
-            elif (source, key) != (record.source[-255:], record.key[:1024]):
-                summary.images_duplicate += 1
-            else:
+            elif sha in before and (before[sha][1], before[sha][2]) == (entry.shard_id, record.key[:1024]):
                 summary.more_captions += 1
+            else:
+                summary.images_duplicate += 1
             summary.captions_imported += added
-        Caption.objects.bulk_create(new_captions, ignore_conflicts=True, batch_size=1000)
+        rows_insert(Caption, new_captions, unique="uid")
+
+
+# --- shards ---------------------------------------------------------------------------------------
+
+
+def _shard_for(unit: Unit, fp: dict, run: ImportRun, summary: ImportSummary) -> Shard | None:
+    """The Shard row to index ``unit`` into, or None when it must not be indexed now (unchanged, or
+    changed since it was indexed: reported)."""
+    shard = Shard.objects.filter(uri=unit.uri[:1024]).first()
+    now = timezone.now()
+    if shard is None:
+        return Shard.objects.create(
+            uri=unit.uri[:1024],
+            format=unit.format,
+            metadata_uri=unit.metadata_uri[:1024],
+            fingerprint=fp,
+            status=ShardStatus.INDEXING,
+            import_run=run,
+        )
+    if shard.status in (ShardStatus.INDEXED, ShardStatus.CHANGED, ShardStatus.MISSING):
+        if shard.fingerprint == fp:
+            # Unchanged (or restored after a change or a disappearance): nothing to read.
+            shard.status, shard.status_reason, shard.checked_at = ShardStatus.INDEXED, "", now
+            shard.save(update_fields=["status", "status_reason", "checked_at"])
+            summary.shards["unchanged"] += 1
+            summary.already_present += shard.samples
+            return None
+        when = shard.indexed_at.strftime("%Y-%m-%d %H:%M") if shard.indexed_at else "earlier"
+        reason = (
+            f"changed since it was indexed ({when}): {_fingerprint_diff(shard.fingerprint, fp)}. Its "
+            f"{shard.samples} pairs still point at the bytes indexed then and are not re-pointed; pages and "
+            "scoring refuse bytes whose sha256 differs. Restore the shard, or import the new version "
+            "under a new path."
+        )
+        shard.status, shard.status_reason, shard.checked_at = ShardStatus.CHANGED, reason, now
+        shard.save(update_fields=["status", "status_reason", "checked_at"])
+        summary.shard_note(unit.uri, "changed", reason)
+        return None
+    # Indexing before did not finish (a killed worker, an unreadable shard): index it again; rows
+    # already written are recognised by their keys.
+    shard.fingerprint, shard.status, shard.import_run = fp, ShardStatus.INDEXING, run
+    shard.save(update_fields=["fingerprint", "status", "import_run"])
+    return shard
+
+
+def _fingerprint_diff(old: dict, new: dict) -> str:
+    parts = []
+    for part in sorted(set(old) | set(new)):
+        a, b = old.get(part) or {}, new.get(part) or {}
+        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if changed:
+            parts.append(f"{part} {', '.join(changed)} differ")
+    return "; ".join(parts) or "fingerprint differs"
+
+
+def _shard_failed(
+    unit: Unit, reason: str, run: ImportRun, summary: ImportSummary, fp: dict | None = None
+) -> None:
+    shard, _ = Shard.objects.get_or_create(
+        uri=unit.uri[:1024],
+        defaults={"format": unit.format, "metadata_uri": unit.metadata_uri[:1024], "import_run": run},
+    )
+    if shard.status in (ShardStatus.INDEXED, ShardStatus.CHANGED) and shard.samples:
+        # It was indexed before and cannot be reached now: its rows stay, the shard is reported.
+        shard.status = ShardStatus.MISSING
+    else:
+        shard.status = ShardStatus.FAILED
+    shard.status_reason = reason
+    shard.checked_at = timezone.now()
+    if fp is not None and shard.status == ShardStatus.FAILED:
+        shard.fingerprint = fp
+    shard.save(update_fields=["status", "status_reason", "checked_at", "fingerprint"])
+    summary.shard_note(unit.uri, "failed" if shard.status == ShardStatus.FAILED else "missing", reason)
+
+
+def _vanished(src: ImportSource, summary: ImportSummary) -> None:
+    """Shards indexed from this folder before and not in it now."""
+    if not src.listed_from:
+        return
+    present = {u.uri for u in src.units}
+    prefix = src.listed_from.rstrip("/") + ("/" if not storage.is_local(src.listed_from) else os.sep)
+    candidates = Shard.objects.filter(
+        uri__startswith=prefix, status__in=[ShardStatus.INDEXED, ShardStatus.CHANGED]
+    ).values_list("pk", "uri", "samples")
+    for pk, uri, samples in candidates.iterator():
+        if uri in present or storage.uri_parent(uri).rstrip("/") != src.listed_from.rstrip("/"):
+            continue
+        if storage.exists(uri):
+            continue  # another format's shard in the same folder (say, a .parquet beside .tar shards)
+        reason = (
+            f"no longer at {uri}: its {samples} pairs stay in the pool but cannot be read until the shard "
+            "is back"
+        )
+        Shard.objects.filter(pk=pk).update(
+            status=ShardStatus.MISSING, status_reason=reason, checked_at=timezone.now()
+        )
+        summary.shard_note(uri, "missing", reason)
+
+
+# --- import ---------------------------------------------------------------------------------------
+
+
+def _outcome(summary: ImportSummary) -> tuple[str, str]:
+    """(status, error) of a finished import, and the summary's problem lines."""
+    if summary.shards.get("changed"):
+        summary.problems.append(
+            f"{summary.shards['changed']} shards changed since they were indexed (not re-indexed)"
+        )
+    if summary.shards.get("missing"):
+        summary.problems.append(f"{summary.shards['missing']} shards are missing")
+    if summary.shards.get("failed"):
+        summary.problems.append(f"{summary.shards['failed']} shards could not be read")
+    limit = settings.LOUPE_IMPORT_MAX_SKIPPED_FRACTION
+    seen = summary.records + summary.skipped_total
+    if summary.skipped_total and seen and summary.skipped_total / seen > limit:
+        top = ", ".join(f"{code} {n}" for code, n in summary.skipped.most_common(3))
+        summary.problems.append(
+            f"{summary.skipped_total} of {seen} samples skipped ({summary.skipped_total / seen:.0%}, over the "
+            f"limit of {limit:.0%}): {top}"
+        )
+    present = summary.already_present + summary.captions_already_present
+    if summary.captions_imported == 0 and present == 0:
+        if summary.shard_notes:
+            why = summary.shard_notes[0]["reason"]
+        elif summary.skipped:
+            why = (
+                "every sample was skipped ("
+                + ", ".join(f"{c} {n}" for c, n in summary.skipped.most_common(3))
+                + ")"
+            )
+        else:
+            why = "the source holds no samples"
+        return RunStatus.FAILED, f"Nothing was imported: {why}"
+    return RunStatus.SUCCEEDED, ""
 
 
 def pool_import(
@@ -260,17 +514,19 @@ def pool_import(
     image_column: str | None = None,
     caption_columns: str | list | None = None,
     caption_source: str = "alt",
-    batch_size: int = 500,
+    batch_size: int = DEFAULT_BATCH,
     root: str | None = None,
     run: ImportRun | None = None,
     progress: Progress | None = None,
 ) -> ImportRun:
-    """Import a folder, a CSV/JSONL/Parquet table or WebDataset shards into the pool.
+    """Index shards (WebDataset, Parquet, img2dataset files output), a folder or a table in place.
 
     ``caption_columns`` names one or more columns, each optionally with its CaptionSource:
     ``"title:alt,description:human"`` (a list of such strings works too); columns without a source
-    take ``caption_source``. Bad rows are skipped and reported on the run; a problem with the whole
-    source raises ``ImportFailed`` after recording it on the run.
+    take ``caption_source``. Bad rows and unreadable shards are skipped and reported on the run; an
+    import that imported nothing is failed, one that skipped too much or met changed or missing shards
+    finished with problems (``run.outcome``). A problem with the whole source raises ``ImportFailed``
+    after recording it on the run.
     """
     params = {
         "format": format,
@@ -285,40 +541,43 @@ def pool_import(
     summary = ImportSummary()
     try:
         src = source_resolve(source, format=format, root=root)
+        options = read_options(
+            image_column=image_column, caption_columns=caption_columns, caption_source=caption_source
+        )
         if run.format != src.format:
             run.format = src.format
             run.save(update_fields=["format"])
         run_start(run, total=records_estimate(src))
-        items = records_read(
-            src, image_column=image_column, caption_columns=caption_columns, caption_source=caption_source
-        )
-        loader = _ImageLoader()
-        batch: list[_Entry] = []
+        path_cache_clear()  # links may have changed since the last import in this process
+        reader = READERS[src.format]
         done = 0
+        loader = _ImageLoader()
         try:
-            for item, loaded in loader.loaded(items):
-                done += 1
-                if isinstance(item, Skip):
-                    summary.skip(item)
+            for unit in src.units:
+                try:
+                    fp = reader.fingerprint(unit)
+                except (storage.StorageError, OSError) as exc:
+                    _shard_failed(unit, f"cannot be reached: {exc}", run, summary)
                     continue
-                summary.records += 1
-                if isinstance(loaded, ImageRejected):
-                    summary.skip(Skip(item.file, item.row, loaded.code, loaded.message))
+                shard = _shard_for(unit, fp, run, summary)
+                if shard is None:
                     continue
-                info, file = loaded
-                batch.append(_Entry(item, info, file))
-                if len(batch) >= batch_size:
-                    _import_flush(batch, summary)
-                    batch = []
-                    # With DEBUG on, Django keeps the last 9000 queries; our bulk inserts are large.
-                    reset_queries()
-                    run_progress(run, done=done, total=run.total, progress=progress)
-                    if run_cancelled(run):
-                        run_finish(run, status=RunStatus.CANCELLED, summary=summary.as_dict())
-                        return run
+                try:
+                    done = _index_unit(
+                        unit, shard, src, reader, options, loader, run, summary, batch_size, done, progress
+                    )
+                except ShardUnreadable as exc:
+                    _shard_failed(unit, str(exc), run, summary, fp)
+                except ImportSourceError as exc:
+                    if len(src.units) == 1:
+                        raise
+                    _shard_failed(unit, str(exc), run, summary, fp)
+                except _Cancelled:
+                    run_finish(run, status=RunStatus.CANCELLED, summary=summary.as_dict())
+                    return run
         finally:
             loader.close()
-        _import_flush(batch, summary)
+        _vanished(src, summary)
         run_progress(run, done=done, total=done, progress=progress)
     except ImportSourceError as exc:
         run_finish(run, status=RunStatus.FAILED, summary=summary.as_dict(), error=str(exc))
@@ -329,8 +588,60 @@ def pool_import(
             run, status=RunStatus.FAILED, summary=summary.as_dict(), error=f"{type(exc).__name__}: {exc}"
         )
         raise
-    run_finish(run, status=RunStatus.SUCCEEDED, summary=summary.as_dict())
+    status, error = _outcome(summary)
+    run_finish(run, status=status, summary=summary.as_dict(), error=error)
     return run
+
+
+def _index_unit(
+    unit: Unit,
+    shard: Shard,
+    src: ImportSource,
+    reader,
+    options,
+    loader: _ImageLoader,
+    run: ImportRun,
+    summary: ImportSummary,
+    batch_size: int,
+    done: int,
+    progress: Progress | None,
+) -> int:
+    """Index one shard; returns the running count of items read. Raises ``ShardUnreadable``."""
+    per_shard: Counter = Counter()
+    skips_before = summary.skipped_total
+    batch: list[_Entry] = []
+    for item, loaded in loader.loaded(reader.read(unit, src, options)):
+        done += 1
+        if isinstance(item, Skip):
+            summary.skip(item)
+            continue
+        summary.records += 1
+        if isinstance(loaded, ImageRejected):
+            summary.skip(Skip(item.file, item.row, loaded.code, loaded.message))
+            continue
+        batch.append(_Entry(item, loaded, shard.pk))
+        if len(batch) >= batch_size:
+            _index_flush(batch, summary, per_shard)
+            batch = []
+            # With DEBUG on, Django keeps the last 9000 queries; our bulk inserts are large.
+            reset_queries()
+            run_progress(run, done=done, total=run.total, progress=progress)
+            if run_cancelled(run):
+                raise _Cancelled
+    _index_flush(batch, summary, per_shard)
+    skipped = summary.skipped_total - skips_before
+    shard.samples = per_shard["indexed"] + per_shard["present"]
+    shard.status = ShardStatus.INDEXED
+    shard.status_reason = f"{skipped} samples skipped (see the import's summary)" if skipped else ""
+    shard.indexed_at = shard.checked_at = timezone.now()
+    shard.import_run = run
+    shard.save(update_fields=["samples", "status", "status_reason", "indexed_at", "checked_at", "import_run"])
+    summary.shards["indexed"] += 1
+    run_progress(run, done=done, total=run.total, progress=progress)
+    return done
+
+
+# --- starting runs from pages ---------------------------------------------------------------------
 
 
 def import_run_start(

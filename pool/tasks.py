@@ -8,7 +8,7 @@ import logging
 from celery import shared_task
 
 from pool.cleaning_runs import pool_clean
-from pool.importing import ImportFailed, pool_import
+from pool.importing import DEFAULT_BATCH, ImportFailed, pool_import
 from pool.models import CleaningRun, ImportRun, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def import_run_execute(run_id: int) -> None:
             image_column=params.get("image_column") or None,
             caption_columns=params.get("caption_columns") or None,
             caption_source=params.get("caption_source") or "alt",
-            batch_size=int(params.get("batch_size") or 500),
+            batch_size=int(params.get("batch_size") or DEFAULT_BATCH),
             root=params.get("root") or None,
             run=run,
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -11,8 +12,24 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.roles import ADMIN, CURATOR, has_role, role_required
 from pool import cleaning_runs, importing, selectors
 from pool.forms import CleaningForm, ImportForm
-from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun
+from pool.images import FORMAT_EXTENSIONS, ImageRejected
+from pool.locate import image_read
+from pool.models import CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun, ShardStatus
 from pool.run_views import run_progress_response
+from pool.storage import StorageError
+from pool.thumbnails import thumbnail_make
+
+# An image's bytes never change under its URL (reads are checked against its sha256): browsers may
+# keep them. Private: they are behind a login.
+IMAGE_CACHE = "private, max-age=604800, immutable"
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -30,12 +47,18 @@ def pool_browse(request):
         status = ""
     source = request.GET.get("source", "")
     q = request.GET.get("q", "").strip()[:200]
+    identity = {name: request.GET.get(name, "").strip()[:2048] for name in ("uid", "key", "url")}
+    meta_text = request.GET.get("meta", "").strip()[:500]
+    shard = _int_or_none(request.GET.get("shard"))
     page = selectors.images_page(
         status=status,
         source=source,
         q=q,
+        meta=selectors.meta_filter_parse(meta_text),
+        shard=shard,
         after=_int_or_none(request.GET.get("after")),
         before=_int_or_none(request.GET.get("before")),
+        **identity,
     )
     stats = selectors.pool_stats()
     context = {
@@ -45,11 +68,70 @@ def pool_browse(request):
         "chart_values": [count for _, count, _ in stats["images"]],
         "statuses": ImageStatus.choices,
         "sources": selectors.image_sources(),
-        "filters": {"status": status, "source": source, "q": q},
+        "filters": {
+            "status": status,
+            "source": source,
+            "q": q,
+            "meta": meta_text,
+            "shard": shard or "",
+            **identity,
+        },
         "view": request.GET.get("view", "grid") if request.GET.get("view") in ("grid", "table") else "grid",
     }
     template = "pool/browse.html#results" if request.htmx else "pool/browse.html"
     return render(request, template, context)
+
+
+@require_GET
+@login_required
+def image_file(request, image_id: int):
+    """The image's bytes, read where they live. Behind a login only, like MEDIA_ROOT: annotators see the
+    images of their tasks through this view."""
+    image = get_object_or_404(Image.objects.select_related("shard"), pk=image_id)
+    try:
+        data = image_read(image)
+    except StorageError as exc:
+        return HttpResponse(f"Image {image.pk} cannot be read: {exc}", status=404, content_type="text/plain")
+    response = HttpResponse(data, content_type=CONTENT_TYPES.get(image.format, "application/octet-stream"))
+    ext = FORMAT_EXTENSIONS.get(image.format, "bin")
+    response["Content-Disposition"] = f'inline; filename="{image.sha256[:16]}.{ext}"'
+    response["Cache-Control"] = IMAGE_CACHE
+    response["ETag"] = f'"{image.sha256}"'
+    return response
+
+
+@require_GET
+@login_required
+def image_thumb(request, image_id: int):
+    """A small JPEG of the image, made once and kept under MEDIA_ROOT/thumbs."""
+    image = get_object_or_404(Image.objects.select_related("shard"), pk=image_id)
+    try:
+        path = thumbnail_make(image)
+    except (StorageError, ImageRejected) as exc:
+        return HttpResponse(f"Image {image.pk} cannot be shown: {exc}", status=404, content_type="text/plain")
+    response = FileResponse(open(path, "rb"), content_type="image/jpeg")  # noqa: SIM115 - FileResponse closes it
+    response["Cache-Control"] = IMAGE_CACHE
+    return response
+
+
+@require_GET
+@role_required(CURATOR)
+def shard_list(request):
+    status = request.GET.get("status", "")
+    if status not in ShardStatus.values:
+        status = ""
+    shards, next_after = selectors.shards_page(status=status, after=_int_or_none(request.GET.get("after")))
+    counts = selectors.shard_counts()
+    return render(
+        request,
+        "pool/shards.html",
+        {
+            "shards": shards,
+            "next_after": next_after,
+            "statuses": [(v, label, counts[v]) for v, label in ShardStatus.choices],
+            "status": status,
+        },
+    )
 
 
 @require_GET

@@ -1,6 +1,7 @@
 """Streaming readers for pool imports, one module per format family behind one protocol
-(``base.Reader``): ``folder`` (images with caption sidecars), ``table`` (CSV / JSONL / Parquet) and
-``webdataset`` (``.tar`` shards as img2dataset writes them). ``records_read`` dispatches on the format.
+(``base.Reader``): ``webdataset`` (``.tar`` shards with img2dataset's Parquet beside them), ``table``
+(Parquet, CSV, JSONL), ``folder`` (images with caption sidecars, and img2dataset's ``files`` output).
+A source resolves into shards (``Unit``); ``READERS`` maps each format to its reader.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pool.readers.base import (
     Reader,
     ReadOptions,
     Record,
+    ShardUnreadable,
     Skip,
+    Unit,
     caption_columns_parse,
     caption_prepare,
 )
@@ -31,11 +34,12 @@ from pool.readers.sources import (
 )
 
 READERS: dict[str, Reader] = {
-    "folder": folder,
+    "webdataset": webdataset,
+    "parquet": table,
     "csv": table,
     "jsonl": table,
-    "parquet": table,
-    "webdataset": webdataset,
+    "files": folder,
+    "folder": folder,
 }
 
 __all__ = [
@@ -48,7 +52,10 @@ __all__ = [
     "ReadOptions",
     "Reader",
     "Record",
+    "ShardUnreadable",
     "Skip",
+    "Unit",
+    "read_options",
     "caption_columns_parse",
     "caption_prepare",
     "import_roots",
@@ -63,7 +70,15 @@ __all__ = [
 
 def records_estimate(src: ImportSource) -> int:
     """How many records the source holds, cheaply (headers only); 0 when unknown."""
-    return READERS[src.format].estimate(src)
+    return sum(READERS[src.format].estimate(unit) for unit in src.units)
+
+
+def read_options(*, image_column=None, caption_columns=None, caption_source: str = "alt") -> ReadOptions:
+    return ReadOptions(
+        image_column=image_column,
+        caption_columns=caption_columns_parse(caption_columns, default_source=caption_source),
+        caption_source=caption_source,
+    )
 
 
 def records_read(
@@ -73,10 +88,14 @@ def records_read(
     caption_columns=None,
     caption_source: str = "alt",
 ) -> Iterator[Record | Skip]:
+    """Every shard's records in turn (for callers that do not need per-shard bookkeeping)."""
     path_cache_clear()
-    options = ReadOptions(
-        image_column=image_column,
-        caption_columns=caption_columns_parse(caption_columns, default_source=caption_source),
-        caption_source=caption_source,
+    options = read_options(
+        image_column=image_column, caption_columns=caption_columns, caption_source=caption_source
     )
-    return READERS[src.format].read(src, options)
+    reader = READERS[src.format]
+    for unit in src.units:
+        try:
+            yield from reader.read(unit, src, options)
+        except ShardUnreadable as exc:
+            yield Skip(unit.name, None, "unreadable_shard", str(exc))

@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pool.importing import ImportFailed, pool_import
-from pool.models import Caption, CaptionStatus, Image, RunStatus
+from pool.inspection import images_inspect
+from pool.models import Caption, CaptionStatus, Image, ImageStatus, RunStatus, ShardStatus
 from tests.conftest import image_bytes
 from tests.pool.conftest import png_bomb, truncated_jpeg, write_images, write_jsonl, write_tar
 
@@ -21,27 +22,33 @@ def media_files(settings):
     )
 
 
-def test_import_shard_writes_images_captions_and_files(shard, settings):
+def test_import_shard_indexes_in_place_and_copies_nothing(shard, settings):
     run = pool_import(source=str(shard))
     assert run.status == RunStatus.SUCCEEDED
-    assert Image.objects.count() == 3
-    assert Caption.objects.count() == 3
+    # The truncated picture's header is fine: indexing keeps it, the first full decode marks it.
+    assert Image.objects.count() == 4
+    assert Caption.objects.count() == 4
     image = Image.objects.get(source_key="000000001")
     assert (image.width, image.height, image.format) == (96, 80, "JPEG")
-    assert image.file == f"images/{image.sha256[:2]}/{image.sha256}.jpg"
-    assert (settings.MEDIA_ROOT / image.file).read_bytes() == image_bytes(96, 80, seed=1)
+    assert image.file == "" and media_files(settings) == []
+    with open(shard, "rb") as handle:
+        handle.seek(image.offset)
+        assert handle.read(image.length) == image_bytes(96, 80, seed=1)
+    assert image.shard.uri == str(shard) and image.shard.status == ShardStatus.INDEXED
     assert image.captions.get().text == "a photo number 1"
 
 
-def test_importing_the_same_shard_twice_adds_nothing(shard, settings):
+def test_importing_the_same_shard_twice_adds_nothing_and_reads_nothing(shard, settings):
     first = pool_import(source=str(shard))
     counts = (Image.objects.count(), Caption.objects.count(), media_files(settings))
     second = pool_import(source=str(shard))
     assert (Image.objects.count(), Caption.objects.count(), media_files(settings)) == counts
     assert second.summary["images_imported"] == 0
     assert second.summary["captions_imported"] == 0
-    assert second.summary["already_present"] == first.summary["images_imported"] == 3
-    assert second.summary["skipped"] == first.summary["skipped"]
+    assert second.summary["shards"] == {"unchanged": 1}
+    assert second.summary["records"] == 0  # the fingerprint matched: the tar was not read again
+    assert second.summary["already_present"] == first.summary["captions_imported"] == 4
+    assert second.status == RunStatus.SUCCEEDED
 
 
 def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(tmp_path, settings):
@@ -70,7 +77,6 @@ def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(
     assert run.status == RunStatus.SUCCEEDED
     skips = {s["row"]: (s["file"], s["code"]) for s in summary["skips"]}
     assert skips == {
-        "trunc": ("bad.tar", "corrupt_image"),
         "text": ("bad.tar", "not_an_image"),
         "bomb": ("bad.tar", "too_many_pixels"),
         "vector": ("bad.tar", "not_an_image"),
@@ -78,12 +84,16 @@ def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(
         "nocap": ("bad.tar", "missing_caption"),
     }
     assert all(s["reason"] for s in summary["skips"])
-    assert set(Image.objects.values_list("source_key", flat=True)) == {"good", "empty", "huge"}
+    assert set(Image.objects.values_list("source_key", flat=True)) == {"good", "trunc", "empty", "huge"}
     assert Caption.objects.get(image__source_key="empty").status == CaptionStatus.EMPTY
     huge = Caption.objects.get(image__source_key="huge")
     assert huge.status == CaptionStatus.TOO_LONG and len(huge.text) <= 100
-    # Nothing half-written: exactly one stored file per imported image, no temporaries.
-    assert media_files(settings) == sorted(Image.objects.values_list("file", flat=True))
+    # Only a full decode finds the truncation: the first one marks the image, with the reason.
+    images_inspect()
+    trunc = Image.objects.get(source_key="trunc")
+    assert trunc.status == ImageStatus.UNREADABLE and "truncated" in trunc.status_reason
+    assert Image.objects.get(source_key="good").phash
+    assert media_files(settings) == []
 
 
 def test_exact_duplicate_under_another_key_attaches_its_captions(tmp_path):

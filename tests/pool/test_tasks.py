@@ -13,7 +13,7 @@ def test_import_task_runs_a_queued_run(shard):
     import_run_execute(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.format == "webdataset"
-    assert Image.objects.count() == 3
+    assert Image.objects.count() == 4
 
 
 def test_import_task_leaves_a_finished_run_alone(shard):
@@ -37,7 +37,7 @@ def test_cleaning_task_uses_the_run_parameters(shard):
     cleaning_run_execute(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
-    assert run.summary["images"] == {"low_res": 3}
+    assert run.summary["images"] == {"low_res": 3, "unreadable": 1}
 
 
 def test_pool_tasks_go_to_the_default_queue():

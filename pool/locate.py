@@ -40,8 +40,10 @@ def locator_from_values(
     media_root: Path | None = None,
 ) -> Locator:
     """A locator from the ``LOCATOR_FIELDS`` values, in that order."""
-    if file:  # a copy under MEDIA_ROOT: legacy imports and materialised annotation images
-        return Locator(uri=str(Path(media_root or settings.MEDIA_ROOT) / file), sha256=sha256 or None)
+    if file:
+        # A copy under MEDIA_ROOT (imports before indexing in place): Loupe's own content-addressed
+        # store, named by its hash when it was written; read as it is, as it always was.
+        return Locator(uri=str(Path(media_root or settings.MEDIA_ROOT) / file))
     if offset is not None and shard_uri:
         return Locator(uri=shard_uri, offset=offset, length=length, sha256=sha256 or None)
     if row_group is not None and shard_uri:

@@ -22,7 +22,7 @@ def _tasks_with_judgments(campaign: Campaign):
     """Tasks that have at least one judgment, with captions and judgments fetched per chunk."""
     tasks = (
         Task.objects.filter(campaign=campaign, judgment_count__gt=0)
-        .select_related("image")
+        .select_related("image", "image__shard")
         .prefetch_related(
             Prefetch(
                 "task_captions",
@@ -79,7 +79,12 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
             "task_id": task.pk,
             "image": {
                 "id": image.pk,
-                "file_name": image.file,
+                # A media copy's path, else the file the image lives in (empty for shard members: see
+                # "location" and the pool's shard registry).
+                "file_name": image.file or image.uri,
+                "location": {"shard": image.shard.uri, "offset": image.offset, "length": image.length}
+                if image.shard_id and image.offset is not None
+                else None,
                 "sha256": image.sha256,
                 "width": image.width,
                 "height": image.height,
@@ -89,7 +94,7 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
             "captions": [
                 {
                     "id": link.caption_id,
-                    "uid": f"{image.sha256[:16]}{link.caption.text_sha256[:16]}",
+                    "uid": link.caption.uid or f"{image.sha256[:16]}{link.caption.text_sha256[:16]}",
                     "text": link.caption.text,
                     "source": link.caption.source,
                 }

@@ -187,8 +187,8 @@ def pool_empty() -> None:
 
 
 def measure_fast(table: Path) -> dict:
+    from pool.importing import pool_import
     from pool.models import Caption
-    from pool.services import pool_import
 
     pool_empty()
     warm_up()

@@ -158,9 +158,19 @@ LOUPE_DEFAULT_ENCODER = os.environ.get("LOUPE_DEFAULT_ENCODER", "offline:effnet-
 LOUPE_MAX_IMAGE_PIXELS = int(os.environ.get("LOUPE_MAX_IMAGE_PIXELS", str(64_000_000)))
 LOUPE_MAX_CAPTION_CHARS = int(os.environ.get("LOUPE_MAX_CAPTION_CHARS", "2000"))
 LOUPE_MIN_IMAGE_SIDE = int(os.environ.get("LOUPE_MIN_IMAGE_SIDE", "64"))
-# Import reads only below these roots (comma separated); empty means "anywhere" for the CLI but the
-# API always requires one.
+# Import reads only below these roots (comma separated paths, or object-store prefixes such as
+# s3://bucket/pools/); empty means "anywhere" for the command line, while the API and the web form
+# refuse every import until one is set.
 LOUPE_IMPORT_ROOTS = env_list("LOUPE_IMPORT_ROOTS", "")
+# One image member or file larger than this is refused from its size (tar header, stat), never read:
+# far above any real web image (a 64-megapixel JPEG is a few tens of MB).
+LOUPE_MAX_IMAGE_BYTES = int(os.environ.get("LOUPE_MAX_IMAGE_BYTES", str(64 * 1024 * 1024)))
+# An import that skips more than this share of what it read finishes "with problems" (and the
+# import_pool command exits non-zero): a wrong column or a half-failed download should not pass.
+LOUPE_IMPORT_MAX_SKIPPED_FRACTION = float(os.environ.get("LOUPE_IMPORT_MAX_SKIPPED_FRACTION", "0.1"))
+# Thumbnails of in-place images are made once and kept here (the only images Loupe writes besides
+# annotation tasks' materialised copies).
+LOUPE_THUMB_SIZE = int(os.environ.get("LOUPE_THUMB_SIZE", "256"))
 
 # --- Reward model -------------------------------------------------------------------------------
 # A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus

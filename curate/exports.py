@@ -2,19 +2,25 @@
 
 Formats (``Export.Kind``):
 
-- ``parquet``: one file ``pairs.parquet``, a row group per chunk: uid, ids, image path, caption, scores.
+- ``parquet``: one file ``pairs.parquet``, a row group per chunk: uid, the source's key, url, shard and
+  metadata (a JSON object per row: original size, the source's sha256, every extra column), where the
+  image's bytes are, ids, caption, scores.
 - ``webdataset``: tar shards ``00000.tar``, ``00001.tar``, ... of ``shard_size`` samples; each sample is
-  ``<key>.<jpg|png|webp|...>`` (the original bytes, no re-encoding), ``<key>.txt`` (the caption) and
-  ``<key>.json`` (uid, ids, scores). The key is the pair's uid (hex, no dots), as img2dataset-style
-  loaders and the ``webdataset`` library expect.
+  ``<key>.<jpg|png|webp|...>`` (the original bytes, read where they live, no re-encoding), ``<key>.txt``
+  (the caption) and ``<key>.json`` (uid, the source's key, url and metadata, ids, scores). The sample
+  key is the pair's uid (hex, no dots: unique, where source keys repeat across img2dataset runs); the
+  source's key is in the ``.json``. The manifest says so (``keys``).
 - ``npy``: ``uids.npy``, DataComp's subset format: a sorted numpy array of dtype ``np.dtype("u8,u8")``
-  (the 128-bit uid as two unsigned 64-bit halves, high half first), ready for DataComp's resharder.
+  (the 128-bit uid as two unsigned 64-bit halves, high half first), ready for DataComp's resharder:
+  with source uids, it selects the kept samples from the user's own shards.
 - ``jsonl``: ``pairs.jsonl``, one JSON object per pair (same fields as the Parquet rows).
 - ``preferences`` / ``coco_hf``: the annotation side's judgments of a campaign (``annotate.exports``),
   not restricted to the filter run's pairs because judgments are per task, not per pair.
 
-The uid of a pair is 32 hex digits: the first 16 of the image's sha256 then the first 16 of the
-caption text's sha256 (``pool.models.Caption.uid``).
+The uid of a pair is the source's (``pool.models.Caption.uid``: img2dataset/DataComp 32 hex digits);
+for pairs whose source had none, it is derived: the first 16 hex digits of the image's sha256 then the
+first 16 of the caption text's sha256. The manifest's ``uid_source`` says which (``source``, ``derived``
+or ``mixed``, with counts).
 
 Every export writes ``manifest.json`` (rule, model, encoder, counts, sha256 of every file) into its
 directory. The directory is built under a temporary name beside the target and renamed into place at the
@@ -32,6 +38,7 @@ import os
 import shutil
 import tarfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +51,9 @@ from django.utils import timezone
 
 from curate.filtering import filter_run_kept_ids
 from curate.models import Export, FilterRun
-from pool.models import Caption, Image, RunStatus
+from pool.locate import locator_from_values
+from pool.models import Caption, Image, RunStatus, Shard, pair_uid_derive
+from pool.storage import StorageError, locator_read
 from scoring.models import Score
 
 logger = logging.getLogger(__name__)
@@ -54,18 +63,35 @@ DEFAULT_SHARD_SIZE = 1_000
 MANIFEST = "manifest.json"
 UID_DTYPE = np.dtype("u8,u8")
 UID_NOTE = (
-    "32 hex digits: first 16 of the image sha256, then first 16 of the caption text sha256; "
-    "uids.npy holds them as a sorted array of dtype ('u8,u8'), high 64 bits first, as DataComp does"
+    "32 hex digits: the source's uid (img2dataset/DataComp) where it had one, else derived: first 16 of "
+    "the image sha256, then first 16 of the caption text sha256 (see uid_source); uids.npy holds them as "
+    "a sorted array of dtype ('u8,u8'), high 64 bits first, as DataComp does"
+)
+WEBDATASET_KEYS = (
+    "each sample's key is its pair uid (unique and dot-free); the source's own key is the 'key' field "
+    "of its .json"
 )
 
 PARQUET_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
+        ("uid_source", pa.string()),  # source / derived
+        ("key", pa.string()),  # the source's
+        ("url", pa.string()),
+        # The source's other columns (original_width/height, its sha256, extra columns): a JSON object.
+        ("metadata", pa.string()),
         ("caption_id", pa.int64()),
         ("image_id", pa.int64()),
         ("image_sha256", pa.string()),
+        # Where the bytes are: a file (image_path), or a range of a shard (shard, offset, length), or a
+        # Parquet cell of a shard (shard, row_group, row).
         ("image_path", pa.string()),
         ("image_file", pa.string()),
+        ("shard", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
+        ("row_group", pa.int32()),
+        ("row", pa.int32()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("caption", pa.string()),
@@ -98,7 +124,8 @@ class ExportLocationExists(ExportError):
 
 
 def pair_uid(image_sha256: str, text_sha256: str) -> str:
-    return f"{image_sha256[:16]}{text_sha256[:16]}"
+    """The derived uid (for pairs whose source had none): ``pool.models.pair_uid_derive``."""
+    return pair_uid_derive(image_sha256, text_sha256)
 
 
 def uid_halves(uid: str) -> tuple[int, int]:
@@ -138,10 +165,23 @@ PAIR_COLUMNS = (
     "clipscore",
     "cosine",
     "criteria",
+    "uid",
+    "uid_derived",
+    "key",
+    "url",
+    "meta",
+    "image_uri",
+    "shard",
+    "offset",
+    "length",
+    "row_group",
+    "row",
+    "image_column",
 )
+_COL = {name: i for i, name in enumerate(PAIR_COLUMNS)}
 
 
-def _criteria_texts(values) -> list[str | None]:
+def _json_texts(values) -> list[str | None]:
     return [
         None
         if v is None
@@ -154,32 +194,75 @@ def _criteria_texts(values) -> list[str | None]:
     ]
 
 
+def _row_uid(r: tuple) -> tuple[str, bool]:
+    """(uid, derived?) of a pair row: rows written before uids were stored derive it as they did."""
+    uid = r[_COL["uid"]]
+    if uid:
+        return uid, bool(r[_COL["uid_derived"]])
+    return pair_uid_derive(r[_COL["image_sha256"]], r[_COL["text_sha256"]]), True
+
+
+def _image_path(r: tuple, prefix: str) -> str | None:
+    """A readable path when the image is a file of its own (a media copy, or a file indexed in place)."""
+    if r[_COL["image_file"]]:
+        return prefix + r[_COL["image_file"]]
+    return r[_COL["image_uri"]] or None
+
+
+def pair_locator(r: tuple):
+    return locator_from_values(
+        r[_COL["image_sha256"]],
+        r[_COL["image_file"]],
+        r[_COL["image_uri"]] or "",
+        r[_COL["shard"]],
+        r[_COL["offset"]],
+        r[_COL["length"]],
+        r[_COL["row_group"]],
+        r[_COL["row"]],
+        r[_COL["image_column"]],
+    )
+
+
 def pair_records(rows: list[tuple]) -> list[dict]:
-    """Rows of ``pair_batches`` as dicts, criteria parsed (one JSON parse per chunk, not per row)."""
+    """Rows of ``pair_batches`` as dicts, JSON columns parsed (one parse per chunk, not per row)."""
     prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
-    texts = _criteria_texts(r[14] for r in rows)
+    texts = _json_texts(r[_COL["criteria"]] for r in rows)
     criteria = json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]")
-    return [
-        {
-            "uid": f"{r[6][:16]}{r[3][:16]}",
-            "caption_id": r[0],
-            "image_id": r[1],
-            "image_sha256": r[6],
-            "image_path": prefix + r[7],
-            "image_file": r[7],
-            "image_format": r[8],
-            "width": r[9],
-            "height": r[10],
-            "caption": r[2],
-            "source": r[4],
-            "decision": r[5],
-            "reward": r[11],
-            "clipscore": r[12],
-            "cosine": r[13],
-            "criteria": crit,
-        }
-        for r, crit in zip(rows, criteria, strict=True)
-    ]
+    metas = _json_texts(r[_COL["meta"]] for r in rows)
+    metadata = json.loads("[" + ",".join("null" if t is None else t for t in metas) + "]")
+    out = []
+    for r, crit, meta in zip(rows, criteria, metadata, strict=True):
+        uid, derived = _row_uid(r)
+        out.append(
+            {
+                "uid": uid,
+                "uid_source": "derived" if derived else "source",
+                "key": r[_COL["key"]] or "",
+                "url": r[_COL["url"]] or "",
+                "metadata": meta or {},
+                "caption_id": r[0],
+                "image_id": r[1],
+                "image_sha256": r[6],
+                "image_path": _image_path(r, prefix),
+                "image_file": r[7],
+                "shard": r[_COL["shard"]],
+                "offset": r[_COL["offset"]],
+                "length": r[_COL["length"]],
+                "row_group": r[_COL["row_group"]],
+                "row": r[_COL["row"]],
+                "image_format": r[8],
+                "width": r[9],
+                "height": r[10],
+                "caption": r[2],
+                "source": r[4],
+                "decision": r[5],
+                "reward": r[11],
+                "clipscore": r[12],
+                "cosine": r[13],
+                "criteria": crit,
+            }
+        )
+    return out
 
 
 def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[tuple]]:
@@ -196,9 +279,12 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
         _fill_kept_table(cursor, table, ids, vendor, chunk)
     sql = (
         "SELECT c.id, c.image_id, c.text, c.text_sha256, c.source, c.decision, i.sha256, i.file, i.format, "
-        "i.width, i.height, s.reward, s.clipscore, s.cosine, s.criteria "
+        "i.width, i.height, s.reward, s.clipscore, s.cosine, s.criteria, "
+        "c.uid, c.uid_derived, c.key, c.url, c.meta, "
+        "i.uri, sh.uri, i.offset, i.length, i.row_group, i.row, sh.image_column "
         f"FROM {table} k JOIN {Caption._meta.db_table} c ON c.id = k.id "
         f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
+        f"LEFT JOIN {Shard._meta.db_table} sh ON sh.id = i.shard_id "
         f"LEFT JOIN {Score._meta.db_table} s ON s.caption_id = c.id AND s.encoder = %s "
         "AND s.reward_model_version = %s ORDER BY c.id"
     )
@@ -215,30 +301,23 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
 # --- writers -------------------------------------------------------------------------------------
 
 
-def _write_parquet(directory: Path, batches, progress) -> dict:
+def _write_parquet(directory: Path, batches, progress, uids: Counter) -> dict:
     rows = 0
-    prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
     with pq.ParquetWriter(directory / "pairs.parquet", PARQUET_SCHEMA, compression="zstd") as writer:
         for batch in batches:
-            # Columns straight from the row tuples: no dict per pair on the hot path.
-            (cid, image_id, text, text_sha, source, decision, image_sha, file, _fmt, width, height,
-             reward, clipscore, cosine, criteria) = zip(*batch, strict=True)  # fmt: skip
+            records = pair_records(batch)
+            for record in records:
+                uids[record["uid_source"]] += 1
             columns = {
-                "uid": [f"{a[:16]}{b[:16]}" for a, b in zip(image_sha, text_sha, strict=True)],
-                "caption_id": cid,
-                "image_id": image_id,
-                "image_sha256": image_sha,
-                "image_path": [prefix + f for f in file],
-                "image_file": file,
-                "width": width,
-                "height": height,
-                "caption": text,
-                "source": source,
-                "decision": decision,
-                "reward": reward,
-                "clipscore": clipscore,
-                "cosine": cosine,
-                "criteria": _criteria_texts(criteria),
+                name: [
+                    json.dumps(r["metadata"], ensure_ascii=False)
+                    if name == "metadata"
+                    else _criteria_text(r["criteria"])
+                    if name == "criteria"
+                    else r[name]
+                    for r in records
+                ]
+                for name in PARQUET_SCHEMA.names
             }
             writer.write_table(
                 pa.table({k: pa.array(v, type=PARQUET_SCHEMA.field(k).type) for k, v in columns.items()})
@@ -248,29 +327,36 @@ def _write_parquet(directory: Path, batches, progress) -> dict:
     return {"pairs": rows}
 
 
+def _criteria_text(value) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def _json_record(record: dict) -> dict:
     return {key: value for key, value in record.items() if key != "image_format"}
 
 
-def _write_jsonl(directory: Path, batches, progress) -> dict:
+def _write_jsonl(directory: Path, batches, progress, uids: Counter) -> dict:
     rows = 0
     with open(directory / "pairs.jsonl", "w", encoding="utf-8") as handle:
         for batch in batches:
-            handle.writelines(
-                json.dumps(_json_record(r), ensure_ascii=False) + "\n" for r in pair_records(batch)
-            )
+            records = pair_records(batch)
+            for record in records:
+                uids[record["uid_source"]] += 1
+            handle.writelines(json.dumps(_json_record(r), ensure_ascii=False) + "\n" for r in records)
             rows += len(batch)
             progress(len(batch))
     return {"pairs": rows}
 
 
-def _write_npy(directory: Path, batches, progress, total: int) -> dict:
+def _write_npy(directory: Path, batches, progress, total: int, sources: Counter) -> dict:
     # A memory-mapped output grows on disk, not in memory; sorting it at the end is what DataComp expects.
     uids = np.lib.format.open_memmap(directory / "uids.npy", mode="w+", dtype=UID_DTYPE, shape=(total,))
     rows = 0
     for batch in batches:
-        for record in pair_records(batch):
-            uids[rows] = uid_halves(record["uid"])
+        for r in batch:
+            uid, derived = _row_uid(r)
+            sources["derived" if derived else "source"] += 1
+            uids[rows] = uid_halves(uid)
             rows += 1
         progress(len(batch))
     if rows != total:
@@ -291,22 +377,24 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_webdataset(directory: Path, batches, progress, shard_size: int) -> dict:
+def _write_webdataset(directory: Path, batches, progress, shard_size: int, uids: Counter) -> dict:
     shard = written = in_shard = 0
     skipped: list[str] = []
     skipped_count = 0
     tar: tarfile.TarFile | None = None
     try:
         for batch in batches:
-            for record in pair_records(batch):
-                path = Path(record["image_path"])
+            for row, record in zip(batch, pair_records(batch), strict=True):
+                locator = pair_locator(row)
                 try:
-                    image = path.read_bytes()
-                except OSError as exc:
+                    # Read where it lives, checked against its sha256: a changed shard is not exported.
+                    image = locator_read(locator)
+                except StorageError as exc:
                     skipped_count += 1
                     if len(skipped) < 20:
-                        skipped.append(f"caption {record['caption_id']}: cannot read {path} ({exc.strerror})")
+                        skipped.append(f"caption {record['caption_id']}: {exc}")
                     continue
+                uids[record["uid_source"]] += 1
                 if tar is None or in_shard >= shard_size:
                     if tar is not None:
                         tar.close()
@@ -314,11 +402,11 @@ def _write_webdataset(directory: Path, batches, progress, shard_size: int) -> di
                     tar = tarfile.open(directory / f"{shard:05d}.tar", "w")  # noqa: SIM115 - closed when the shard fills
                     in_shard = 0
                 key = record["uid"]
-                ext = EXTENSIONS.get((record["image_format"] or path.suffix.lstrip(".")).lower(), "jpg")
+                ext = EXTENSIONS.get((record["image_format"] or "jpg").lower(), "jpg")
                 _tar_add(tar, f"{key}.{ext}", image)
                 _tar_add(tar, f"{key}.txt", record["caption"].encode("utf-8"))
+                # "key" stays the source's own key (see the manifest's "keys").
                 meta = {k: v for k, v in _json_record(record).items() if k not in ("caption",)}
-                meta["key"] = key
                 _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 written += 1
                 in_shard += 1
@@ -442,17 +530,22 @@ def export_execute(*, export: Export) -> Export:
         Export.objects.filter(pk=export.pk).update(done=export.done)
 
     try:
+        uid_counts: Counter = Counter()
         if pair_kind:
             batches = pair_batches(filter_run=run)
             if export.kind == Export.Kind.PARQUET:
-                counts = _write_parquet(tmp, batches, progress)
+                counts = _write_parquet(tmp, batches, progress, uid_counts)
             elif export.kind == Export.Kind.JSONL:
-                counts = _write_jsonl(tmp, batches, progress)
+                counts = _write_jsonl(tmp, batches, progress, uid_counts)
             elif export.kind == Export.Kind.NPY:
-                counts = _write_npy(tmp, batches, progress, total=int(run.kept))
+                counts = _write_npy(tmp, batches, progress, int(run.kept), uid_counts)
             else:
                 counts = _write_webdataset(
-                    tmp, batches, progress, int(export.params.get("shard_size") or DEFAULT_SHARD_SIZE)
+                    tmp,
+                    batches,
+                    progress,
+                    int(export.params.get("shard_size") or DEFAULT_SHARD_SIZE),
+                    uid_counts,
                 )
         else:
             counts = _write_annotation(tmp, export.kind, export.params.get("campaign_id"))
@@ -470,6 +563,12 @@ def export_execute(*, export: Export) -> Export:
             "counts": counts,
             "files": files,
         }
+        if pair_kind:
+            kinds = [k for k in ("source", "derived") if uid_counts.get(k)]
+            manifest["uid_source"] = kinds[0] if len(kinds) == 1 else ("mixed" if kinds else "none")
+            manifest["uid_counts"] = dict(uid_counts)
+            if export.kind == Export.Kind.WEBDATASET:
+                manifest["keys"] = WEBDATASET_KEYS
         if run is not None:
             manifest["filter_run"] = {
                 "id": run.pk,

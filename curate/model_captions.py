@@ -15,7 +15,6 @@ rewrites only what is left. Cancel is checked between batches.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,6 +23,7 @@ from django.utils import timezone
 
 from curate.models import RewriteRun
 from curate.rewrite import RewriteRefused, rewrite_send_to_annotation, rewrite_validate
+from pool.locate import image_locator
 from pool.models import Caption, CaptionSource, CaptionStatus, ImageStatus, RunStatus, text_sha256
 from scoring.encoder_names import vlm_name_check
 from scoring.models import VLM_METRICS, VlmScore
@@ -136,7 +136,7 @@ def rewrite_run_execute(*, run: RewriteRun, scorer=None, score_new: bool = True)
         if _cancelled(run):
             break
         batch = candidates[start : start + BATCH]
-        opened = [(caption, *image_open(Path(settings.MEDIA_ROOT) / caption.image.file)) for caption in batch]
+        opened = [(caption, *image_open(image_locator(caption.image))) for caption in batch]
         readable = [(caption, img) for caption, img, why in opened if img is not None]
         for _, _, why in opened:
             if why:
@@ -225,7 +225,7 @@ def image_descriptions_add(*, scorer, image_ids: list[int]) -> dict:
     counts = {"described": 0, "unreadable_image": 0, "empty": 0, "duplicate": 0}
     for start in range(0, len(images), BATCH):
         batch = images[start : start + BATCH]
-        opened = [(image, *image_open(Path(settings.MEDIA_ROOT) / image.file)) for image in batch]
+        opened = [(image, *image_open(image_locator(image))) for image in batch]
         readable = [(image, img) for image, img, _ in opened if img is not None]
         counts["unreadable_image"] += len(batch) - len(readable)
         texts = scorer.describe_images([img for _, img in readable])

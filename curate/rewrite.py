@@ -28,6 +28,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from pool.locate import image_locator
 from pool.models import Caption, CaptionSource, CaptionStatus, text_sha256
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def judge_suggestion(*, caption: Caption, judge: str) -> str:
     from scoring.vlm import vlm_load
     from scoring.vlm_inference import image_open
 
-    image, why = image_open(Path(settings.MEDIA_ROOT) / caption.image.file)
+    image, why = image_open(image_locator(caption.image))
     if image is None:
         raise ValueError(why)
     result = vlm_load(judge).rewrite_captions([image], [caption.text])[0]

@@ -25,6 +25,8 @@ def _printable(value: str) -> str:
 
 
 FilterText = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+# For values that are long by nature (URLs).
+LongFilterText = Annotated[str, Field(max_length=2048), AfterValidator(_printable)]
 
 
 class PageQuery(Schema):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import File, Form, Query, Router, Schema, Status
@@ -22,8 +22,10 @@ from pydantic import Field
 from accounts.roles import ADMIN, CURATOR
 from curate.models import Flag
 from loupe_api.auth import require_role
-from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
-from pool.models import Caption, Image, ImportRun
+from loupe_api.common import FilterText, Id, LongFilterText, Page, PageQuery, paginate
+from pool.models import Caption, Image, ImportRun, Shard
+from pool.readers import ImportSourceError, source_check_allowed
+from pool.selectors import captions_by_identity, meta_filter_parse
 from pool.tasks import import_run_execute
 from scoring.models import Score
 
@@ -33,11 +35,24 @@ router = Router(tags=["pool"])
 class CaptionOut(Schema):
     id: int
     image_id: int
+    uid: str = Field(description="The pair's identity: the source's uid, or derived (uid_source).")
+    uid_source: str = Field(description="source, or derived when the source gave none.")
+    key: str = Field(description="The source's key of the sample.")
+    url: str = Field(description="The URL the source fetched the image from.")
+    meta: dict = Field(description="Every other column the source had (original size, its sha256, ...).")
     text: str
     source: str
     status: str
     decision: str
     parent_id: int | None
+
+    @staticmethod
+    def resolve_uid(obj: Caption) -> str:
+        return obj.pair_uid
+
+    @staticmethod
+    def resolve_uid_source(obj: Caption) -> str:
+        return "derived" if (obj.uid_derived or not obj.uid) else "source"
 
 
 class ImageOut(Schema):
@@ -49,8 +64,28 @@ class ImageOut(Schema):
     status: str
     status_reason: str
     source: str
-    url: str
+    source_key: str
+    shard: str | None = Field(description="The shard the image lives in (URI), when it was indexed in place.")
+    location: dict = Field(
+        description="Where its bytes are: offset/length in the shard, a Parquet cell, or a file."
+    )
+    url: str = Field(description="Where to load the picture from (behind the same login).")
+    thumb_url: str
     created_at: datetime
+
+    @staticmethod
+    def resolve_shard(obj: Image) -> str | None:
+        return obj.shard.uri if obj.shard_id else None
+
+    @staticmethod
+    def resolve_location(obj: Image) -> dict:
+        if obj.offset is not None:
+            return {"offset": obj.offset, "length": obj.length}
+        if obj.row_group is not None:
+            return {"row_group": obj.row_group, "row": obj.row}
+        if obj.uri:
+            return {"file": obj.uri}
+        return {"media_file": obj.file} if obj.file else {}
 
 
 class ImageDetail(ImageOut):
@@ -61,12 +96,28 @@ class ImageDetail(ImageOut):
         return list(obj.captions.order_by("id"))
 
 
-class ImageQuery(PageQuery):
+class IdentityQuery(PageQuery):
+    uid: FilterText | None = Field(None, description="The pair's uid (32 hex digits).")
+    key: FilterText | None = Field(None, description="The source's key of the sample.")
+    url: LongFilterText | None = Field(None, description="The image's source URL, exactly.")
+    meta: FilterText | None = Field(
+        None, description="One metadata column's value, as name=value (e.g. original_width=640)."
+    )
+
+    def identity(self) -> dict:
+        meta = meta_filter_parse(self.meta) if self.meta else None
+        if self.meta and meta is None:
+            raise HttpError(400, "meta must be name=value, e.g. original_width=640.")
+        return {"uid": self.uid or "", "key": self.key or "", "url": self.url or "", "meta": meta}
+
+
+class ImageQuery(IdentityQuery):
     status: FilterText | None = None
     source: FilterText | None = None
+    shard: FilterText | None = Field(None, description="The URI of the shard the images live in.")
 
 
-class CaptionQuery(PageQuery):
+class CaptionQuery(IdentityQuery):
     image_id: Id | None = None
     status: FilterText | None = None
     source: FilterText | None = None
@@ -77,24 +128,58 @@ class CaptionQuery(PageQuery):
 @router.get("/images", response=Page[ImageOut], summary="List pool images")
 def image_list(request: HttpRequest, query: Query[ImageQuery]):
     require_role(request, CURATOR)
-    images = Image.objects.order_by("id")
+    images = Image.objects.select_related("shard").order_by("id")
     if query.status:
         images = images.filter(status=query.status)
     if query.source:
         images = images.filter(source=query.source)
+    if query.shard:
+        images = images.filter(shard__uri=query.shard)
+    identity = query.identity()
+    if any(identity.values()):
+        matching = captions_by_identity(Caption.objects.filter(image=OuterRef("pk")), **identity)
+        images = images.filter(Exists(matching))
     return paginate(images, query)
 
 
 @router.get("/images/{image_id}", response=ImageDetail, summary="One image with its captions")
 def image_detail(request: HttpRequest, image_id: Id):
     require_role(request, CURATOR)
-    return get_object_or_404(Image, pk=image_id)
+    return get_object_or_404(Image.objects.select_related("shard"), pk=image_id)
+
+
+class ShardOut(Schema):
+    id: int
+    uri: str
+    format: str
+    metadata_uri: str
+    status: str = Field(description="indexing, indexed, changed (since indexed), missing, failed.")
+    status_reason: str
+    samples: int
+    fingerprint: dict
+    indexed_at: datetime | None
+    checked_at: datetime | None
+
+
+class ShardQuery(PageQuery):
+    status: FilterText | None = None
+
+
+@router.get("/shards", response=Page[ShardOut], summary="List the shards the pool is indexed from")
+def shard_list(request: HttpRequest, query: Query[ShardQuery]):
+    require_role(request, CURATOR)
+    shards = Shard.objects.order_by("id")
+    if query.status:
+        shards = shards.filter(status=query.status)
+    return paginate(shards, query)
 
 
 @router.get("/captions", response=Page[CaptionOut], summary="List captions (image-text pairs)")
 def caption_list(request: HttpRequest, query: Query[CaptionQuery]):
     require_role(request, CURATOR)
-    captions = Caption.objects.order_by("id")
+    captions = captions_by_identity(
+        Caption.objects.select_related("image").order_by("id"), **query.identity()
+    )
     if query.image_id:
         captions = captions.filter(image_id=query.image_id)
     if query.status:
@@ -212,6 +297,10 @@ class ImportRunOut(Schema):
     source: str
     format: str
     status: str
+    outcome: str = Field(
+        description="succeeded, finished_with_problems (see problems), failed, or the status while it runs."
+    )
+    problems: list[str]
     done: int
     total: int
     percent: int
@@ -222,7 +311,7 @@ class ImportRunOut(Schema):
     finished_at: datetime | None
 
 
-ImportFormat = Literal["folder", "csv", "jsonl", "parquet", "webdataset"]
+ImportFormat = Literal["webdataset", "parquet", "files", "folder", "csv", "jsonl"]
 
 
 class ImportIn(Schema):
@@ -231,23 +320,37 @@ class ImportIn(Schema):
         "lie inside one of settings.LOUPE_IMPORT_ROOTS."
     )
     format: ImportFormat | None = Field(
-        None, description="folder, csv, jsonl, parquet, webdataset; guessed if empty."
+        None, description="webdataset, parquet, files (img2dataset), folder, csv, jsonl; guessed if empty."
     )
     image_column: FilterText | None = None
     caption_columns: list[FilterText] | None = Field(None, max_length=50)
 
 
 def import_roots() -> list[Path]:
-    roots = [Path(root).resolve() for root in settings.LOUPE_IMPORT_ROOTS]
-    if not roots:
+    """The local import roots (object-store roots are URI prefixes, checked by the pool's readers)."""
+    if not settings.LOUPE_IMPORT_ROOTS:
         raise HttpError(
             403, "Imports through the API are disabled: the server sets no LOUPE_IMPORT_ROOTS to read from."
+        )
+    roots = [Path(root).resolve() for root in settings.LOUPE_IMPORT_ROOTS if "://" not in root]
+    if not roots:
+        raise HttpError(
+            403, "The server's LOUPE_IMPORT_ROOTS are all object-store prefixes: give an s3:// URI."
         )
     return roots
 
 
-def import_source_resolve(source: str) -> Path:
-    """The real path of ``source``, refused unless it lies inside an import root (symlinks resolved)."""
+def import_source_resolve(source: str) -> Path | str:
+    """The real path of ``source``, refused unless it lies inside an import root (symlinks resolved);
+    an object-store URI (``s3://...``) is accepted below an object-store root."""
+    if "://" in source and not source.startswith("file://"):
+        if not settings.LOUPE_IMPORT_ROOTS:
+            import_roots()  # refuses with the message for a server without roots
+        try:
+            source_check_allowed(source)
+        except ImportSourceError as exc:
+            raise HttpError(403, str(exc)) from None
+        return source
     roots = import_roots()
     candidate = Path(source)
     if not candidate.is_absolute():
@@ -265,7 +368,7 @@ def import_source_resolve(source: str) -> Path:
 
 
 def _import_start(
-    *, source: Path, data: ImportIn | None, user, fmt: str | None = None, root: Path | None = None
+    *, source: Path | str, data: ImportIn | None, user, fmt: str | None = None, root: Path | None = None
 ):
     """Queues an import run; the worker's task (pool.tasks.import_run_execute) reads its parameters back
     from the row. ``root`` confines the image paths a table may name (an upload's own folder)."""

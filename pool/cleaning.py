@@ -1,5 +1,5 @@
 """Cleaning rules as plain functions (no database): near-duplicate grouping by perceptual hash, and the
-caption checks. ``pool.services.pool_clean`` feeds them from the database and writes the marks.
+caption checks. ``pool.cleaning_runs.pool_clean`` feeds them from the database and writes the marks.
 """
 
 from __future__ import annotations

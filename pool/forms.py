@@ -7,13 +7,15 @@ from pathlib import PurePosixPath
 from django import forms
 from django.conf import settings
 
+from pool import storage
 from pool.readers import CAPTION_SOURCES, FORMATS, ImportSourceError, caption_columns_parse, source_resolve
 
 
 class ImportForm(forms.Form):
     source = forms.CharField(
         max_length=1024,
-        help_text="Absolute path on the server: a folder, a .csv/.jsonl/.parquet file, a shard folder or a shard pattern.",
+        help_text="Absolute path on the server or an s3:// prefix: shards (a folder, a pattern), a folder of "
+        "images, or a .csv/.jsonl/.parquet table. It must lie below an import root.",
     )
     format = forms.ChoiceField(choices=[("", "detect")] + [(f, f) for f in FORMATS], required=False)
     image_column = forms.CharField(max_length=200, required=False, help_text="Default: detected.")
@@ -23,11 +25,19 @@ class ImportForm(forms.Form):
     caption_source = forms.ChoiceField(choices=[(s, s) for s in CAPTION_SOURCES], initial="alt")
 
     def clean_source(self) -> str:
+        # Without configured roots the page would read any file the server can (the API refuses the
+        # same way): imports from the web need LOUPE_IMPORT_ROOTS.
+        if not settings.LOUPE_IMPORT_ROOTS:
+            raise forms.ValidationError(
+                "Imports from this page are disabled: the server sets no LOUPE_IMPORT_ROOTS to read from. "
+                "Ask an operator to set it (or use manage.py import_pool)."
+            )
         source = self.cleaned_data["source"].strip()
-        parts = PurePosixPath(source).parts
+        remote = storage.scheme(source) != "file"
+        parts = PurePosixPath(source.split("://", 1)[-1]).parts
         if ".." in parts:
             raise forms.ValidationError("Paths containing '..' are refused.")
-        if not source.startswith("/"):
+        if not remote and not storage.local_path(source).startswith("/"):
             raise forms.ValidationError("Give an absolute path on the server.")
         return source
 

@@ -1,7 +1,9 @@
-"""Opening, validating and storing pool images.
+"""Reading, validating and (for the few that are materialised) storing pool images.
 
-Every image that enters the pool passes ``image_inspect`` (a real, fully decodable raster image under the
-pixel limit) and is stored once, content-addressed, by ``image_store``.
+Indexing in place reads each image's header only (``image_header``: format, size, the pixel limit),
+which costs microseconds; the full decode (``image_inspect``: a real, fully decodable raster image,
+with its perceptual hash) happens once per image later (``pool.inspection``). ``image_store`` writes a
+content-addressed copy, for the images that are materialised (annotation tasks, legacy imports).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import io
 import itertools
 import os
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
@@ -58,6 +61,98 @@ class ImageInfo:
     @property
     def relative_path(self) -> str:
         return f"images/{self.sha256[:2]}/{self.sha256}.{self.extension}"
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
+# Start-of-frame markers carry the size; C4 (DHT), C8 (JPG extension) and CC (DAC) share the range.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
+
+
+def _fast_header(data: bytes) -> ImageHeader | None:
+    """Format and size from the first bytes of the common formats, without Pillow (60 µs a JPEG)."""
+    if data[:3] == b"\xff\xd8\xff":
+        size = _jpeg_size(data)
+        return ImageHeader("JPEG", *size) if size else None
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return ImageHeader("PNG", *struct.unpack_from(">II", data, 16))
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ImageHeader("GIF", *struct.unpack_from("<HH", data, 6))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        chunk = data[12:16]
+        if chunk == b"VP8 " and len(data) >= 30:
+            w, h = struct.unpack_from("<HH", data, 26)
+            return ImageHeader("WEBP", w & 0x3FFF, h & 0x3FFF)
+        if chunk == b"VP8L" and len(data) >= 25:
+            bits = int.from_bytes(data[21:25], "little")
+            return ImageHeader("WEBP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        if chunk == b"VP8X" and len(data) >= 30:
+            return ImageHeader(
+                "WEBP", int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+            )
+    return None
+
+
+def image_header(data: bytes, *, max_pixels: int | None = None) -> ImageHeader:
+    """Format and size from the header alone, and the pixel limit; ``ImageRejected`` when the bytes are
+    not a raster image of an accepted format, or claim too many pixels (a decompression bomb costs
+    nothing here). Truncated or corrupt data passes: only a full decode finds it."""
+    limit = settings.LOUPE_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise ImageRejected("not_an_image", "empty file")
+    header = _fast_header(data)
+    if header is None:
+        markup = _sniff_markup(data)
+        if markup:
+            raise ImageRejected("not_an_image", f"not a raster image ({markup} text)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                with PILImage.open(io.BytesIO(data)) as img:
+                    header = ImageHeader(img.format or "", *img.size)
+        except PILImage.DecompressionBombError as exc:
+            raise ImageRejected(
+                "too_many_pixels", f"over the pixel limit of {limit:,} (possible decompression bomb: {exc})"
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise ImageRejected("not_an_image", "not an image (unrecognised file format)") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, struct.error) as exc:
+            raise ImageRejected("corrupt_image", f"unreadable image header ({exc})") from exc
+    if header.format not in FORMAT_EXTENSIONS:
+        raise ImageRejected("not_an_image", f"unsupported image format {header.format or 'unknown'}")
+    if header.width <= 0 or header.height <= 0:
+        raise ImageRejected("corrupt_image", f"invalid size {header.width}x{header.height}")
+    if header.width * header.height > limit:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"{header.width}x{header.height} = {header.width * header.height:,} pixels is over the limit of "
+            f"{limit:,} (possible decompression bomb)",
+        )
+    return header
 
 
 def _sniff_markup(data: bytes) -> str | None:

@@ -5,9 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import Count, Exists, OuterRef, Prefetch
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Left
+from django.db.models.lookups import Exact
 
-from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun
+from pool.models import (
+    URL_INDEX_CHARS,
+    Caption,
+    CaptionStatus,
+    CleaningRun,
+    Image,
+    ImageStatus,
+    ImportRun,
+    Shard,
+    ShardStatus,
+)
 
 STATS_CACHE_SECONDS = 30
 PAGE_SIZE = 48
@@ -43,6 +56,53 @@ def image_sources(*, limit: int = 200) -> list[str]:
     return sources
 
 
+# --- the source's identity ------------------------------------------------------------------------
+
+
+def meta_filter_parse(text: str) -> tuple[str, str] | None:
+    """``"name=value"`` -> ``("name", "value")``; None when there is no ``=`` or no name."""
+    name, sep, value = (text or "").partition("=")
+    name = name.strip()
+    return (name, value.strip()) if sep and name else None
+
+
+def _json_candidates(value: str) -> list:
+    """What a typed ``value`` may be in JSON: the string, and the number or boolean it spells."""
+    out: list = [value]
+    for parse in (int, float):
+        try:
+            out.append(parse(value))
+            break
+        except ValueError:
+            continue
+    if value.lower() in ("true", "false"):
+        out.append(value.lower() == "true")
+    return out
+
+
+def captions_by_identity(
+    captions: QuerySet, *, uid: str = "", key: str = "", url: str = "", meta: tuple[str, str] | None = None
+) -> QuerySet:
+    """Captions filtered by the source's identity: uid, key and url (exact; indexed), and one metadata
+    column's value (``meta=("original_width", "640")``: matches the string or the number it spells)."""
+    if uid:
+        captions = captions.filter(uid=uid.strip().lower())
+    if key:
+        captions = captions.filter(key=key)
+    if url:
+        # The index holds the URL's head (long URLs do not fit a B-tree entry): filter on it, then exact.
+        captions = captions.annotate(url_head=Left("url", URL_INDEX_CHARS)).filter(
+            url_head=url[:URL_INDEX_CHARS], url=url
+        )
+    if meta:
+        name, value = meta
+        match = Q()
+        for candidate in _json_candidates(value):
+            match |= Q(Exact(KeyTransform(name, "meta"), candidate))
+        captions = captions.filter(match)
+    return captions
+
+
 @dataclass
 class ImagePage:
     images: list[Image]
@@ -55,19 +115,32 @@ def images_page(
     status: str = "",
     source: str = "",
     q: str = "",
+    uid: str = "",
+    key: str = "",
+    url: str = "",
+    meta: tuple[str, str] | None = None,
+    shard: int | None = None,
     after: int | None = None,
     before: int | None = None,
     limit: int | None = None,
 ) -> ImagePage:
-    """Newest first. ``after``/``before`` are image ids of the page edges (keyset pagination)."""
+    """Newest first. ``after``/``before`` are image ids of the page edges (keyset pagination).
+    ``uid``/``key``/``url``/``meta`` select images having a caption with that source identity."""
     limit = limit or PAGE_SIZE
     images = Image.objects.all()
     if status:
         images = images.filter(status=status)
     if source:
         images = images.filter(source=source)
+    if shard:
+        images = images.filter(shard_id=shard)
     if q:
         images = images.filter(Exists(Caption.objects.filter(image=OuterRef("pk"), text__icontains=q)))
+    if uid or key or url or meta:
+        matching = captions_by_identity(
+            Caption.objects.filter(image=OuterRef("pk")), uid=uid, key=key, url=url, meta=meta
+        )
+        images = images.filter(Exists(matching))
     if before is not None:
         rows = list(images.filter(pk__gt=before).order_by("pk")[: limit + 1])
         has_more_newer = len(rows) > limit
@@ -94,7 +167,7 @@ def images_page(
 
 def image_detail(*, image_id: int) -> Image:
     return (
-        Image.objects.select_related("duplicate_of")
+        Image.objects.select_related("duplicate_of", "shard")
         .prefetch_related(Prefetch("captions", queryset=Caption.objects.order_by("pk")))
         .get(pk=image_id)
     )
@@ -110,3 +183,21 @@ def import_runs(*, limit: int = 50) -> list[ImportRun]:
 
 def cleaning_runs(*, limit: int = 50) -> list[CleaningRun]:
     return list(CleaningRun.objects.select_related("created_by").order_by("-created_at", "-pk")[:limit])
+
+
+def shards_page(
+    *, status: str = "", after: int | None = None, limit: int = 100
+) -> tuple[list[Shard], int | None]:
+    """Shards by id (keyset), problems first when ``status`` asks for them."""
+    shards = Shard.objects.order_by("pk")
+    if status:
+        shards = shards.filter(status=status)
+    if after is not None:
+        shards = shards.filter(pk__gt=after)
+    rows = list(shards[: limit + 1])
+    return rows[:limit], (rows[limit - 1].pk if len(rows) > limit else None)
+
+
+def shard_counts() -> dict[str, int]:
+    counts = dict(Shard.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    return {value: counts.get(value, 0) for value in ShardStatus.values}

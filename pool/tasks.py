@@ -7,20 +7,27 @@ import logging
 
 from celery import shared_task
 
+from pool.cleaning_runs import pool_clean
+from pool.importing import DEFAULT_BATCH, ImportFailed, pool_import
 from pool.models import CleaningRun, ImportRun, RunStatus
-from pool.services import ImportFailed, pool_clean, pool_import
 
 logger = logging.getLogger(__name__)
 RUNNABLE = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def _runnable(model, run_id: int):
+    run = model.objects.filter(pk=run_id, status__in=RUNNABLE).first()
+    if run is None:
+        logger.info("%s %s is missing or already finished; nothing to do", model.__name__, run_id)
+    return run
 
 
 @shared_task(name="pool.tasks.import_run_execute")
 def import_run_execute(run_id: int) -> None:
     # A "running" run is picked up again on purpose: acks_late redelivers a task whose worker died,
     # and the import is idempotent, so finishing it is the right thing to do.
-    run = ImportRun.objects.filter(pk=run_id, status__in=RUNNABLE).first()
+    run = _runnable(ImportRun, run_id)
     if run is None:
-        logger.info("import run %s is missing or already finished; nothing to do", run_id)
         return
     params = run.params or {}
     try:
@@ -30,7 +37,7 @@ def import_run_execute(run_id: int) -> None:
             image_column=params.get("image_column") or None,
             caption_columns=params.get("caption_columns") or None,
             caption_source=params.get("caption_source") or "alt",
-            batch_size=int(params.get("batch_size") or 500),
+            batch_size=int(params.get("batch_size") or DEFAULT_BATCH),
             root=params.get("root") or None,
             run=run,
         )
@@ -41,9 +48,8 @@ def import_run_execute(run_id: int) -> None:
 
 @shared_task(name="pool.tasks.cleaning_run_execute")
 def cleaning_run_execute(run_id: int) -> None:
-    run = CleaningRun.objects.filter(pk=run_id, status__in=RUNNABLE).first()
+    run = _runnable(CleaningRun, run_id)
     if run is None:
-        logger.info("cleaning run %s is missing or already finished; nothing to do", run_id)
         return
     params = run.params or {}
     pool_clean(

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from pool.locate import LOCATOR_FIELDS, locator_from_values
 from pool.models import Caption
+from pool.storage import Locator
 from scoring.cache import EmbeddingCache
 from scoring.encoders import Encoder, encoder_load
 from scoring.pipeline import images_embed, texts_embed
@@ -39,7 +41,8 @@ class PairRow:
     text: str
     text_sha256: str
     image_sha256: str
-    image_path: str
+    # A local file path, or where an image indexed in place lives (picklable, for DataLoader workers).
+    image_path: str | Locator
 
 
 @dataclass
@@ -54,11 +57,25 @@ class PairFeatures:
 
 
 def pair_rows(caption_ids) -> list[PairRow]:
+    """The pairs with where their images' bytes are: a media copy's path, or a locator in its shard."""
     rows = Caption.objects.filter(id__in=list(caption_ids)).values_list(
-        "id", "text", "text_sha256", "image__sha256", "image__file"
+        "id", "text", "text_sha256", *(f"image__{f}" for f in LOCATOR_FIELDS)
     )
     media = Path(settings.MEDIA_ROOT)
-    return [PairRow(cid, text, tsha, isha, str(media / path)) for cid, text, tsha, isha, path in rows]
+    out = []
+    for cid, text, tsha, *location in rows:
+        if location[1]:  # a copy under MEDIA_ROOT: a plain path, as before
+            image: str | Locator = str(media / location[1])
+        else:
+            image = locator_from_values(*location, media_root=media)
+        out.append(PairRow(cid, text, tsha, location[0], image))
+    return out
+
+
+def _location_order(image: str | Locator) -> tuple:
+    if isinstance(image, Locator):
+        return (image.uri, image.row_group or 0, image.offset or 0, image.row or 0)
+    return (image, 0, 0, 0)
 
 
 def pair_features(*, encoder: Encoder, rows: list[PairRow], progress=None) -> PairFeatures:
@@ -75,6 +92,8 @@ def pair_features(*, encoder: Encoder, rows: list[PairRow], progress=None) -> Pa
     missing = [i for i, ok in enumerate(found) if not ok]
     if missing:
         path_of = {r.image_sha256: r.image_path for r in rows}
+        # Shard order: reads of one shard (and one Parquet row group) follow each other.
+        missing.sort(key=lambda i: _location_order(path_of[image_shas[i]]))
         paths = [path_of[image_shas[i]] for i in missing]
         feats, errors = images_embed(encoder, paths, progress=progress)
         good = [j for j in range(len(missing)) if j not in errors]

@@ -1,5 +1,7 @@
-"""Batched image embedding from files: decoding in DataLoader worker processes, pinned memory, and JPEG
-decoding on the GPU when one is present. Plain PyTorch, no Django.
+"""Batched image embedding from files or from images indexed in place (a ``pool.storage.Locator``: a
+byte range of a shard, a Parquet cell, a file on an object store): decoding in DataLoader worker
+processes, pinned memory, and JPEG decoding on the GPU when one is present. Plain PyTorch, no Django:
+workers read through ``pool.storage``, which has none either.
 
 CPU path: workers open each file (PIL with JPEG draft mode, so a large JPEG is decoded at reduced
 scale), resize and centre-crop, and hand uint8 crops to the main process, which normalises and runs
@@ -24,6 +26,7 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader, Dataset
 
+from pool.storage import Locator, locator_read
 from scoring.encoders import Encoder, ImagePreprocess
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -50,7 +53,9 @@ class _Item:
 
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: list[str], preprocess: ImagePreprocess, gpu_jpeg: bool = False):
+    """Images by path (a local file) or by ``Locator`` (bytes read where they are, sha256-checked)."""
+
+    def __init__(self, paths: list[str | Locator], preprocess: ImagePreprocess, gpu_jpeg: bool = False):
         self.paths = list(paths)
         self.preprocess = preprocess
         self.gpu_jpeg = gpu_jpeg
@@ -61,15 +66,19 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> _Item:
         path = self.paths[index]
         try:
-            if self.gpu_jpeg:
+            if isinstance(path, Locator):
+                data = locator_read(path)
+            elif self.gpu_jpeg:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                if data[:3] == JPEG_MAGIC:
-                    return _Item(index, raw=torch.frombuffer(bytearray(data), dtype=torch.uint8))
-                return _Item(index, crop=self.preprocess.to_uint8(PILImage.open(io.BytesIO(data))))
-            return _Item(index, crop=self.preprocess.to_uint8(self.preprocess.load(path)))
+            else:
+                return _Item(index, crop=self.preprocess.to_uint8(self.preprocess.load(path)))
+            if self.gpu_jpeg and data[:3] == JPEG_MAGIC:
+                return _Item(index, raw=torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            return _Item(index, crop=self.preprocess.to_uint8(self.preprocess.load(io.BytesIO(data))))
         except Exception as exc:  # noqa: BLE001 - any unreadable file becomes a per-row error
-            return _Item(index, error=f"cannot read image {path}: {_reason(exc)}")
+            where = path.describe() if isinstance(path, Locator) else path
+            return _Item(index, error=f"cannot read image {where}: {_reason(exc)}")
 
 
 def _collate(items: list[_Item]) -> list[_Item]:
@@ -126,13 +135,14 @@ def _gpu_decode(items: list[_Item], preprocess: ImagePreprocess, device: torch.d
 
 def images_embed(
     encoder: Encoder,
-    paths: list[str],
+    paths: list[str | Locator],
     *,
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress=None,
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Features of the images at ``paths``: (float32 [N, image_feature_dim], {index: why unreadable})."""
+    """Features of the images at ``paths`` (file paths or ``Locator``s): (float32 [N, image_feature_dim],
+    {index: why unreadable})."""
     out = np.zeros((len(paths), encoder.image_feature_dim), dtype=np.float32)
     errors: dict[int, str] = {}
     if not paths:

@@ -4,6 +4,7 @@ transaction with the chunk's ``done`` flag, so a chunk run twice changes nothing
 
 from __future__ import annotations
 
+import io
 import logging
 
 from django.db import transaction
@@ -11,6 +12,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from pool.models import RunStatus
+from pool.storage import Locator, locator_read
 from scoring.features import pair_rows
 from scoring.models import ScoringChunk, ScoringRun, VlmScore
 from scoring.services import FINISHED, chunk_mark_done, run_finish_if_complete, scoring_queryset
@@ -20,10 +22,15 @@ logger = logging.getLogger(__name__)
 VLM_UPDATE_FIELDS = ["scorer", "itm", "odf", "ctq", "su", "truncated", "error", "updated_at"]
 
 
-def image_open(path):
-    """(RGB image, "") or (None, the reason it cannot be read): that pair gets an error row."""
+def image_open(source):
+    """(RGB image, "") or (None, the reason it cannot be read): that pair gets an error row.
+
+    ``source`` is a local path or a ``pool.storage.Locator`` (an image indexed in place: tar member,
+    Parquet cell or file behind fsspec), so the judge reads the pool where it lives."""
     try:
-        with PILImage.open(path) as img:
+        if isinstance(source, Locator):
+            source = io.BytesIO(locator_read(source))
+        with PILImage.open(source) as img:
             return img.convert("RGB"), ""
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a per-pair error, not a failed chunk
         return None, f"unreadable image: {type(exc).__name__}: {exc}"[:500]

@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 BEFORE = [
+    ("pool", "0001_initial"),
     ("annotate", "0006_open_slots_index"),
     ("scoring", "0002_scoring_chunk"),
     ("training", "0001_initial"),
@@ -65,7 +66,11 @@ def test_rows_from_before_the_move_survive_it():
 
     from curate.models import Export, FilterRun, Flag, Review
     from loop.models import LoopRun
+    from pool.models import Caption as CurrentCaption
 
+    # Pairs imported before sources had uids keep the uid their exports already used.
+    moved = CurrentCaption.objects.get()
+    assert (moved.uid, moved.uid_derived) == ("a" * 16 + "b" * 16, True)
     flag = Flag.objects.get()
     assert (flag.caption.text, flag.reason, flag.details) == ("a dog", "low_reward", {"r": 1})
     assert Review.objects.get().reviewer.username == "curator-before"

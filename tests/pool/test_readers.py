@@ -73,16 +73,16 @@ def test_caption_columns_refuse_an_unknown_source():
 # --- folder ---
 
 
-def test_folder_reads_txt_lines_and_json_captions(tmp_path):
+def test_folder_txt_is_one_caption_and_json_may_give_several(tmp_path):
     write_images(tmp_path, 2)
-    (tmp_path / "img0.txt").write_text("a red square\n\nsecond caption\n", encoding="utf-8")
+    (tmp_path / "img0.txt").write_text("a red square\n\non a second line\n", encoding="utf-8")
     (tmp_path / "img1.json").write_text(
         json.dumps({"captions": ["one", "two"], "text": "three"}), encoding="utf-8"
     )
     records, skips = read_all(tmp_path)
     assert skips == []
     by_key = {r.key: [c.text for c in r.captions] for r in records}
-    assert by_key == {"img0.jpg": ["a red square", "second caption"], "img1.jpg": ["one", "two", "three"]}
+    assert by_key == {"img0.jpg": ["a red square\n\non a second line"], "img1.jpg": ["one", "two", "three"]}
 
 
 def test_folder_reports_images_without_captions_and_orphan_and_non_image_files(tmp_path):
@@ -153,8 +153,14 @@ def test_csv_non_utf8_caption_skips_only_that_row(table_dir):
 
 def test_csv_url_is_skipped(table_dir):
     (table_dir / "pairs.csv").write_text("url,caption\nhttps://example.com/a.jpg,remote\n", encoding="utf-8")
-    _, skips = read_all(table_dir / "pairs.csv")
+    _, skips = read_all(table_dir / "pairs.csv", image_column="url")
     assert [(s.row, s.code) for s in skips] == [(2, "remote_url")]
+
+
+def test_a_url_column_is_never_taken_for_the_image(table_dir):
+    (table_dir / "pairs.csv").write_text("url,caption\nhttps://example.com/a.jpg,remote\n", encoding="utf-8")
+    with pytest.raises(ImportSourceError, match="a url column is not fetched"):
+        read_all(table_dir / "pairs.csv")
 
 
 def test_csv_missing_column_is_a_clear_error(table_dir):
@@ -253,9 +259,15 @@ def test_webdataset_directory_and_brace_pattern(tmp_path):
     for n in range(3):
         write_tar(tmp_path / f"{n:05d}.tar", [(f"k{n}.jpg", image_bytes(seed=n)), (f"k{n}.txt", b"cap")])
     assert source_resolve(str(tmp_path)).format == "webdataset"
+    pq.write_table(
+        pa.table({"key": ["k0", "x"], "status": ["success", "failed_to_download"]}),
+        tmp_path / "00000.parquet",
+    )
     src = source_resolve(str(tmp_path / "{00000..00001}.tar"))
     assert [p.name for p in src.paths] == ["00000.tar", "00001.tar"]
-    assert records_estimate(src) == 2
+    assert [u.metadata_uri for u in src.units] == [str(tmp_path / "00000.parquet"), ""]
+    # From the metadata's status column; a tar without metadata is not scanned twice just to count.
+    assert records_estimate(src) == 1
 
 
 def test_webdataset_truncated_shard_keeps_what_was_read(tmp_path):

@@ -13,7 +13,7 @@ def test_import_task_runs_a_queued_run(shard):
     import_run_execute(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.format == "webdataset"
-    assert Image.objects.count() == 3
+    assert Image.objects.count() == 4
 
 
 def test_import_task_leaves_a_finished_run_alone(shard):
@@ -30,14 +30,14 @@ def test_import_task_records_a_fatal_error_without_raising(tmp_path):
 
 
 def test_cleaning_task_uses_the_run_parameters(shard):
-    from pool.services import pool_import
+    from pool.importing import pool_import
 
     pool_import(source=str(shard))
     run = CleaningRun.objects.create(params={"min_side": 100, "hamming_radius": 6})
     cleaning_run_execute(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
-    assert run.summary["images"] == {"low_res": 3}
+    assert run.summary["images"] == {"low_res": 3, "unreadable": 1}
 
 
 def test_pool_tasks_go_to_the_default_queue():

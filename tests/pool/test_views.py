@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from pool.importing import pool_import
 from pool.models import CleaningRun, Image, ImportRun, RunStatus
-from pool.services import pool_import
 from tests.pool.conftest import write_images
 
 pytestmark = pytest.mark.django_db
@@ -35,10 +35,10 @@ def test_browser_shows_images_captions_and_stats(client, curator, imported):
     response = login(client, curator).get(reverse("pool:browse"))
     body = response.content.decode()
     assert response.status_code == 200
-    assert body.count('class="card pool-tile') == 3
+    assert body.count('class="card pool-tile') == 4
     assert "a photo number 2" in body
     assert '<svg class="chart"' in body
-    assert Image.objects.first().url in body
+    assert Image.objects.first().thumb_url in body
 
 
 def test_browser_filters_by_caption_text_and_status(client, curator, imported):
@@ -98,8 +98,9 @@ def test_curator_cannot_start_an_import(client, curator, shard):
 
 
 def test_admin_starts_an_import_that_runs(
-    client, admin_user, shard, eager_celery, django_capture_on_commit_callbacks
+    client, admin_user, shard, eager_celery, django_capture_on_commit_callbacks, settings
 ):
+    settings.LOUPE_IMPORT_ROOTS = [str(shard.parent)]
     login(client, admin_user)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("pool:import_start"), {"source": str(shard), "caption_source": "alt"})
@@ -109,12 +110,13 @@ def test_admin_starts_an_import_that_runs(
     )
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.created_by == admin_user
-    assert Image.objects.count() == 3
+    assert Image.objects.count() == 4
     body = client.get(response["Location"]).content.decode()
     assert "000000003.jpg has no caption" in body
 
 
-def test_import_form_refuses_dot_dot(client, admin_user, shard):
+def test_import_form_refuses_dot_dot(client, admin_user, shard, settings):
+    settings.LOUPE_IMPORT_ROOTS = [str(shard.parent.parent)]
     response = login(client, admin_user).post(
         reverse("pool:import_start"),
         {"source": f"{shard.parent}/../{shard.parent.name}/{shard.name}", "caption_source": "alt"},
@@ -153,7 +155,7 @@ def test_admin_starts_cleaning(
     run.refresh_from_db()
     assert response.status_code == 302
     assert run.status == RunStatus.SUCCEEDED and run.params == {"min_side": 100, "hamming_radius": 4}
-    assert set(Image.objects.values_list("status", flat=True)) == {"low_res"}
+    assert set(Image.objects.values_list("status", flat=True)) == {"low_res", "unreadable"}
     body = client.get(reverse("pool:cleaning_detail", args=[run.pk])).content.decode()
     assert "low_res" in body
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from pool.cleaning_runs import pool_clean
 from pool.progress import ProgressBar
-from pool.services import pool_clean
 
 
 class Command(BaseCommand):

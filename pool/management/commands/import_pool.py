@@ -1,12 +1,13 @@
-"""``manage.py import_pool <source>``: import a folder, a table or WebDataset shards into the pool."""
+"""``manage.py import_pool <source>``: index shards, a folder or a table into the pool, in place."""
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from pool.importing import DEFAULT_BATCH, ImportFailed, pool_import
+from pool.models import RunStatus
 from pool.progress import ProgressBar
 from pool.readers import FORMATS
-from pool.services import ImportFailed, pool_import
 
 
 def format_import_summary(summary: dict, *, listed: int = 20) -> list[str]:
@@ -23,6 +24,14 @@ def format_import_summary(summary: dict, *, listed: int = 20) -> list[str]:
     marked = summary.get("captions_marked") or {}
     if marked:
         lines.append("captions kept but marked:  " + ", ".join(f"{k} {v}" for k, v in sorted(marked.items())))
+    uids = summary.get("uids") or {}
+    if uids:
+        lines.append("uids:                      " + ", ".join(f"{k} {v}" for k, v in sorted(uids.items())))
+    shards = summary.get("shards") or {}
+    if shards:
+        lines.append("shards:                    " + ", ".join(f"{k} {v}" for k, v in sorted(shards.items())))
+    for note in summary.get("shard_notes") or []:
+        lines.append(f"  shard {note['status']}: {note['shard']}: {note['reason']}")
     skipped = summary.get("skipped") or {}
     lines.append(f"rejected / skipped:        {summary.get('skipped_total', 0)}")
     for code, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
@@ -37,11 +46,17 @@ def format_import_summary(summary: dict, *, listed: int = 20) -> list[str]:
 
 
 class Command(BaseCommand):
-    help = "Import images and captions (folder, CSV/JSONL/Parquet, WebDataset shards) into the pool."
+    help = (
+        "Index a pool in place (WebDataset/Parquet/files shards as img2dataset writes them, locally or on "
+        "s3://, a folder of images, a CSV/JSONL/Parquet table). Exits non-zero when the import failed, "
+        "skipped more than LOUPE_IMPORT_MAX_SKIPPED_FRACTION, or met shards that changed, vanished or "
+        "could not be read."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "source", help="folder, table file, shard folder, or a glob/brace pattern of shards"
+            "source",
+            help="folder or s3:// prefix of shards, a shard, a table file, or a glob/brace pattern of shards",
         )
         parser.add_argument(
             "--format", choices=FORMATS, help="default: from the extension or folder contents"
@@ -60,7 +75,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--root", help="image paths in a table must lie below this folder (default: the table's folder)"
         )
-        parser.add_argument("--batch-size", type=int, default=500)
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
 
     def handle(self, *args, **options):
         progress = ProgressBar("import", "rec", stream=self.stderr._out, disable=options["verbosity"] == 0)
@@ -79,6 +94,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             progress.close()
-        self.stdout.write(f"Import {run.pk} of {run.source} ({run.format}): {run.status}")
+        self.stdout.write(f"Import {run.pk} of {run.source} ({run.format}): {run.get_outcome_display()}")
         for line in format_import_summary(run.summary):
             self.stdout.write(line)
+        # Honest exit status: scripts and CI must not take an import that failed or skipped too much
+        # for a success.
+        if run.status == RunStatus.FAILED:
+            raise CommandError(run.error or "the import failed")
+        if run.problems:
+            raise CommandError("finished with problems: " + "; ".join(run.problems))

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pool.models import Caption, CaptionStatus, Image, ImageStatus, RunStatus
-from pool.services import ImportFailed, pool_clean, pool_import
+from pool.importing import ImportFailed, pool_import
+from pool.inspection import images_inspect
+from pool.models import Caption, CaptionStatus, Image, ImageStatus, RunStatus, ShardStatus
 from tests.conftest import image_bytes
 from tests.pool.conftest import png_bomb, truncated_jpeg, write_images, write_jsonl, write_tar
 
@@ -23,30 +22,33 @@ def media_files(settings):
     )
 
 
-# --- import ---
-
-
-def test_import_shard_writes_images_captions_and_files(shard, settings):
+def test_import_shard_indexes_in_place_and_copies_nothing(shard, settings):
     run = pool_import(source=str(shard))
     assert run.status == RunStatus.SUCCEEDED
-    assert Image.objects.count() == 3
-    assert Caption.objects.count() == 3
+    # The truncated picture's header is fine: indexing keeps it, the first full decode marks it.
+    assert Image.objects.count() == 4
+    assert Caption.objects.count() == 4
     image = Image.objects.get(source_key="000000001")
     assert (image.width, image.height, image.format) == (96, 80, "JPEG")
-    assert image.file == f"images/{image.sha256[:2]}/{image.sha256}.jpg"
-    assert (settings.MEDIA_ROOT / image.file).read_bytes() == image_bytes(96, 80, seed=1)
+    assert image.file == "" and media_files(settings) == []
+    with open(shard, "rb") as handle:
+        handle.seek(image.offset)
+        assert handle.read(image.length) == image_bytes(96, 80, seed=1)
+    assert image.shard.uri == str(shard) and image.shard.status == ShardStatus.INDEXED
     assert image.captions.get().text == "a photo number 1"
 
 
-def test_importing_the_same_shard_twice_adds_nothing(shard, settings):
+def test_importing_the_same_shard_twice_adds_nothing_and_reads_nothing(shard, settings):
     first = pool_import(source=str(shard))
     counts = (Image.objects.count(), Caption.objects.count(), media_files(settings))
     second = pool_import(source=str(shard))
     assert (Image.objects.count(), Caption.objects.count(), media_files(settings)) == counts
     assert second.summary["images_imported"] == 0
     assert second.summary["captions_imported"] == 0
-    assert second.summary["already_present"] == first.summary["images_imported"] == 3
-    assert second.summary["skipped"] == first.summary["skipped"]
+    assert second.summary["shards"] == {"unchanged": 1}
+    assert second.summary["records"] == 0  # the fingerprint matched: the tar was not read again
+    assert second.summary["already_present"] == first.summary["captions_imported"] == 4
+    assert second.status == RunStatus.SUCCEEDED
 
 
 def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(tmp_path, settings):
@@ -75,7 +77,6 @@ def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(
     assert run.status == RunStatus.SUCCEEDED
     skips = {s["row"]: (s["file"], s["code"]) for s in summary["skips"]}
     assert skips == {
-        "trunc": ("bad.tar", "corrupt_image"),
         "text": ("bad.tar", "not_an_image"),
         "bomb": ("bad.tar", "too_many_pixels"),
         "vector": ("bad.tar", "not_an_image"),
@@ -83,12 +84,16 @@ def test_bad_inputs_are_skipped_with_file_row_and_reason_while_the_rest_imports(
         "nocap": ("bad.tar", "missing_caption"),
     }
     assert all(s["reason"] for s in summary["skips"])
-    assert set(Image.objects.values_list("source_key", flat=True)) == {"good", "empty", "huge"}
+    assert set(Image.objects.values_list("source_key", flat=True)) == {"good", "trunc", "empty", "huge"}
     assert Caption.objects.get(image__source_key="empty").status == CaptionStatus.EMPTY
     huge = Caption.objects.get(image__source_key="huge")
     assert huge.status == CaptionStatus.TOO_LONG and len(huge.text) <= 100
-    # Nothing half-written: exactly one stored file per imported image, no temporaries.
-    assert media_files(settings) == sorted(Image.objects.values_list("file", flat=True))
+    # Only a full decode finds the truncation: the first one marks the image, with the reason.
+    images_inspect()
+    trunc = Image.objects.get(source_key="trunc")
+    assert trunc.status == ImageStatus.UNREADABLE and "truncated" in trunc.status_reason
+    assert Image.objects.get(source_key="good").phash
+    assert media_files(settings) == []
 
 
 def test_exact_duplicate_under_another_key_attaches_its_captions(tmp_path):
@@ -190,151 +195,6 @@ def test_progress_is_reported_on_the_run(tmp_path):
     assert seen[-1] == (5, 5)
     assert (run.done, run.total) == (5, 5)
     assert len(seen) >= 3
-
-
-# --- cleaning ---
-
-
-def make_image(*, seed: int, width: int, height: int, phash: str | None = None, **kwargs) -> Image:
-    from pool.images import image_inspect
-
-    info = image_inspect(image_bytes(width, height, seed=seed))
-    return Image.objects.create(
-        sha256=f"{Image.objects.count():06d}{seed:04d}{width:05d}{height:05d}".ljust(64, "0"),
-        phash=phash or info.phash,
-        width=width,
-        height=height,
-        format="JPEG",
-        file="images/x.jpg",
-        **kwargs,
-    )
-
-
-def test_clean_keeps_the_highest_resolution_of_near_duplicates():
-    small = make_image(seed=1, width=96, height=80)
-    large = make_image(seed=1, width=384, height=320)
-    medium = make_image(seed=1, width=192, height=160)
-    other = make_image(seed=2, width=96, height=80)
-    run = pool_clean(min_side=64)
-    for image in (small, large, medium, other):
-        image.refresh_from_db()
-    assert large.status == ImageStatus.OK and other.status == ImageStatus.OK
-    assert (small.status, small.duplicate_of_id) == (ImageStatus.NEAR_DUPLICATE, large.pk)
-    assert (medium.status, medium.duplicate_of_id) == (ImageStatus.NEAR_DUPLICATE, large.pk)
-    assert "kept as the highest resolution" in small.status_reason
-    assert run.summary["near_duplicate_groups"] == 1
-
-
-def test_clean_marks_same_picture_same_size_as_duplicate():
-    first = make_image(seed=3, width=96, height=80)
-    second = make_image(seed=3, width=96, height=80, phash=first.phash)
-    pool_clean(min_side=64)
-    second.refresh_from_db()
-    assert (second.status, second.duplicate_of_id) == (ImageStatus.DUPLICATE, first.pk)
-
-
-def test_clean_marks_low_resolution():
-    tiny = make_image(seed=4, width=40, height=200)
-    pool_clean(min_side=64)
-    tiny.refresh_from_db()
-    assert tiny.status == ImageStatus.LOW_RES
-    assert "40 px" in tiny.status_reason
-
-
-def test_clean_never_overrides_a_rejection_and_deletes_nothing():
-    rejected = make_image(seed=5, width=40, height=40, status=ImageStatus.REJECTED)
-    Caption.objects.create(image=rejected, text="x", text_sha256="a")
-    pool_clean(min_side=64)
-    rejected.refresh_from_db()
-    assert rejected.status == ImageStatus.REJECTED
-    assert Image.objects.count() == 1 and Caption.objects.count() == 1
-
-
-def add_captions(image, *texts):
-    from pool.models import text_sha256
-
-    return [Caption.objects.create(image=image, text=t, text_sha256=text_sha256(t)) for t in texts]
-
-
-def test_clean_marks_trivial_empty_and_duplicate_captions():
-    image = make_image(seed=6, width=96, height=80)
-    good, empty, short, filename, boiler, digits, dup = add_captions(
-        image,
-        "A dog runs on the beach.",
-        "",
-        "ok",
-        "IMG_1234.JPG",
-        "Untitled",
-        "2014-05-01",
-        "a dog runs on the beach",
-    )
-    run = pool_clean(min_side=64)
-    statuses = dict(Caption.objects.values_list("pk", "status"))
-    assert statuses == {
-        good.pk: "ok",
-        empty.pk: "empty",
-        short.pk: "trivial",
-        filename.pk: "trivial",
-        boiler.pk: "trivial",
-        digits.pk: "trivial",
-        dup.pk: "duplicate",
-    }
-    assert Caption.objects.get(pk=dup.pk).status_reason == f"same text as caption {good.pk} on this image"
-    assert run.summary["captions"]["trivial"] == 4
-
-
-def test_clean_marks_duplicate_captions_across_a_near_duplicate_group():
-    small = make_image(seed=8, width=96, height=80)
-    large = make_image(seed=8, width=384, height=320)
-    (on_small,) = add_captions(small, "A red bicycle")
-    (on_large,) = add_captions(large, "a red bicycle!")
-    pool_clean(min_side=64)
-    on_small.refresh_from_db()
-    on_large.refresh_from_db()
-    assert on_large.status == CaptionStatus.OK
-    assert on_small.status == CaptionStatus.DUPLICATE
-    assert f"image {large.pk}" in on_small.status_reason
-
-
-def test_clean_twice_changes_nothing_the_second_time():
-    make_image(seed=1, width=96, height=80)
-    make_image(seed=1, width=384, height=320)
-    image = make_image(seed=9, width=30, height=30)
-    add_captions(image, "untitled", "A cat", "a cat")
-    first = pool_clean(min_side=64)
-    state = list(Image.objects.order_by("pk").values_list("status", "status_reason", "duplicate_of"))
-    second = pool_clean(min_side=64)
-    assert list(Image.objects.order_by("pk").values_list("status", "status_reason", "duplicate_of")) == state
-    assert first.summary["images_changed"] > 0
-    assert (second.summary["images_changed"], second.summary["captions_changed"]) == (0, 0)
-    assert second.summary["images"] == first.summary["images"]
-
-
-def test_clean_restores_ok_when_the_rule_no_longer_applies():
-    tiny = make_image(seed=10, width=50, height=50)
-    pool_clean(min_side=64)
-    pool_clean(min_side=32)
-    tiny.refresh_from_db()
-    assert (tiny.status, tiny.status_reason) == (ImageStatus.OK, "")
-
-
-def test_import_then_clean_end_to_end(tmp_path):
-    members = [
-        ("a.jpg", image_bytes(96, 80, seed=11)),
-        ("a.txt", b"a photo"),
-        ("b.jpg", image_bytes(384, 320, seed=11)),
-        ("b.txt", b"A photo."),
-        ("c.jpg", image_bytes(32, 32, seed=12)),
-        ("c.txt", json.dumps("x").encode()),
-    ]
-    pool_import(source=str(write_tar(tmp_path / "s.tar", members)))
-    pool_clean(min_side=64)
-    assert dict(Image.objects.values_list("source_key", "status")) == {
-        "a": "near_duplicate",
-        "b": "ok",
-        "c": "low_res",
-    }
-    assert Caption.objects.get(image__source_key="a").status == "duplicate"
 
 
 def test_a_cancelled_import_stops_after_the_current_batch(tmp_path):

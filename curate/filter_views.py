@@ -29,12 +29,8 @@ def _float(value):
     return float(value)
 
 
-def _criteria_keys(encoder: str, version: int) -> list[str]:
-    sample = (
-        Score.objects.filter(encoder=encoder, reward_model_version=version, criteria__isnull=False)
-        .values_list("criteria", flat=True)
-        .first()
-    )
+def _criteria_keys(context) -> list[str]:
+    sample = context.scores().filter(criteria__isnull=False).values_list("criteria", flat=True).first()
     return sorted(sample) if isinstance(sample, dict) else []
 
 
@@ -45,7 +41,7 @@ def _form_state(params) -> dict:
         encoder=params.get("encoder") or None,
         reward_model_version=int(version) if version.strip().isdigit() else None,
     )
-    keys = _criteria_keys(context.encoder, context.reward_model_version)
+    keys = _criteria_keys(context)
     error = ""
     data: dict = {"preset": params.get("preset", "")}
     try:

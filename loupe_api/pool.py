@@ -114,6 +114,7 @@ class ScoreOut(Schema):
     image_id: int
     text: str
     encoder: str
+    encoder_fingerprint: str
     reward_model_version: int
     cosine: float | None
     clipscore: float | None
@@ -146,6 +147,7 @@ SCORE_ORDERS = {
 
 class ScoreQuery(PageQuery):
     encoder: FilterText | None = None
+    encoder_fingerprint: FilterText | None = None
     reward_model_version: int | None = Field(None, ge=0, le=2**31 - 1)
     caption_id: Id | None = None
     min_reward: float | None = Field(None, allow_inf_nan=False)
@@ -163,6 +165,7 @@ def score_list(request: HttpRequest, query: Query[ScoreQuery]):
     scores = Score.objects.select_related("caption")
     for field, value in (
         ("encoder", query.encoder),
+        ("encoder_fingerprint", query.encoder_fingerprint),
         ("reward_model_version", query.reward_model_version),
         ("caption_id", query.caption_id),
         ("reward__gte", query.min_reward),

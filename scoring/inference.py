@@ -29,10 +29,18 @@ _reward_models: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
 
 
 def reward_model_load(path: str, sha256: str = "") -> tuple[torch.nn.Module, dict]:
+    """The checkpoint at ``path``, refused when its bytes are not the ``sha256`` the run recorded (a file
+    replaced after the run started must not score under the old model's version)."""
     key = (path, sha256)
     if key not in _reward_models:
-        from scoring.reward_model import load_checkpoint
+        from pool.hashing import file_sha256
+        from scoring.reward_model import CheckpointError, load_checkpoint
 
+        if sha256 and file_sha256(path) != sha256:
+            raise CheckpointError(
+                f"Reward model checkpoint {path} is not the file this run started with (sha256 differs): "
+                "it was replaced or damaged. Restore it, or start a new scoring run."
+            )
         model, meta = load_checkpoint(path, map_location="cpu")
         model.eval()
         _reward_models[key] = (model, meta)
@@ -54,6 +62,16 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
     if chunk.done:
         return "already done"
     encoder = encoder or encoder_load(run.encoder)
+    if encoder.fingerprint != run.encoder_fingerprint:
+        # Weights replaced at the same path after the run started: scoring on would mix two models'
+        # scores under one run. The scores committed so far stay, keyed by the old fingerprint.
+        message = (
+            f"The weights of encoder {run.encoder!r} changed after scoring run {run.pk} started "
+            f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
+            "Start a new scoring run for the new weights."
+        )
+        scoring_run_fail(run_id=run.pk, error=message)
+        return "failed: encoder weights changed"
     caption_ids = (
         scoring_queryset(run)
         .filter(id__gte=chunk.first_id, id__lte=chunk.last_id)
@@ -75,7 +93,12 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
         reward, criteria, uncertainty = reward_predict(model, feats.image, feats.text)
 
     now = timezone.now()
-    common = {"encoder": run.encoder, "reward_model_version": run.reward_model_version, "updated_at": now}
+    common = {
+        "encoder": run.encoder,
+        "encoder_fingerprint": run.encoder_fingerprint,
+        "reward_model_version": run.reward_model_version,
+        "updated_at": now,
+    }
     scores = [
         Score(
             caption_id=cid,
@@ -104,7 +127,7 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
             scores,
             batch_size=1000,
             update_conflicts=True,
-            unique_fields=["caption", "encoder", "reward_model_version"],
+            unique_fields=["caption", "encoder", "encoder_fingerprint", "reward_model_version"],
             update_fields=SCORE_UPDATE_FIELDS,
         )
         marked = ScoringChunk.objects.filter(pk=chunk.pk, done=False).update(

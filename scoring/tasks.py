@@ -29,9 +29,19 @@ def scoring_run_execute(self, run_id: int) -> None:
 
     try:
         # Load before planning: a bad name or weights file fails the run with one clear error.
-        encoder_load(run.encoder)
+        encoder = encoder_load(run.encoder)
     except EncoderError as exc:
         services.scoring_run_fail(run_id=run_id, error=str(exc))
+        return
+    if encoder.fingerprint != run.encoder_fingerprint:
+        services.scoring_run_fail(
+            run_id=run_id,
+            error=(
+                f"The weights of encoder {run.encoder!r} changed after scoring run {run.pk} was queued "
+                f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
+                "Start a new scoring run for the new weights."
+            ),
+        )
         return
     try:
         pending = services.scoring_run_plan(run=run)

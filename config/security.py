@@ -87,8 +87,11 @@ class LoginRateLimitMiddleware:
             return self.get_response(request)
 
         from accounts import services
+        from accounts.usernames import username_failure_key
 
-        username = (request.POST.get("username") or "")[:150]
+        # Counted under the spelling the login form authenticates (stripped, NFKC), so " curator" or
+        # full-width "ｃｕｒａｔｏｒ" share curator's allowance instead of bringing their own.
+        username = username_failure_key(request.POST.get("username") or "")
         ip = client_ip(request)
         retry_after = services.login_lockout_seconds(username=username, ip=ip)
         if retry_after:

@@ -48,6 +48,8 @@ if PRODUCTION and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
+    # First: its createsuperuser (normalised usernames) must take precedence over django.contrib.auth's.
+    "accounts",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -59,8 +61,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_celery_beat",
     # Loupe's apps, by floor along the data's path: a module imports only its own floor and lower ones
-    # (tests/test_architecture.py checks it; docs/architecture.md draws it).
-    "accounts",
+    # (tests/test_architecture.py checks it; docs/architecture.md draws it). accounts (floor 0) is above.
     "pool",
     "annotate",
     "scoring",

@@ -212,6 +212,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A running run whose worker has not stamped its heartbeat for this long is resumed by beat's sweep
+# (loop/stale.py). Longer than the slowest gap between two stamps (a scoring chunk stamps per image
+# batch, an import per batch), short enough that the demo recovers from a killed worker in minutes.
+LOUPE_STALE_RUN_MINUTES = float(os.environ.get("LOUPE_STALE_RUN_MINUTES", "10"))
+# After this many resumes the run is failed instead (an input that kills the worker every time).
+LOUPE_STALE_RUN_MAX_RESUMES = int(os.environ.get("LOUPE_STALE_RUN_MAX_RESUMES", "3"))
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Security -----------------------------------------------------------------------------------

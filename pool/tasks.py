@@ -8,6 +8,7 @@ import logging
 from celery import shared_task
 
 from pool.models import CleaningRun, ImportRun, RunStatus
+from pool.run_health import Heartbeat, run_heartbeat
 from pool.services import ImportFailed, pool_clean, pool_import
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def import_run_execute(run_id: int) -> None:
         logger.info("import run %s is missing or already finished; nothing to do", run_id)
         return
     params = run.params or {}
+    # Alive from the start, then at each batch: beat's sweep resumes the run if the stamps stop.
+    run_heartbeat(model=ImportRun, run_id=run.pk)
     try:
         pool_import(
             source=run.source,
@@ -33,6 +36,7 @@ def import_run_execute(run_id: int) -> None:
             batch_size=int(params.get("batch_size") or 500),
             root=params.get("root") or None,
             run=run,
+            progress=Heartbeat(model=ImportRun, run_id=run.pk),
         )
     except ImportFailed:
         # Recorded on the run for people to read; retrying cannot fix a missing file or column.
@@ -46,8 +50,10 @@ def cleaning_run_execute(run_id: int) -> None:
         logger.info("cleaning run %s is missing or already finished; nothing to do", run_id)
         return
     params = run.params or {}
+    run_heartbeat(model=CleaningRun, run_id=run.pk)
     pool_clean(
         min_side=params.get("min_side"),
         hamming_radius=int(params.get("hamming_radius", 6)),
         run=run,
+        progress=Heartbeat(model=CleaningRun, run_id=run.pk),
     )

@@ -10,6 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from pool.models import RunStatus
+from pool.run_health import Heartbeat
 from scoring.encoders import Encoder, EncoderError, encoder_load
 from scoring.features import pair_features, pair_rows
 from scoring.models import Score, ScoringChunk, ScoringRun
@@ -72,13 +73,17 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
         )
         scoring_run_fail(run_id=run.pk, error=message)
         return "failed: encoder weights changed"
+    # Alive while computing (the image pass reports per batch) and at the commit below: beat's sweep
+    # resumes the run's pending chunks if a killed worker's stamps stop.
+    beat = Heartbeat(model=ScoringRun, run_id=run.pk)
+    beat()
     caption_ids = (
         scoring_queryset(run)
         .filter(id__gte=chunk.first_id, id__lte=chunk.last_id)
         .values_list("id", flat=True)
     )
     rows = pair_rows(caption_ids)
-    feats = pair_features(encoder=encoder, rows=rows)
+    feats = pair_features(encoder=encoder, rows=rows, progress=beat)
 
     d = encoder.embed_dim
     cosine = (
@@ -138,6 +143,7 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
                 done=F("done") + len(scores),
                 chunks_done=F("chunks_done") + 1,
                 failed_pairs=F("failed_pairs") + len(feats.errors),
+                heartbeat_at=now,
             )
     if marked:
         run_finish_if_complete(run.pk)

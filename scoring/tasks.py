@@ -12,6 +12,7 @@ import logging
 from celery import shared_task
 from django.db import OperationalError
 
+from pool.run_health import run_heartbeat
 from scoring import services
 from scoring.encoder_names import EncoderError
 from scoring.models import ScoringRun
@@ -43,6 +44,7 @@ def scoring_run_execute(self, run_id: int) -> None:
             ),
         )
         return
+    run_heartbeat(model=ScoringRun, run_id=run_id)
     try:
         pending = services.scoring_run_plan(run=run)
     except OperationalError as exc:

@@ -161,7 +161,7 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
     _run_update(run, log="\n".join(lines))
 
     def on_epoch(epoch: int, epochs: int, record: dict) -> None:
-        TrainingRun.objects.filter(pk=run.pk).update(done=epoch, total=epochs)
+        TrainingRun.objects.filter(pk=run.pk).update(done=epoch, total=epochs, heartbeat_at=timezone.now())
         if progress is not None:
             progress(epoch, epochs, record)
 
@@ -312,7 +312,9 @@ def reward_model_gate(*, candidate: RewardModel, tolerance: float | None = None,
     return passed
 
 
-def _reevaluateactive_reward_model(*, candidate: RewardModel, active: RewardModel) -> tuple[float | None, dict]:
+def _reevaluateactive_reward_model(
+    *, candidate: RewardModel, active: RewardModel
+) -> tuple[float | None, dict]:
     """The active model changed since the candidate was trained: measure both on the candidate's
     campaign's current held-out pairs so the comparison stays like for like."""
     if candidate.campaign is None:

@@ -25,6 +25,7 @@ from annotate import selectors, services
 from annotate import tasks as annotate_tasks
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
 from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Judgment, Task
+from pool.query_params import int_param
 
 PROGRESS_EVENT = "annotate-progress"
 # Tasks built inside the request (about 0.7 s per 1,000 on a busy machine); beyond this, Celery continues.
@@ -47,7 +48,7 @@ def _answer_from_post(post, caption_ids: list[int], criteria: list[dict]) -> tup
     for cid in caption_ids:
         value = post.get(f"tier_{cid}", "").strip()
         raw[f"tier_{cid}"] = value
-        tier_numbers[cid] = int(value) if value.isdigit() else None
+        tier_numbers[cid] = int_param(value)
     ratings: dict[str, dict] = {}
     for cid in caption_ids:
         row = {}
@@ -317,7 +318,7 @@ def campaign_new(request):
 def campaign_build(request, campaign_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     limit = request.POST.get("limit", "").strip()
-    built = _build_tasks(request, campaign, int(limit) if limit.isdigit() else None)
+    built = _build_tasks(request, campaign, int_param(limit))
     messages.success(request, f"Added {built} tasks from new pool images.")
     return redirect("annotate:campaign", campaign_id=campaign.pk)
 

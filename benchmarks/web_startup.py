@@ -42,7 +42,12 @@ def measure(checkout: Path, runs: int) -> dict:
             env = {**os.environ, "LOUPE_DATA_DIR": data_dir, "PYTHONPATH": str(checkout)}
             env.pop("DATABASE_URL", None)
             out = subprocess.run(
-                [sys.executable, "-c", PROBE], cwd=checkout, env=env, capture_output=True, text=True, check=True
+                [sys.executable, "-c", PROBE],
+                cwd=checkout,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             before = measure(baseline, args.runs)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False
+            )
     after = measure(ROOT, args.runs)
     print("| checkout | URLconf load, median (min) | peak RSS | ML modules imported |")
     print("|---|---|---|---|")

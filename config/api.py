@@ -3,7 +3,8 @@ interactive docs at /api/docs. Routers live in ``loupe_api``; docs/api.md has cu
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
 
@@ -27,6 +28,18 @@ api.add_router("/", runs.router)
 @api.exception_handler(ValidationError)
 def django_validation_error(request: HttpRequest, exc: ValidationError):
     return api.create_response(request, {"detail": " ".join(exc.messages)}, status=400)
+
+
+@api.exception_handler(RequestDataTooBig)
+def request_too_big(request: HttpRequest, exc: RequestDataTooBig):
+    # Without this, ninja answers any unexpected exception with a 500 carrying the traceback when
+    # DEBUG is on (and Django a bare 400 when it is off): the client sent too much, which is a 413.
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return api.create_response(
+        request,
+        {"detail": f"Request body too large: the limit is {limit} bytes (LOUPE_MAX_BODY_BYTES)."},
+        status=413,
+    )
 
 
 @api.exception_handler(PermissionDenied)

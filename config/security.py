@@ -1,5 +1,6 @@
-"""Security middleware: a Content-Security-Policy header, a hard cap on request bodies, and login rate
-limiting. Django 5.2 ships none of these three; each is small enough to own."""
+"""Security middleware: a Content-Security-Policy header, a hard cap on request bodies, NUL characters
+refused in page addresses, and login rate limiting. Django 5.2 ships none of these; each is small enough
+to own."""
 
 from __future__ import annotations
 
@@ -48,6 +49,33 @@ class RequestSizeLimitMiddleware:
         return self.get_response(request)
 
 
+class NulCharacterMiddleware:
+    """Answers 400 to a page address (path or query) holding a NUL character (``%00``).
+
+    PostgreSQL refuses NUL inside text, so any page that filters on a query parameter (a search box,
+    the admin's changelists, the review audit) would otherwise fail with a 500 on ``?q=%00``; no page
+    has a use for one. The API validates its own parameters (422 with the field's name).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith("/api/") and _has_nul(request):
+            return HttpResponse(
+                "The address contains a NUL character (%00), which no page accepts. Remove it and try again.",
+                status=400,
+                content_type="text/plain",
+            )
+        return self.get_response(request)
+
+
+def _has_nul(request: HttpRequest) -> bool:
+    if "\x00" in request.path:
+        return True
+    return any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists())
+
+
 def client_ip(request: HttpRequest) -> str:
     """The client's address: REMOTE_ADDR, or the hop a trusted proxy appended to X-Forwarded-For."""
     proxies = settings.LOUPE_NUM_PROXIES
@@ -87,8 +115,11 @@ class LoginRateLimitMiddleware:
             return self.get_response(request)
 
         from accounts import services
+        from accounts.usernames import username_failure_key
 
-        username = (request.POST.get("username") or "")[:150]
+        # Counted under the spelling the login form authenticates (stripped, NFKC), so " curator" or
+        # full-width "ｃｕｒａｔｏｒ" share curator's allowance instead of bringing their own.
+        username = username_failure_key(request.POST.get("username") or "")
         ip = client_ip(request)
         retry_after = services.login_lockout_seconds(username=username, ip=ip)
         if retry_after:

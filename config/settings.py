@@ -48,6 +48,8 @@ if PRODUCTION and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
+    # First: its createsuperuser (normalised usernames) must take precedence over django.contrib.auth's.
+    "accounts",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -59,8 +61,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_celery_beat",
     # Loupe's apps, by floor along the data's path: a module imports only its own floor and lower ones
-    # (tests/test_architecture.py checks it; docs/architecture.md draws it).
-    "accounts",
+    # (tests/test_architecture.py checks it; docs/architecture.md draws it). accounts (floor 0) is above.
     "pool",
     "annotate",
     "scoring",
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.security.RequestSizeLimitMiddleware",
+    "config.security.NulCharacterMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -223,6 +225,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A running run whose worker has not stamped its heartbeat for this long is resumed by beat's sweep
+# (loop/stale.py). Longer than the slowest gap between two stamps (a scoring chunk stamps per image
+# batch, an import per batch), short enough that the demo recovers from a killed worker in minutes.
+LOUPE_STALE_RUN_MINUTES = float(os.environ.get("LOUPE_STALE_RUN_MINUTES", "10"))
+# After this many resumes the run is failed instead (an input that kills the worker every time).
+LOUPE_STALE_RUN_MAX_RESUMES = int(os.environ.get("LOUPE_STALE_RUN_MAX_RESUMES", "3"))
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Security -----------------------------------------------------------------------------------

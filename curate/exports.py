@@ -49,7 +49,9 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from annotate.models import Campaign
 from curate.filtering import filter_run_kept_ids
+from curate.lineage import campaign_lineage, filter_run_lineage
 from curate.models import Export, FilterRun
 from pool.locate import locator_from_values
 from pool.models import Caption, Image, RunStatus, Shard, pair_uid_derive
@@ -286,11 +288,14 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
         f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
         f"LEFT JOIN {Shard._meta.db_table} sh ON sh.id = i.shard_id "
         f"LEFT JOIN {Score._meta.db_table} s ON s.caption_id = c.id AND s.encoder = %s "
-        "AND s.reward_model_version = %s ORDER BY c.id"
+        "AND s.encoder_fingerprint = %s AND s.reward_model_version = %s ORDER BY c.id"
     )
+    # The scores of the weights the filter run recorded: a later rescore with replaced weights wrote
+    # other rows, so the export carries exactly the numbers the run was computed from.
+    key = [filter_run.encoder, filter_run.encoder_fingerprint, filter_run.reward_model_version]
     try:
         with connection.chunked_cursor() as cursor:
-            cursor.execute(sql, [filter_run.encoder, filter_run.reward_model_version])
+            cursor.execute(sql, key)
             while rows := cursor.fetchmany(chunk):
                 yield rows
     finally:
@@ -583,6 +588,12 @@ def export_execute(*, export: Export) -> Export:
             }
             manifest["encoder"] = run.encoder
             manifest["reward_model_version"] = run.reward_model_version
+            # The exact weights and checkpoint behind the scores, and the judgments behind the model.
+            manifest["models"] = filter_run_lineage(run)
+        elif export.params.get("campaign_id"):
+            campaign = Campaign.objects.filter(pk=export.params["campaign_id"]).first()
+            if campaign is not None:
+                manifest["lineage"] = campaign_lineage(campaign)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         if target.exists():
             # overwrite: swap the old export out first, so a crash here leaves the old or the new one.

@@ -18,6 +18,7 @@ from curate.filtering import PRESETS, FilterNeedsConfirm, FilterRule, filter_pre
 from curate.models import Export, FilterRun
 from curate.selectors import score_context_default
 from curate.tasks import export_execute, filter_run_execute
+from pool.query_params import INT64_MAX, int_param
 from scoring.models import Score
 
 RUNS_SHOWN = 30
@@ -29,12 +30,8 @@ def _float(value):
     return float(value)
 
 
-def _criteria_keys(encoder: str, version: int) -> list[str]:
-    sample = (
-        Score.objects.filter(encoder=encoder, reward_model_version=version, criteria__isnull=False)
-        .values_list("criteria", flat=True)
-        .first()
-    )
+def _criteria_keys(context) -> list[str]:
+    sample = context.scores().filter(criteria__isnull=False).values_list("criteria", flat=True).first()
     return sorted(sample) if isinstance(sample, dict) else []
 
 
@@ -43,9 +40,9 @@ def _form_state(params) -> dict:
     version = params.get("version", "")
     context = score_context_default(
         encoder=params.get("encoder") or None,
-        reward_model_version=int(version) if version.strip().isdigit() else None,
+        reward_model_version=int_param(version),
     )
-    keys = _criteria_keys(context.encoder, context.reward_model_version)
+    keys = _criteria_keys(context)
     error = ""
     data: dict = {"preset": params.get("preset", "")}
     try:
@@ -152,7 +149,7 @@ def export_start(request, run_id: int):
                 filter_run=run,
                 overwrite=False,
                 user=request.user,
-                campaign_id=int(campaign) if campaign.isdigit() else None,
+                campaign_id=int_param(campaign, maximum=INT64_MAX),
             )
             export_execute.delay_on_commit(export.pk)
     except ExportError as exc:

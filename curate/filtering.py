@@ -43,6 +43,7 @@ from django.utils import timezone
 from curate.models import FilterRun
 from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, ImageStatus, RunStatus
 from scoring.models import Score, VlmScore
+from scoring.selectors import model_scores, score_weights_current
 
 logger = logging.getLogger(__name__)
 
@@ -167,25 +168,27 @@ def _opt_float(value) -> float | None:
     return float(value)
 
 
-def scored_pairs(*, encoder: str, reward_model_version: int) -> QuerySet[Score]:
-    """Scores of usable pairs for one scoring: what a rule is evaluated over."""
-    return Score.objects.filter(
-        encoder=encoder,
-        reward_model_version=reward_model_version,
-        caption__status=CaptionStatus.OK,
-        caption__image__status=ImageStatus.OK,
-    )
+def scored_pairs(
+    *, encoder: str, reward_model_version: int, encoder_fingerprint: str | None = None
+) -> QuerySet[Score]:
+    """Scores of usable pairs for one scoring (the current weights' when no fingerprint is given):
+    what a rule is evaluated over."""
+    return model_scores(
+        encoder=encoder, reward_model_version=reward_model_version, encoder_fingerprint=encoder_fingerprint
+    ).filter(caption__status=CaptionStatus.OK, caption__image__status=ImageStatus.OK)
 
 
-def reward_cutoff(*, encoder: str, reward_model_version: int, top_percent: float) -> tuple[float | None, int]:
+def reward_cutoff(
+    *, encoder: str, reward_model_version: int, top_percent: float, encoder_fingerprint: str | None = None
+) -> tuple[float | None, int]:
     """(lowest reward inside the top ``top_percent``%, number of pairs with a reward).
 
-    One ORDER BY ... OFFSET on the (encoder, version, reward) index instead of loading the column.
-    Pairs tied with the cut value are all kept, so a run can keep a few more than k%.
+    One ORDER BY ... OFFSET on the (encoder, fingerprint, version, reward) index instead of loading the
+    column. Pairs tied with the cut value are all kept, so a run can keep a few more than k%.
     """
-    with_reward = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
-        reward__isnull=False
-    )
+    with_reward = scored_pairs(
+        encoder=encoder, reward_model_version=reward_model_version, encoder_fingerprint=encoder_fingerprint
+    ).filter(reward__isnull=False)
     total = with_reward.count()
     wanted = math.ceil(total * top_percent / 100)
     if not wanted:
@@ -195,14 +198,21 @@ def reward_cutoff(*, encoder: str, reward_model_version: int, top_percent: float
 
 
 def _rule_scores(
-    *, encoder: str, reward_model_version: int, rule: FilterRule, cutoff, usable: bool = True
+    *,
+    encoder: str,
+    reward_model_version: int,
+    encoder_fingerprint: str,
+    rule: FilterRule,
+    cutoff,
+    usable: bool = True,
 ) -> QuerySet[Score]:
     # Inside an EXISTS whose outer query already keeps usable pairs only, the status joins are waste.
-    scores = (
-        scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
-        if usable
-        else Score.objects.filter(encoder=encoder, reward_model_version=reward_model_version)
-    )
+    key = {
+        "encoder": encoder,
+        "reward_model_version": reward_model_version,
+        "encoder_fingerprint": encoder_fingerprint,
+    }
+    scores = scored_pairs(**key) if usable else model_scores(**key)
     if rule.top_percent is not None:
         if cutoff is None:
             return scores.none()
@@ -229,6 +239,7 @@ class FilterPlan:
 
     encoder: str
     reward_model_version: int
+    encoder_fingerprint: str
     rule: FilterRule
     cutoff: float | None
     considered: QuerySet[Caption]
@@ -237,18 +248,24 @@ class FilterPlan:
     overrides: dict[str, QuerySet[Caption]]
 
 
-def filter_plan(*, encoder: str, reward_model_version: int, rule: FilterRule) -> FilterPlan:
+def filter_plan(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, encoder_fingerprint: str | None = None
+) -> FilterPlan:
+    """The rule over the scores of one model; ``encoder_fingerprint`` None: the current weights'."""
+    if encoder_fingerprint is None:
+        encoder_fingerprint = score_weights_current(
+            encoder=encoder, reward_model_version=reward_model_version
+        ).encoder_fingerprint
+    key = {
+        "encoder": encoder,
+        "reward_model_version": reward_model_version,
+        "encoder_fingerprint": encoder_fingerprint,
+    }
     cutoff = None
     if rule.top_percent is not None:
-        cutoff, _ = reward_cutoff(
-            encoder=encoder, reward_model_version=reward_model_version, top_percent=rule.top_percent
-        )
-    any_score = Score.objects.filter(
-        caption=OuterRef("pk"), encoder=encoder, reward_model_version=reward_model_version
-    )
-    passing = _rule_scores(
-        encoder=encoder, reward_model_version=reward_model_version, rule=rule, cutoff=cutoff, usable=False
-    ).filter(caption=OuterRef("pk"))
+        cutoff, _ = reward_cutoff(**key, top_percent=rule.top_percent)
+    any_score = model_scores(**key).filter(caption=OuterRef("pk"))
+    passing = _rule_scores(**key, rule=rule, cutoff=cutoff, usable=False).filter(caption=OuterRef("pk"))
     usable = Caption.objects.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
     is_rewrite = Q(source=CaptionSource.REWRITE)
     considered = usable.filter(Exists(any_score) | Q(decision=CuratorDecision.ACCEPT) | is_rewrite)
@@ -268,6 +285,7 @@ def filter_plan(*, encoder: str, reward_model_version: int, rule: FilterRule) ->
     return FilterPlan(
         encoder=encoder,
         reward_model_version=reward_model_version,
+        encoder_fingerprint=encoder_fingerprint,
         rule=rule,
         cutoff=cutoff,
         considered=considered,
@@ -307,6 +325,7 @@ def score_histogram(
     score_field: str = "reward",
     bins: int = HISTOGRAM_BINS,
     vlm_fingerprint: str = "",
+    encoder_fingerprint: str | None = None,
 ) -> tuple[list[int], list[float]]:
     """Histogram of one score over the usable scored pairs, from the streamed column (a judge metric
     when ``score_field`` is one of itm/odf/ctq/su)."""
@@ -319,9 +338,11 @@ def score_histogram(
             **{f"{score_field}__isnull": False},
         )
     else:
-        queryset = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
-            **{f"{score_field}__isnull": False}
-        )
+        queryset = scored_pairs(
+            encoder=encoder,
+            reward_model_version=reward_model_version,
+            encoder_fingerprint=encoder_fingerprint,
+        ).filter(**{f"{score_field}__isnull": False})
     bounds = queryset.order_by(score_field).values_list(score_field, flat=True)
     lo = bounds.first()
     hi = queryset.order_by(f"-{score_field}").values_list(score_field, flat=True).first()
@@ -358,9 +379,19 @@ class FilterPreview:
 
 
 def filter_preview(
-    *, encoder: str, reward_model_version: int, rule: FilterRule, histogram: bool = True
+    *,
+    encoder: str,
+    reward_model_version: int,
+    rule: FilterRule,
+    histogram: bool = True,
+    encoder_fingerprint: str | None = None,
 ) -> FilterPreview:
-    plan = filter_plan(encoder=encoder, reward_model_version=reward_model_version, rule=rule)
+    plan = filter_plan(
+        encoder=encoder,
+        reward_model_version=reward_model_version,
+        rule=rule,
+        encoder_fingerprint=encoder_fingerprint,
+    )
     considered, kept = plan.considered.count(), plan.kept.count()
     score_field = rule.histogram_field
     counts, edges = (
@@ -369,6 +400,7 @@ def filter_preview(
             reward_model_version=reward_model_version,
             score_field=score_field,
             vlm_fingerprint=rule.vlm_fingerprint,
+            encoder_fingerprint=plan.encoder_fingerprint,
         )
         if histogram
         else ([], [])
@@ -409,7 +441,11 @@ def _balanced_ids(plan: FilterPlan, target: int, clusters: int) -> tuple[np.ndar
 
     thresholds = FilterRule(**{**plan.rule.to_dict(), "top_percent": None, "balance_clusters": 0})
     eligible = _rule_scores(
-        encoder=plan.encoder, reward_model_version=plan.reward_model_version, rule=thresholds, cutoff=None
+        encoder=plan.encoder,
+        reward_model_version=plan.reward_model_version,
+        encoder_fingerprint=plan.encoder_fingerprint,
+        rule=thresholds,
+        cutoff=None,
     ).filter(caption__decision="", reward__isnull=False)
     rows = [row for chunk in stream_rows(eligible.order_by(), ("caption_id", "reward")) for row in chunk]
     if len(rows) <= target or clusters < 2:
@@ -457,15 +493,26 @@ def _balanced_ids(plan: FilterPlan, target: int, clusters: int) -> tuple[np.ndar
 def filter_run_create(
     *, encoder: str, reward_model_version: int, rule: FilterRule, user=None, confirm: bool = False
 ) -> FilterRun:
-    """Validate and queue a run; a rule that keeps nothing or everything needs ``confirm=True``."""
+    """Validate and queue a run; a rule that keeps nothing or everything needs ``confirm=True``.
+
+    The run records the weights of the scores it reads (the current ones now): it is computed from
+    those scores and no others, even if the pool is rescored with other weights before it executes.
+    """
+    weights = score_weights_current(encoder=encoder, reward_model_version=reward_model_version)
     preview = filter_preview(
-        encoder=encoder, reward_model_version=reward_model_version, rule=rule, histogram=False
+        encoder=encoder,
+        reward_model_version=reward_model_version,
+        rule=rule,
+        histogram=False,
+        encoder_fingerprint=weights.encoder_fingerprint,
     )
     if preview.warning and not confirm:
         raise FilterNeedsConfirm(preview.warning)
     return FilterRun.objects.create(
         encoder=encoder,
+        encoder_fingerprint=weights.encoder_fingerprint,
         reward_model_version=reward_model_version,
+        reward_checkpoint_sha256=weights.reward_checkpoint_sha256,
         rule=rule.to_dict(),
         params={"rule_text": rule.describe(), "confirmed_warning": preview.warning},
         created_by=user,
@@ -485,7 +532,12 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
     run.save(update_fields=["status", "started_at", "error"])
     try:
         rule = FilterRule.from_dict(run.rule)
-        plan = filter_plan(encoder=run.encoder, reward_model_version=run.reward_model_version, rule=rule)
+        plan = filter_plan(
+            encoder=run.encoder,
+            reward_model_version=run.reward_model_version,
+            rule=rule,
+            encoder_fingerprint=run.encoder_fingerprint,
+        )
         run.considered = plan.considered.count()
         run.total = run.considered
         run.save(update_fields=["considered", "total"])

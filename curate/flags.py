@@ -25,7 +25,8 @@ from annotate.agreement import mean_pairwise_tau
 from annotate.models import Judgment
 from curate.models import Flag, FlagReason
 from pool.models import Caption, CaptionStatus, ImageStatus
-from scoring.models import Score, VlmScore
+from scoring.models import VlmScore
+from scoring.selectors import model_scores
 
 BATCH = 2000
 # Rank percentiles of reward and CLIPScore further apart than this (0..1) count as strong disagreement:
@@ -44,10 +45,9 @@ class Abs(Func):
 
 
 def usable_scores(*, encoder: str, reward_model_version: int):
-    """Scores of usable pairs (image ok, caption ok) for one (encoder, reward model version)."""
-    return Score.objects.filter(
-        encoder=encoder,
-        reward_model_version=reward_model_version,
+    """Scores of usable pairs (image ok, caption ok) for one (encoder, reward model version), of the
+    weights currently in view (``scoring.selectors.score_weights_current``)."""
+    return model_scores(encoder=encoder, reward_model_version=reward_model_version).filter(
         caption__status=CaptionStatus.OK,
         caption__image__status=ImageStatus.OK,
     )
@@ -226,9 +226,11 @@ def low_judge_rows(
     if latest is None:
         return
     fingerprint, scorer = latest
-    reward = Score.objects.filter(
-        caption=OuterRef("caption"), encoder=encoder, reward_model_version=reward_model_version
-    ).values("reward")[:1]
+    reward = (
+        model_scores(encoder=encoder, reward_model_version=reward_model_version)
+        .filter(caption=OuterRef("caption"))
+        .values("reward")[:1]
+    )
     rows = (
         VlmScore.objects.filter(
             scorer_fingerprint=fingerprint,

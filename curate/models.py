@@ -56,7 +56,11 @@ class FilterRun(Run):
     """A cut of the pool: the rule, the model it used, and what it kept (a .npy of caption ids)."""
 
     encoder = models.CharField(max_length=255)
+    # The scores the run was computed from: weights fingerprint and reward checkpoint sha256. Rescoring
+    # with other weights adds rows under another fingerprint, so an export of this run reads these.
+    encoder_fingerprint = models.CharField(max_length=64, blank=True, default="")
     reward_model_version = models.PositiveIntegerField(default=0)
+    reward_checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
     rule = models.JSONField(default=dict)
     considered = models.PositiveBigIntegerField(default=0)
     kept = models.PositiveBigIntegerField(default=0)

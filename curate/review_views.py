@@ -32,6 +32,7 @@ from curate.selectors import (
 from curate.services import DECISIONS, DecisionConflict, review_decide, review_decide_bulk
 from curate.tasks import rewrite_suggest_task
 from pool.models import Caption, CaptionSource, CuratorDecision
+from pool.query_params import INT64_MAX, int_param
 
 PAGE_SIZE = 10
 
@@ -60,7 +61,7 @@ def _context(params):
     version = params.get("version")
     return score_context_default(
         encoder=params.get("encoder") or None,
-        reward_model_version=int(version) if version and version.isdigit() else None,
+        reward_model_version=int_param(version),
     )
 
 
@@ -130,22 +131,23 @@ def decide(request, caption_id: int):
     if request.POST.get("accept_suggestion"):
         # The suggestion's own button: accepting it is a rewrite with its text.
         decision, rewrite_text = CuratorDecision.REWRITE, request.POST["accept_suggestion"]
-    version = request.POST.get("expected_version", "")
-    if decision not in DECISIONS or not version.isdigit():
+    version = int_param(request.POST.get("expected_version"))
+    if decision not in DECISIONS or version is None:
         message = "Choose accept, reject or rewrite (the form was incomplete; reload the page)."
         if request.htmx:
             return _item_response(request, caption, status=400, notice=message)
         messages.error(request, message)
         return redirect(_queue_url(request))
     campaign = None
-    if decision == CuratorDecision.REWRITE and request.POST.get("campaign", "").isdigit():
-        campaign = Campaign.objects.filter(pk=int(request.POST["campaign"])).first()
+    campaign_id = int_param(request.POST.get("campaign"), maximum=INT64_MAX)
+    if decision == CuratorDecision.REWRITE and campaign_id is not None:
+        campaign = Campaign.objects.filter(pk=campaign_id).first()
     try:
         review = review_decide(
             caption=caption,
             reviewer=request.user,
             decision=decision,
-            expected_version=int(version),
+            expected_version=version,
             note=request.POST.get("note", ""),
             rewrite_text=rewrite_text,
             campaign=campaign,
@@ -186,8 +188,9 @@ def bulk(request):
     selection = []
     for value in request.POST.getlist("selected"):
         cid, _, version = value.partition(":")
-        if cid.isdigit() and version.isdigit():
-            selection.append((int(cid), int(version)))
+        cid, version = int_param(cid, maximum=INT64_MAX), int_param(version)
+        if cid is not None and version is not None:
+            selection.append((cid, version))
     if not selection:
         messages.error(request, "Select at least one pair (the checkboxes, or x on the keyboard).")
         return redirect(_queue_url(request))

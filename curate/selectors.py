@@ -11,6 +11,7 @@ from curate.models import Flag, FlagReason, Review
 from curate.rewrite import rewrite_suggestion_get
 from pool.models import Caption
 from scoring.models import Score
+from scoring.selectors import model_scores, score_weights_current
 
 SCORE_FIELDS = ("reward", "clipscore", "cosine")
 
@@ -19,6 +20,16 @@ SCORE_FIELDS = ("reward", "clipscore", "cosine")
 class ScoreContext:
     encoder: str
     reward_model_version: int
+    # The weights of the scores in view (``scoring.selectors.score_weights_current``).
+    encoder_fingerprint: str = ""
+    reward_checkpoint_sha256: str = ""
+
+    def scores(self) -> QuerySet[Score]:
+        return model_scores(
+            encoder=self.encoder,
+            reward_model_version=self.reward_model_version,
+            encoder_fingerprint=self.encoder_fingerprint,
+        )
 
 
 def score_context_default(
@@ -38,7 +49,13 @@ def score_context_default(
             reward_model_version = (
                 Score.objects.filter(encoder=encoder).aggregate(v=Max("reward_model_version"))["v"] or 0
             )
-    return ScoreContext(encoder=encoder, reward_model_version=int(reward_model_version))
+    weights = score_weights_current(encoder=encoder, reward_model_version=int(reward_model_version))
+    return ScoreContext(
+        encoder=encoder,
+        reward_model_version=int(reward_model_version),
+        encoder_fingerprint=weights.encoder_fingerprint,
+        reward_checkpoint_sha256=weights.reward_checkpoint_sha256,
+    )
 
 
 @dataclass
@@ -65,9 +82,7 @@ def review_queue(*, filters: QueueFilters, context: ScoreContext) -> QuerySet[Ca
         queryset = queryset.filter(source=filters.source)
     if filters.score_min is not None or filters.score_max is not None:
         score_field = filters.score if filters.score in SCORE_FIELDS else "reward"
-        scores = Score.objects.filter(
-            caption=OuterRef("pk"), encoder=context.encoder, reward_model_version=context.reward_model_version
-        )
+        scores = context.scores().filter(caption=OuterRef("pk"))
         if filters.score_min is not None:
             scores = scores.filter(**{f"{score_field}__gte": filters.score_min})
         if filters.score_max is not None:
@@ -138,11 +153,9 @@ def review_items(*, captions: list[Caption], context: ScoreContext) -> list[Queu
         siblings.setdefault(sibling.image_id, []).append(sibling)
     scores = {
         row["caption_id"]: row
-        for row in Score.objects.filter(
-            caption__image_id__in=image_ids,
-            encoder=context.encoder,
-            reward_model_version=context.reward_model_version,
-        ).values("caption_id", "reward", "clipscore", "cosine", "criteria", "truncated", "uncertainty")
+        for row in context.scores()
+        .filter(caption__image_id__in=image_ids)
+        .values("caption_id", "reward", "clipscore", "cosine", "criteria", "truncated", "uncertainty")
     }
     flags: dict[int, list[Flag]] = {}
     for flag in Flag.objects.filter(caption__in=captions, is_open=True).order_by("reason"):

@@ -31,6 +31,17 @@ def loop_tick_task(filter_rule: dict | None = None) -> str:
     return message
 
 
+@shared_task(name="loop.tasks.runs_stale_recover_task", ignore_result=True, expires=TICK_EXPIRES_SECONDS)
+def runs_stale_recover_task(older_than_seconds: float | None = None) -> list[str]:
+    """Beat's sweep (every minute, see install_schedule): resume runs whose worker went silent."""
+    from datetime import timedelta
+
+    from loop.stale import runs_stale_recover
+
+    older_than = timedelta(seconds=older_than_seconds) if older_than_seconds is not None else None
+    return runs_stale_recover(older_than=older_than)
+
+
 @shared_task(name="loop.tasks.loop_step_task", ignore_result=True)
 def loop_step_task(run_id: int, step: str) -> None:
     outcome = loop_step_execute(run_id=run_id, step=step)

@@ -7,7 +7,7 @@ from typing import Annotated, Generic, TypeVar
 
 from django.db.models import QuerySet
 from ninja import Schema
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, Strict
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
@@ -15,6 +15,11 @@ DEFAULT_PAGE_SIZE = 50
 MAX_ID = 2**63 - 1
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# Numbers in JSON bodies: a JSON integer and nothing else. Pydantic's lax mode would take true as 1 and
+# "03", "+3" or 3.0 as 3, so a client's bug (or a probe) would be stored as a rating. Query and path
+# parameters arrive as text and keep ``Id``/``int``.
+JsonInt = Annotated[int, Strict()]
+JsonId = Annotated[int, Strict(), Field(ge=1, le=MAX_ID)]
 
 
 def _printable(value: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import uuid
 import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -199,6 +201,7 @@ class ScoreOut(Schema):
     image_id: int
     text: str
     encoder: str
+    encoder_fingerprint: str
     reward_model_version: int
     cosine: float | None
     clipscore: float | None
@@ -231,6 +234,7 @@ SCORE_ORDERS = {
 
 class ScoreQuery(PageQuery):
     encoder: FilterText | None = None
+    encoder_fingerprint: FilterText | None = None
     reward_model_version: int | None = Field(None, ge=0, le=2**31 - 1)
     caption_id: Id | None = None
     min_reward: float | None = Field(None, allow_inf_nan=False)
@@ -248,6 +252,7 @@ def score_list(request: HttpRequest, query: Query[ScoreQuery]):
     scores = Score.objects.select_related("caption")
     for field, value in (
         ("encoder", query.encoder),
+        ("encoder_fingerprint", query.encoder_fingerprint),
         ("reward_model_version", query.reward_model_version),
         ("caption_id", query.caption_id),
         ("reward__gte", query.min_reward),
@@ -435,14 +440,47 @@ def upload_unpack(*, upload: UploadedFile, folder: Path) -> Path:
                     or (member.external_attr >> 16) & 0o170000 == 0o120000
                 ):
                     raise HttpError(400, f"{name!r}: member {member.filename!r} points outside the archive.")
+                _zip_member_check(name, member)
             archive.extractall(unpacked)
     except zipfile.BadZipFile as exc:
         raise HttpError(400, f"{name!r} is not a readable ZIP file: {exc}.") from None
+    except (RuntimeError, NotImplementedError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        # What the members' checks cannot see before reading the bytes: damaged compressed data, a
+        # truncated member, a method this Python cannot unpack.
+        raise HttpError(
+            400, f"{name!r} cannot be unpacked ({type(exc).__name__}: {exc}); re-create it with plain ZIP."
+        ) from None
     target.unlink()
     # A ZIP holding one table at its top (pairs.jsonl beside the images) imports that table; otherwise
     # the unpacked folder is imported as a folder of images with caption files.
     tables = [p for p in unpacked.iterdir() if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES - {".zip"}]
     return tables[0] if len(tables) == 1 else unpacked
+
+
+# Methods Python's zipfile unpacks; anything else (zstd = 93, PPMd = 98, ...) raises while extracting.
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+ZIP_METHOD_NAMES = {9: "deflate64", 12: "bzip2", 93: "zstd", 95: "xz", 98: "PPMd", 99: "AES (WinZip)"}
+
+
+def _zip_member_check(name: str, member: zipfile.ZipInfo) -> None:
+    """Refuse, before anything is written, members zipfile would fail on halfway through extraction."""
+    if member.flag_bits & 0x1 or member.compress_type == 99:
+        raise HttpError(
+            400,
+            f"{name!r}: member {member.filename!r} is encrypted. Upload an archive without a password.",
+        )
+    if member.compress_type not in ZIP_METHODS:
+        method = ZIP_METHOD_NAMES.get(member.compress_type, f"method {member.compress_type}")
+        raise HttpError(
+            400,
+            f"{name!r}: member {member.filename!r} is compressed with {method}, which cannot be unpacked "
+            f"here. Re-create the archive with deflate (the default of zip tools) or no compression.",
+        )
 
 
 @router.post(
@@ -458,7 +496,8 @@ def import_upload(request: HttpRequest, file: File[UploadedFile], format: Form[I
     folder = import_roots()[0] / "uploads" / uuid.uuid4().hex
     try:
         source = upload_unpack(upload=file, folder=folder)
-    except HttpError:
+    except BaseException:
+        # Whatever went wrong (a refused archive, a full disk), nothing of the upload stays behind.
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return Status(202, _import_start(source=source, data=None, user=request.auth, fmt=format, root=folder))

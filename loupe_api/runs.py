@@ -15,7 +15,7 @@ from pydantic import Field
 from accounts.roles import ADMIN
 from curate.models import Export
 from loupe_api.auth import require_role
-from loupe_api.common import FilterText, Id, Page, PageQuery, paginate
+from loupe_api.common import FilterText, Id, JsonInt, Page, PageQuery, paginate
 from scoring.models import ScoringRun
 from scoring.services import scoring_run_cancel, scoring_run_start
 
@@ -42,10 +42,10 @@ class ScoringRunOut(Schema):
 
 class ScoringRunIn(Schema):
     encoder: FilterText | None = Field(None, description="Encoder name; the server's default when empty.")
-    reward_model_version: int | None = Field(
+    reward_model_version: JsonInt | None = Field(
         None, ge=0, le=2**31 - 1, description="0 = CLIPScore only; empty = the active reward model."
     )
-    chunk_size: int = Field(2048, ge=16, le=65536)
+    chunk_size: JsonInt = Field(2048, ge=16, le=65536)
 
 
 @router.post("/scoring-runs", response={202: ScoringRunOut}, tags=["runs"], summary="Start scoring the pool")

@@ -251,6 +251,13 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by the worker at progress points (``pool.run_health``). A running run whose worker stopped
+    # beating (killed, machine lost; the filesystem broker never redelivers its message) is resumed by
+    # beat's stale-run sweep; runs done in a command's own process have none and are never swept.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stale_resumes = models.PositiveSmallIntegerField(
+        default=0, help_text="How often the stale-run sweep resumed this run after its worker went silent."
+    )
 
     class Meta:
         abstract = True

@@ -10,6 +10,7 @@ from celery import shared_task
 from pool.cleaning_runs import pool_clean
 from pool.importing import DEFAULT_BATCH, ImportFailed, pool_import
 from pool.models import CleaningRun, ImportRun, RunStatus
+from pool.run_health import Heartbeat, run_heartbeat
 
 logger = logging.getLogger(__name__)
 RUNNABLE = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -30,6 +31,8 @@ def import_run_execute(run_id: int) -> None:
     if run is None:
         return
     params = run.params or {}
+    # Alive from the start, then at each batch: beat's sweep resumes the run if the stamps stop.
+    run_heartbeat(model=ImportRun, run_id=run.pk)
     try:
         pool_import(
             source=run.source,
@@ -40,6 +43,7 @@ def import_run_execute(run_id: int) -> None:
             batch_size=int(params.get("batch_size") or DEFAULT_BATCH),
             root=params.get("root") or None,
             run=run,
+            progress=Heartbeat(model=ImportRun, run_id=run.pk),
         )
     except ImportFailed:
         # Recorded on the run for people to read; retrying cannot fix a missing file or column.
@@ -52,8 +56,10 @@ def cleaning_run_execute(run_id: int) -> None:
     if run is None:
         return
     params = run.params or {}
+    run_heartbeat(model=CleaningRun, run_id=run.pk)
     pool_clean(
         min_side=params.get("min_side"),
         hamming_radius=int(params.get("hamming_radius", 6)),
         run=run,
+        progress=Heartbeat(model=CleaningRun, run_id=run.pk),
     )

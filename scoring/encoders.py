@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from scoring.encoder_names import EncoderError, encoder_name_check
+from scoring.encoder_names import EncoderError, encoder_fingerprint, encoder_name_check
 
 IMAGENET_PROMPT = "a photo of a {}"
 
@@ -119,11 +118,13 @@ class Encoder:
     def __init__(self) -> None:
         # One forward at a time per encoder object: the cached instance is shared by threads.
         self._lock = threading.Lock()
+        self._fingerprint = ""
 
     @property
     def fingerprint(self) -> str:
-        """Distinguishes weights behind the same name (a local file replaced in place)."""
-        return ""
+        """The weights this object was built from (``encoder_fingerprint`` when it was loaded): a file
+        replaced in place later gets a new fingerprint, while this object keeps the old weights."""
+        return self._fingerprint
 
     # Subclasses implement these two on normalised float pixels / raw strings.
     def _image_forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -164,11 +165,6 @@ class Encoder:
         return f"<Encoder {self.name} dim={self.embed_dim} on {self.device}>"
 
 
-def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-
-
 class OpenClipEncoder(Encoder):
     def __init__(self, name: str, arch: str, pretrained: str, device: torch.device):
         super().__init__()
@@ -177,7 +173,6 @@ class OpenClipEncoder(Encoder):
         self.name, self.device = name, device
         weights = Path(pretrained).expanduser()
         is_file = weights.suffix != "" or os.sep in pretrained or weights.exists()
-        self._weights_file = weights if is_file else None
         if is_file and not weights.is_file():
             raise EncoderError(f"Encoder {name!r}: weights file {weights} does not exist.")
         if open_clip.get_model_config(arch) is None:
@@ -214,10 +209,6 @@ class OpenClipEncoder(Encoder):
         mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         self.preprocess = ImagePreprocess(int(size), tuple(mean), tuple(std))
-
-    @property
-    def fingerprint(self) -> str:
-        return _file_fingerprint(self._weights_file) if self._weights_file else ""
 
     def _image_forward(self, pixels):
         return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
@@ -284,11 +275,6 @@ class HFEncoder(Encoder):
             getattr(config, "projection_dim", None) or config.text_config.hidden_size
         )
         self.context_length = int(config.text_config.max_position_embeddings)
-        self._fingerprint = _file_fingerprint(path / "config.json")
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def _image_forward(self, pixels):
         return F.normalize(
@@ -421,6 +407,7 @@ def _cpu_bf16_default() -> bool:
 @functools.lru_cache(maxsize=4)
 def _encoder_load_cached(name: str, device: str) -> Encoder:
     dev = torch.device(device)
+    before = encoder_fingerprint(name)
     kind, _, rest = name.partition(":")
     if kind == "offline":
         encoder: Encoder = OfflineEncoder(name, dev)
@@ -429,15 +416,26 @@ def _encoder_load_cached(name: str, device: str) -> Encoder:
         encoder = OpenClipEncoder(name, arch, pretrained, dev)
     else:
         encoder = HFEncoder(name, rest, dev)
+    if encoder_fingerprint(name) != before:
+        raise EncoderError(f"Encoder {name!r}: its weights were replaced while loading them; try again.")
+    encoder._fingerprint = before
     encoder.cpu_bf16 = _cpu_bf16_default()
     return encoder
 
 
 def encoder_load(name: str, device: str | None = None) -> Encoder:
-    """The encoder called ``name``, loaded once per process and device (errors are not cached)."""
+    """The encoder called ``name``, loaded once per process and device (errors are not cached).
+
+    Loaded again when the weights behind the name changed since (a file replaced at the same path),
+    so a long-lived worker never scores with old weights under the new fingerprint.
+    """
     encoder_name_check(name)
     dev = _device(device)
-    return _encoder_load_cached(name, str(dev))
+    encoder = _encoder_load_cached(name, str(dev))
+    if encoder.fingerprint != encoder_fingerprint(name):
+        _encoder_load_cached.cache_clear()
+        encoder = _encoder_load_cached(name, str(dev))
+    return encoder
 
 
 def encoder_cache_clear() -> None:

@@ -10,6 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from pool.models import RunStatus
+from pool.run_health import Heartbeat
 from scoring.encoder_names import is_vlm
 from scoring.encoders import Encoder, EncoderError, encoder_load
 from scoring.features import pair_features, pair_rows
@@ -18,6 +19,7 @@ from scoring.services import (
     FINISHED,
     SCORE_UPDATE_FIELDS,
     clipscore,
+    judge_identity_record,
     run_finish_if_complete,
     scoring_queryset,
     scoring_run_fail,
@@ -43,10 +45,18 @@ _reward_models: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
 
 
 def reward_model_load(path: str, sha256: str = "") -> tuple[torch.nn.Module, dict]:
+    """The checkpoint at ``path``, refused when its bytes are not the ``sha256`` the run recorded (a file
+    replaced after the run started must not score under the old model's version)."""
     key = (path, sha256)
     if key not in _reward_models:
-        from scoring.reward_model import load_checkpoint
+        from pool.hashing import file_sha256
+        from scoring.reward_model import CheckpointError, load_checkpoint
 
+        if sha256 and file_sha256(path) != sha256:
+            raise CheckpointError(
+                f"Reward model checkpoint {path} is not the file this run started with (sha256 differs): "
+                "it was replaced or damaged. Restore it, or start a new scoring run."
+            )
         model, meta = load_checkpoint(path, map_location="cpu")
         model.eval()
         _reward_models[key] = (model, meta)
@@ -72,13 +82,27 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
     if chunk.done:
         return "already done"
     encoder = encoder or encoder_load(run.encoder)
+    if encoder.fingerprint != run.encoder_fingerprint:
+        # Weights replaced at the same path after the run started: scoring on would mix two models'
+        # scores under one run. The scores committed so far stay, keyed by the old fingerprint.
+        message = (
+            f"The weights of encoder {run.encoder!r} changed after scoring run {run.pk} started "
+            f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
+            "Start a new scoring run for the new weights."
+        )
+        scoring_run_fail(run_id=run.pk, error=message)
+        return "failed: encoder weights changed"
+    # Alive while computing (the image pass reports per batch) and at the commit below: beat's sweep
+    # resumes the run's pending chunks if a killed worker's stamps stop.
+    beat = Heartbeat(model=ScoringRun, run_id=run.pk)
+    beat()
     caption_ids = (
         scoring_queryset(run)
         .filter(id__gte=chunk.first_id, id__lte=chunk.last_id)
         .values_list("id", flat=True)
     )
     rows = pair_rows(caption_ids)
-    feats = pair_features(encoder=encoder, rows=rows)
+    feats = pair_features(encoder=encoder, rows=rows, progress=beat)
 
     d = encoder.embed_dim
     cosine = (
@@ -93,7 +117,12 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
         reward, criteria, uncertainty = reward_predict(model, feats.image, feats.text)
 
     now = timezone.now()
-    common = {"encoder": run.encoder, "reward_model_version": run.reward_model_version, "updated_at": now}
+    common = {
+        "encoder": run.encoder,
+        "encoder_fingerprint": run.encoder_fingerprint,
+        "reward_model_version": run.reward_model_version,
+        "updated_at": now,
+    }
     scores = [
         Score(
             caption_id=cid,
@@ -122,7 +151,7 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
             scores,
             batch_size=1000,
             update_conflicts=True,
-            unique_fields=["caption", "encoder", "reward_model_version"],
+            unique_fields=["caption", "encoder", "encoder_fingerprint", "reward_model_version"],
             update_fields=SCORE_UPDATE_FIELDS,
         )
         marked = ScoringChunk.objects.filter(pk=chunk.pk, done=False).update(
@@ -133,6 +162,7 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
                 done=F("done") + len(scores),
                 chunks_done=F("chunks_done") + 1,
                 failed_pairs=F("failed_pairs") + len(feats.errors),
+                heartbeat_at=now,
             )
     if marked:
         run_finish_if_complete(run.pk)
@@ -146,6 +176,8 @@ def scoring_run_sync(*, run: ScoringRun, progress=None) -> ScoringRun:
     except EncoderError as exc:
         scoring_run_fail(run_id=run.pk, error=str(exc))
         raise
+    if is_vlm(run.encoder):
+        judge_identity_record(run=run, fingerprint=encoder.fingerprint)
     for index in scoring_run_plan(run=run):
         scoring_chunk_score(run_id=run.pk, chunk_index=index, encoder=encoder)
         if progress is not None:

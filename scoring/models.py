@@ -15,6 +15,9 @@ from pool.models import Caption, Run
 class Score(models.Model):
     caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="scores")
     encoder = models.CharField(max_length=255)
+    # The weights behind the name (``scoring.encoder_names.encoder_fingerprint``): weights replaced at
+    # the same path score into new rows, so filter runs made from the old scores keep them.
+    encoder_fingerprint = models.CharField(max_length=64, blank=True, default="")
     reward_model_version = models.PositiveIntegerField(default=0)
     cosine = models.FloatField(null=True, blank=True)
     clipscore = models.FloatField(null=True, blank=True, help_text="2.5 * max(cos, 0), Hessel et al. 2021")
@@ -28,13 +31,22 @@ class Score(models.Model):
     class Meta:
         constraints = [
             # Chunks upsert on this key, so a retried chunk never doubles a score.
+            # The reward checkpoint is named by its version: the registry never changes a version's
+            # checkpoint (scoring refuses a file whose sha256 differs from the one recorded).
             models.UniqueConstraint(
-                fields=["caption", "encoder", "reward_model_version"], name="score_unique_per_model"
+                fields=["caption", "encoder", "encoder_fingerprint", "reward_model_version"],
+                name="score_unique_per_weights",
             ),
         ]
         indexes = [
-            models.Index(fields=["encoder", "reward_model_version", "reward"], name="score_reward_idx"),
-            models.Index(fields=["encoder", "reward_model_version", "clipscore"], name="score_clip_idx"),
+            models.Index(
+                fields=["encoder", "encoder_fingerprint", "reward_model_version", "reward"],
+                name="score_weights_reward_idx",
+            ),
+            models.Index(
+                fields=["encoder", "encoder_fingerprint", "reward_model_version", "clipscore"],
+                name="score_weights_clip_idx",
+            ),
         ]
 
 
@@ -73,7 +85,9 @@ VLM_METRICS = ("itm", "odf", "ctq", "su")
 
 class ScoringRun(Run):
     encoder = models.CharField(max_length=255)
+    encoder_fingerprint = models.CharField(max_length=64, blank=True, default="")
     reward_model_version = models.PositiveIntegerField(default=0)
+    reward_checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
     chunk_size = models.PositiveIntegerField(default=2048)
     chunks_total = models.PositiveIntegerField(default=0)
     chunks_done = models.PositiveIntegerField(default=0)

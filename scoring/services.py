@@ -23,7 +23,7 @@ from django.utils import timezone
 from pool.models import Caption, CaptionStatus, ImageStatus, RunStatus
 from scoring.active_model import active_model_get
 from scoring.checkpoint_meta import checkpoint_meta_read
-from scoring.encoder_names import encoder_name_check
+from scoring.encoder_names import encoder_fingerprint, encoder_name_check
 from scoring.models import Score, ScoringChunk, ScoringRun
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,20 @@ def scoring_queryset(run: ScoringRun):
         in_band = Score.objects.filter(
             caption=OuterRef("pk"),
             encoder=band["encoder"],
+            encoder_fingerprint=band.get("encoder_fingerprint", ""),
             reward_model_version=band["reward_model_version"],
             **{f"{band['field']}__gte": band["low"], f"{band['field']}__lte": band["high"]},
         )
         usable = usable.filter(Exists(in_band))
     return usable
+
+
+def judge_identity_record(*, run: ScoringRun, fingerprint: str) -> None:
+    """A judge's identity (weights, tokenizer, template, prompts) is known only once it is loaded: the
+    first planning of a judge run records it, and every chunk must then be judged by that identity."""
+    if not run.encoder_fingerprint:
+        ScoringRun.objects.filter(pk=run.pk, encoder_fingerprint="").update(encoder_fingerprint=fingerprint)
+        run.refresh_from_db(fields=["encoder_fingerprint"])
 
 
 def chunk_mark_done(*, run: ScoringRun, chunk: ScoringChunk, pairs: int, failed: int) -> bool:
@@ -124,7 +133,11 @@ def scoring_run_start(
     encoder_name_check(encoder)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1.")
+    # Hashes the weights file (no torch): the run's scores are keyed by it, and a worker that finds
+    # other weights behind the name refuses to mix them into this run.
+    fingerprint = encoder_fingerprint(encoder)
     params: dict = {}
+    sha = ""
     if reward_model_version is None:
         active = active_model_get(encoder=encoder)
         reward_model_version = active.version if active else 0
@@ -144,12 +157,23 @@ def scoring_run_start(
             raise ValueError(
                 f"Reward model v{reward_model_version} was trained on {meta['encoder']!r}, not on {encoder!r}."
             )
+        trained_on = meta.get("encoder_fingerprint")
+        if trained_on is not None and trained_on != fingerprint:
+            raise ValueError(
+                f"Reward model v{reward_model_version} was trained on features of {encoder!r} with weights "
+                f"{trained_on}, but the weights there now are {fingerprint or 'a pretrained tag'}: its "
+                "scores would be noise. Restore those weights, or retrain on the new ones."
+            )
+        # Recorded on the run even when the registry had no hash: exports name the exact checkpoint.
+        sha = sha or _file_sha256(path)
         params.update(checkpoint=path, checkpoint_sha256=sha)
     if caption_ids is not None:
         params["caption_ids"] = sorted({int(i) for i in caption_ids})
     run = ScoringRun.objects.create(
         encoder=encoder,
+        encoder_fingerprint=fingerprint,
         reward_model_version=reward_model_version,
+        reward_checkpoint_sha256=sha,
         chunk_size=chunk_size,
         params=params,
         created_by=user if getattr(user, "is_authenticated", False) else None,

@@ -12,8 +12,9 @@ import logging
 from celery import shared_task
 from django.db import OperationalError
 
+from pool.run_health import run_heartbeat
 from scoring import services
-from scoring.encoder_names import EncoderError
+from scoring.encoder_names import EncoderError, is_vlm
 from scoring.models import ScoringRun
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,23 @@ def scoring_run_execute(self, run_id: int) -> None:
 
     try:
         # Load before planning: a bad name or weights file fails the run with one clear error.
-        scorer_load(run.encoder)
+        encoder = scorer_load(run.encoder)
     except EncoderError as exc:
         services.scoring_run_fail(run_id=run_id, error=str(exc))
         return
+    if is_vlm(run.encoder):
+        services.judge_identity_record(run=run, fingerprint=encoder.fingerprint)
+    if encoder.fingerprint != run.encoder_fingerprint:
+        services.scoring_run_fail(
+            run_id=run_id,
+            error=(
+                f"The weights of encoder {run.encoder!r} changed after scoring run {run.pk} was queued "
+                f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
+                "Start a new scoring run for the new weights."
+            ),
+        )
+        return
+    run_heartbeat(model=ScoringRun, run_id=run_id)
     try:
         pending = services.scoring_run_plan(run=run)
     except OperationalError as exc:

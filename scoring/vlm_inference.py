@@ -15,7 +15,13 @@ from pool.models import RunStatus
 from pool.storage import Locator, locator_read
 from scoring.features import pair_rows
 from scoring.models import ScoringChunk, ScoringRun, VlmScore
-from scoring.services import FINISHED, chunk_mark_done, run_finish_if_complete, scoring_queryset
+from scoring.services import (
+    FINISHED,
+    chunk_mark_done,
+    run_finish_if_complete,
+    scoring_queryset,
+    scoring_run_fail,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,4 +108,15 @@ def vlm_chunk_execute(*, run_id: int, chunk_index: int, scorer=None) -> str:
     chunk = ScoringChunk.objects.get(run=run, index=chunk_index)
     if chunk.done:
         return "already done"
+    if scorer is None:
+        from scoring.vlm import vlm_load
+
+        scorer = vlm_load(run.encoder)
+    if run.encoder_fingerprint and scorer.fingerprint != run.encoder_fingerprint:
+        # The judge's files or prompts changed mid-run: judging on would mix two judges under one run.
+        scoring_run_fail(
+            run_id=run.pk,
+            error=f"Judge {run.encoder!r} changed after run {run.pk} started; start a new judge run.",
+        )
+        return "failed: judge changed"
     return vlm_chunk_score(run=run, chunk=chunk, scorer=scorer)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from django.db import transaction
 
 from scoring.encoder_names import vlm_name_check
-from scoring.models import Score, ScoringRun
+from scoring.models import ScoringRun
+from scoring.selectors import model_scores, score_weights_current
 
 BAND_FIELDS = ("reward", "clipscore")
 # Pairs per chunk: a judge reads a few pairs a second on CPU and hundreds on a GPU; small chunks keep
@@ -28,8 +29,8 @@ def score_at_percentile(
     *, encoder: str, reward_model_version: int, field: str, percentile: float
 ) -> float | None:
     """The ``field`` value at ``percentile`` (0-100) of a scoring, by ORDER BY + OFFSET on its index."""
-    scored = Score.objects.filter(
-        encoder=encoder, reward_model_version=reward_model_version, **{f"{field}__isnull": False}
+    scored = model_scores(encoder=encoder, reward_model_version=reward_model_version).filter(
+        **{f"{field}__isnull": False}
     )
     total = scored.count()
     if not total:
@@ -63,6 +64,10 @@ def vlm_band_resolve(
         )
     return {
         "encoder": encoder,
+        # The band is over these weights' scores; a later scoring with replaced weights does not move it.
+        "encoder_fingerprint": score_weights_current(
+            encoder=encoder, reward_model_version=reward_model_version
+        ).encoder_fingerprint,
         "reward_model_version": reward_model_version,
         "field": field,
         "low_percent": low_percent,

@@ -189,7 +189,7 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
     _run_update(run, log="\n".join(lines))
 
     def on_epoch(epoch: int, epochs: int, record: dict) -> None:
-        TrainingRun.objects.filter(pk=run.pk).update(done=epoch, total=epochs)
+        TrainingRun.objects.filter(pk=run.pk).update(done=epoch, total=epochs, heartbeat_at=timezone.now())
         if progress is not None:
             progress(epoch, epochs, record)
 
@@ -240,6 +240,16 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
     return model
 
 
+def _judgments_lineage(loaded: LoadedData) -> dict:
+    """Which judgments a model was trained on, exactly: exports copy this into their manifests."""
+    return {
+        "count": loaded.n_judgments,
+        "pairs": loaded.n_pairs,
+        "last_judgment_id": loaded.last_judgment_id,
+        "sha256": loaded.judgments_sha256,
+    }
+
+
 def _register(*, campaign, encoder, config, result, report, loaded) -> RewardModel:
     """Allocate the next version, write its checkpoint and the row in one transaction."""
     for _attempt in range(5):
@@ -250,10 +260,15 @@ def _register(*, campaign, encoder, config, result, report, loaded) -> RewardMod
                 model = RewardModel.objects.create(
                     version=version,
                     encoder=encoder,
+                    encoder_fingerprint=loaded.encoder_fingerprint,
                     campaign=campaign,
                     checkpoint=str(path),
                     checkpoint_sha256="",
-                    config={**asdict(config), "head": asdict(result.model.config)},
+                    config={
+                        **asdict(config),
+                        "head": asdict(result.model.config),
+                        "judgments": _judgments_lineage(loaded),
+                    },
                     metrics=report,
                     n_judgments=loaded.n_judgments,
                     n_pairs=loaded.n_pairs,
@@ -269,6 +284,9 @@ def _register(*, campaign, encoder, config, result, report, loaded) -> RewardMod
                         "embed_dim": loaded.data.embed_dim,
                         "trained_at": timezone.now().isoformat(),
                         "n_judgments": loaded.n_judgments,
+                        # Scoring refuses these heads on features of other weights behind the name.
+                        "encoder_fingerprint": loaded.encoder_fingerprint,
+                        "judgments": _judgments_lineage(loaded),
                     },
                 )
                 model.save(update_fields=["checkpoint_sha256"])

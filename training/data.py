@@ -6,6 +6,8 @@ re-encodes the pool. The split is by image (a hash of its sha256), never by pair
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,15 @@ from training.pairs import JudgmentRecord, TrainingData, human_agreement, image_
 # Below this many judgments a reward model only memorises; a campaign of 4-caption tasks gives six
 # pairs per judgment, so 30 judgments is 180 pairs, of which ~70% train.
 DEFAULT_MIN_JUDGMENTS = 30
+
+
+class _JudgmentDigest:
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.last_id = 0
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
 
 
 class TrainingDataError(ValueError):
@@ -47,19 +58,30 @@ class LoadedData:
     n_pairs: int
     test_judgments: list[JudgmentRecord]
     dropped_captions: list[int]
+    # Lineage: the exact judgments read (sha256 over their ids, rankings and ratings; the newest id)
+    # and the weights of the encoder whose features the heads see.
+    judgments_sha256: str = ""
+    last_judgment_id: int = 0
+    encoder_fingerprint: str = ""
 
 
-def judgment_records(*, campaign: Campaign) -> list[JudgmentRecord]:
-    """Every judgment of the campaign as plain records (streamed: never all rows as model instances)."""
+def judgment_records(*, campaign: Campaign, digest=None) -> list[JudgmentRecord]:
+    """Every judgment of the campaign as plain records (streamed: never all rows as model instances).
+
+    ``digest`` (a hashlib object) is fed each judgment's id, ranking and ratings, in id order, so a
+    model records exactly which judgments it was trained on; ``digest.last_id`` is then the newest."""
     rows = (
         Judgment.objects.filter(task__campaign=campaign)
         .order_by("id")
-        .values_list("task_id", "user_id", "ranking", "ratings", "task__image__sha256")
+        .values_list("id", "task_id", "user_id", "ranking", "ratings", "task__image__sha256")
     )
-    return [
-        JudgmentRecord(task_id, user_id, ranking, ratings or {}, sha)
-        for task_id, user_id, ranking, ratings, sha in rows.iterator(chunk_size=2000)
-    ]
+    records = []
+    for judgment_id, task_id, user_id, ranking, ratings, sha in rows.iterator(chunk_size=2000):
+        if digest is not None:
+            digest.update(json.dumps([judgment_id, ranking, ratings], sort_keys=True).encode() + b"\n")
+            digest.last_id = judgment_id
+        records.append(JudgmentRecord(task_id, user_id, ranking, ratings or {}, sha))
+    return records
 
 
 def _without(ranking, missing: set[int]) -> list[list[int]]:
@@ -75,9 +97,11 @@ def encoder_embed_dim(encoder: str) -> int:
 
 def training_data_load(*, campaign: Campaign, encoder: str) -> LoadedData:
     """Judgments -> pairs and ratings per split, with features of ``encoder``; clear errors if unusable."""
+    from scoring.encoder_names import encoder_fingerprint
     from scoring.features import caption_features
 
-    records = judgment_records(campaign=campaign)
+    digest = _JudgmentDigest()
+    records = judgment_records(campaign=campaign, digest=digest)
     needed = min_judgments()
     if len(records) < needed:
         raise TrainingDataError(
@@ -94,7 +118,13 @@ def training_data_load(*, campaign: Campaign, encoder: str) -> LoadedData:
             "more images so the model can be evaluated."
         )
     caption_ids = sorted({int(c) for r in records for tier in r.ranking for c in tier})
+    fingerprint = encoder_fingerprint(encoder)
     image_feats, text_feats, feature_ids = caption_features(encoder=encoder, caption_ids=caption_ids)
+    if encoder_fingerprint(encoder) != fingerprint:
+        raise TrainingDataError(
+            f"The weights of encoder {encoder!r} were replaced while the training features were read; "
+            "train again."
+        )
     image_feats = np.asarray(image_feats, np.float32)
     text_feats = np.asarray(text_feats, np.float32)
     feature_ids = [int(c) for c in feature_ids]
@@ -149,6 +179,9 @@ def training_data_load(*, campaign: Campaign, encoder: str) -> LoadedData:
         n_pairs=data.train.n_pairs + (data.validation.n_pairs if data.validation else 0) + data.test.n_pairs,
         test_judgments=test_records,
         dropped_captions=sorted(missing),
+        judgments_sha256=digest.sha.hexdigest(),
+        last_judgment_id=digest.last_id,
+        encoder_fingerprint=fingerprint,
     )
 
 

@@ -19,6 +19,8 @@ class ModelStatus(models.TextChoices):
 class RewardModel(models.Model):
     version = models.PositiveIntegerField(unique=True)
     encoder = models.CharField(max_length=255)
+    # The encoder weights the heads were trained on (their features): scoring refuses other weights.
+    encoder_fingerprint = models.CharField(max_length=64, blank=True, default="")
     campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL)
     checkpoint = models.CharField(max_length=1024, help_text="Path of the checkpoint file.")
     checkpoint_sha256 = models.CharField(max_length=64)

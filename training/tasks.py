@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from pool.models import RunStatus
+from pool.run_health import run_heartbeat
 from training.models import TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def training_run_execute(self, run_id: int) -> None:
         )
         return
     config = TrainConfig(**(run.params or {}).get("config", {}))
+    run_heartbeat(model=TrainingRun, run_id=run.pk)
     try:
         model = reward_model_train(
             campaign=run.campaign, encoder=run.encoder, config=config, user=run.created_by, run=run

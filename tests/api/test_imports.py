@@ -189,3 +189,48 @@ def test_server_path_import_runs_and_is_watchable(
     assert (run["status"], run["done"], run["total"]) == ("succeeded", 1, 1)
     assert list(Caption.objects.values_list("text", flat=True)) == ["a cat"]
     assert tc.get("/api/imports").json()["items"][0]["id"] == run["id"]
+
+
+def _patched_zip(*, flag_bits: int = 0, method: int | None = None) -> bytes:
+    """A one-member ZIP with its headers patched the way other tools write them: Python's zipfile can
+    write neither encrypted members nor zstd ones, but it reads (and fails on) both."""
+    data = bytearray(_zip({"pairs.jsonl": b'{"image": "a.jpg", "caption": "x"}\n'}))
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    data[local + 6] |= flag_bits
+    data[central + 8] |= flag_bits
+    if method is not None:
+        data[local + 8 : local + 10] = method.to_bytes(2, "little")
+        data[central + 10 : central + 12] = method.to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (_patched_zip(flag_bits=0x1), "is encrypted"),
+        (_patched_zip(method=93), "compressed with zstd"),
+        (_patched_zip(method=98), "compressed with PPMd"),
+    ],
+    ids=["encrypted", "zstd", "ppmd"],
+)
+def test_archives_zipfile_cannot_unpack_are_a_400_that_leaves_nothing_behind(
+    api_client, import_root, archive, reason
+):
+    tc, _ = api_client("admin")
+    response = tc.post("/api/imports/upload", {"file": SimpleUploadedFile("pairs.zip", archive)})
+    assert response.status_code == 400 and reason in response.json()["detail"]
+    assert not any((import_root / "uploads").iterdir())
+    assert not ImportRun.objects.exists()
+
+
+def test_damaged_compressed_data_is_a_400_that_leaves_nothing_behind(api_client, import_root):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("pairs.jsonl", b"x" * 5000)
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"pairs.jsonl") + len("pairs.jsonl")
+    data[start + 2 : start + 12] = b"\xff" * 10  # garbage inside the deflate stream
+    tc, _ = api_client("admin")
+    response = tc.post("/api/imports/upload", {"file": SimpleUploadedFile("pairs.zip", bytes(data))})
+    assert response.status_code == 400 and "pairs.zip" in response.json()["detail"]
+    assert not any((import_root / "uploads").iterdir())

@@ -161,3 +161,20 @@ def test_preprocess_gives_the_same_crop_from_pil_and_tensor_paths():
     assert from_pil.shape == from_tensor.shape == (3, 32, 32)
     # Bicubic in PIL and torchvision differ by rounding only.
     assert (from_pil - from_tensor).abs().float().mean() < 3
+
+
+def test_weights_replaced_at_the_same_path_are_loaded_again(tmp_path):
+    import shutil
+
+    from scoring.encoder_names import encoder_fingerprint
+    from tests.scoring.tiny_clip import tiny_clip_files
+
+    path = tmp_path / "w" / "encoder.pt"
+    shutil.copyfile(tiny_clip_files(tmp_path / "w", seed=0), path)
+    name = f"open_clip:{TINY_ARCH}:{path}"
+    first = encoder_load(name)
+    old = first.encode_texts(["a dog"])[0]
+    shutil.copyfile(tiny_clip_files(tmp_path / "other", seed=1), path)
+    second = encoder_load(name)
+    assert second is not first and second.fingerprint == encoder_fingerprint(name) != first.fingerprint
+    assert not torch.allclose(old, second.encode_texts(["a dog"])[0])

@@ -209,3 +209,32 @@ def test_reward_model_of_another_encoder_is_refused(tiny_clip_name, tmp_path):
     )
     with pytest.raises(ValueError, match="was trained on"):
         scoring_run_start(encoder="offline:effnet-minilm", reward_model_version=3, enqueue=False)
+
+
+def test_reward_model_trained_on_other_weights_behind_the_name_is_refused(tiny_clip_name, tmp_path):
+    from scoring.reward_model import RewardEnsemble, RewardHeadConfig, save_checkpoint
+
+    encoder = encoder_load(tiny_clip_name)
+    path = tmp_path / "rm.pt"
+    model = RewardEnsemble(
+        RewardHeadConfig(image_dim=encoder.image_feature_dim, text_dim=encoder.text_feature_dim)
+    )
+    meta = {"encoder": tiny_clip_name, "version": 4, "encoder_fingerprint": "0123456789abcdef"}
+    sha = save_checkpoint(path, model, meta)
+    active_model_set(model=ActiveModel(tiny_clip_name, 4, str(path), sha), encoder=tiny_clip_name)
+    with pytest.raises(ValueError, match="with weights 0123456789abcdef.*retrain"):
+        scoring_run_start(encoder=tiny_clip_name, reward_model_version=4, enqueue=False)
+
+
+def test_a_checkpoint_replaced_after_the_run_started_fails_the_run(tiny_clip_name, tmp_path):
+    make_pool(2)
+    encoder = encoder_load(tiny_clip_name)
+    path = tmp_path / "rm.pt"
+    sha = _save_reward_model(path, encoder)
+    active_model_set(model=ActiveModel(tiny_clip_name, 7, str(path), sha), encoder=tiny_clip_name)
+    run = scoring_run_start(encoder=tiny_clip_name, enqueue=False)
+    assert run.reward_checkpoint_sha256 == sha
+    _save_reward_model(path, encoder, criteria=("accuracy",))  # other weights, same path
+    with pytest.raises(Exception, match="not the file this run started with"):
+        scoring_run_sync(run=run)
+    assert not Score.objects.exists()

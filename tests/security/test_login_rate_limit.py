@@ -68,3 +68,24 @@ def test_admin_login_is_limited_too(client, limits):
         client.post("/admin/login/", {"username": "ada", "password": "wrong"}, REMOTE_ADDR="10.0.0.9")
     response = client.post("/admin/login/", {"username": "ada", "password": "x"}, REMOTE_ADDR="10.0.0.9")
     assert response.status_code == 429
+
+
+VARIANTS = [" ada", "ada ", "ada\t", "\tada", "ａｄａ", "ada\u00a0", "\u3000ada", "ADA"]
+
+
+def test_spellings_that_log_in_as_one_user_share_its_failure_allowance(client, limits):
+    make_user("ada", "admin", password="right-password")
+    # Each of these is the account "ada" to the login form (it strips and applies NFKC).
+    assert _login(client, "ａｄａ ", "right-password").status_code == 302
+    client.logout()
+    statuses = [_login(client, variant, "wrong").status_code for variant in VARIANTS]
+    # Three failures lock the pair, whatever the spelling: the rest are refused before authenticating.
+    assert statuses == [200, 200, 200] + [429] * (len(VARIANTS) - 3)
+    assert _login(client, "ada", "right-password").status_code == 429
+
+
+def test_admin_login_counts_spellings_as_one_user_too(client, limits):
+    make_user("ada", "admin", password="right-password")
+    for variant in VARIANTS[:3]:
+        client.post(reverse("admin:login"), {"username": variant, "password": "x"}, REMOTE_ADDR="10.0.0.1")
+    assert _login(client, " ada ", "right-password").status_code == 429

@@ -63,3 +63,43 @@ def test_worker_imports_a_shard_then_cleans_the_pool(tmp_path, celery_worker_pro
     again = wait_for(finished(ImportRun, again.pk), timeout=120, message="second import to finish")
     assert again.summary["already_present"] == 3 and again.summary["images_imported"] == 0
     assert Image.objects.count() == 3
+
+
+def test_an_import_whose_worker_is_killed_is_resumed_by_the_stale_run_sweep(
+    tmp_path, celery_worker_process, settings
+):
+    import time
+
+    from loop.tasks import runs_stale_recover_task
+
+    media = tmp_path / "worker-media"
+    settings.MEDIA_ROOT = media
+    members = []
+    for i in range(400):
+        members += [(f"{i:05d}.jpg", image_bytes(64, 48, seed=i)), (f"{i:05d}.txt", f"photo {i}".encode())]
+    shard = write_tar(tmp_path / "shard-00000.tar", members)
+    env = {"LOUPE_MEDIA_ROOT": str(media)}
+    first = celery_worker_process(queues="default", extra_env=env)
+    run = ImportRun.objects.create(source=str(shard), format="webdataset", params={"batch_size": 4})
+    import_run_execute.delay(run.pk)
+    wait_for(
+        lambda: ImportRun.objects.get(pk=run.pk).done >= 20,
+        timeout=120,
+        interval=0.05,
+        message=f"the first batches; worker log:\n{first.log()[-3000:]}",
+    )
+    first.kill()
+    killed = ImportRun.objects.get(pk=run.pk)
+    assert killed.status == RunStatus.RUNNING and killed.heartbeat_at is not None
+    assert Image.objects.count() < 400
+
+    # What beat does every minute, with the staleness shortened to seconds for the test.
+    second = celery_worker_process(queues="default", extra_env=env)
+    time.sleep(1.5)
+    runs_stale_recover_task.delay(older_than_seconds=1)
+    done = wait_for(
+        finished(ImportRun, run.pk), timeout=180, message=f"import after the kill\n{second.log()}"
+    )
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    assert done.stale_resumes == 1 and "resumed" in done.log
+    assert Image.objects.count() == 400 and Caption.objects.count() == 400

@@ -94,3 +94,36 @@ def test_killed_worker_mid_run_then_resume_completes_without_duplicates(
     assert done.status == RunStatus.SUCCEEDED, done.error
     assert (done.done, done.chunks_done, done.chunks_total) == (300, 75, 75)
     _assert_one_score_per_pair(done, caption_ids)
+
+
+def test_killed_worker_mid_run_is_resumed_by_the_stale_run_sweep(tiny_clip_name, celery_worker_process):
+    import time
+
+    from loop.tasks import runs_stale_recover_task
+
+    caption_ids = _pool(100)
+    first = celery_worker_process(extra_env=_worker_env())
+    run = scoring_run_start(encoder=tiny_clip_name, chunk_size=4)  # 75 chunks
+    wait_for(
+        lambda: _run(run.pk).chunks_done >= 3,
+        timeout=240,
+        interval=0.05,
+        message=f"first chunks; worker log:\n{first.log()[-3000:]}",
+    )
+    first.kill()
+    killed_at = _run(run.pk)
+    assert killed_at.status == RunStatus.RUNNING and killed_at.heartbeat_at is not None
+
+    # The sweep runs on the default queue, the chunks on the gpu queue: one worker takes both here.
+    second = celery_worker_process(extra_env=_worker_env())
+    time.sleep(1.5)
+    runs_stale_recover_task.delay(older_than_seconds=1)
+    done = wait_for(
+        lambda: _run(run.pk).is_finished and _run(run.pk),
+        timeout=300,
+        message=f"run to finish after the sweep; worker log:\n{second.log()[-3000:]}",
+    )
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    assert done.stale_resumes == 1
+    assert (done.done, done.chunks_done, done.chunks_total) == (300, 75, 75)
+    _assert_one_score_per_pair(done, caption_ids)

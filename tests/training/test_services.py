@@ -200,3 +200,22 @@ def test_second_training_while_one_holds_the_lock_is_refused(judged):
         with training_lock(), pytest.raises(TrainingBusy):
             reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     assert not RewardModel.objects.exists()
+
+
+def test_a_model_records_the_encoder_weights_and_the_exact_judgments_it_was_trained_on(judged):
+    from django.db.models import Max
+
+    from annotate.models import Judgment
+    from scoring.encoder_names import encoder_fingerprint
+
+    model = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
+    assert model.encoder_fingerprint == encoder_fingerprint(ENC) != ""
+    judgments = model.config["judgments"]
+    assert judgments["count"] == 60 and len(judgments["sha256"]) == 64
+    assert judgments["last_judgment_id"] == Judgment.objects.aggregate(m=Max("id"))["m"]
+    _net, meta = load_checkpoint(model.checkpoint)
+    assert meta["encoder_fingerprint"] == model.encoder_fingerprint and meta["judgments"] == judgments
+    # One more judgment changes the digest: the record names exactly the judgments used.
+    Judgment.objects.filter(pk=judgments["last_judgment_id"]).update(ranking=[[1], [2]])
+    again = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
+    assert again.config["judgments"]["sha256"] != judgments["sha256"]

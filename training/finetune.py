@@ -306,7 +306,10 @@ def _under(name: str, prefix: str) -> bool:
 
 def _hf_layer_checkpointing(model: nn.Module, layers: nn.ModuleList) -> Callable[[], None]:
     def enable() -> None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # transformers checkpoints a layer only while the layer itself is in training mode; setting the
         # flag on the layer object alone leaves its dropout submodules in eval mode.
         for layer in layers:
@@ -979,8 +982,12 @@ def finetune(
     for root in roots.values():
         root.requires_grad_(False)
         root.eval()  # also clears the training flag the checkpointed transformers layers were given
-        if checkpointing and hasattr(root, "gradient_checkpointing_disable"):
-            root.gradient_checkpointing_disable()
+        if checkpointing:
+            disable = getattr(root, "activation_checkpointing_disable", None) or getattr(
+                root, "gradient_checkpointing_disable", None
+            )
+            if disable is not None:
+                disable()
     if checkpointing and isinstance(encoder, OpenClipEncoder):
         encoder.model.set_grad_checkpointing(False)
 

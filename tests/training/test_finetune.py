@@ -147,6 +147,19 @@ def test_same_seed_gives_the_same_model_on_cpu(tiny_name, shapes, tmp_path):
     assert runs[2].history[-1]["train_loss"] != runs[0].history[-1]["train_loss"]
 
 
+def test_gradient_checkpointing_changes_memory_not_results(tiny_name, shapes, tmp_path):
+    _, data = shapes
+    plain, checkpointed = (
+        finetune(
+            _config(tiny_name, tmp_path, run_name=f"ckpt{flag}", epochs=1, gradient_checkpointing=flag), data
+        )
+        for flag in (False, True)
+    )
+    assert not plain.gradient_checkpointing and checkpointed.gradient_checkpointing
+    assert checkpointed.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], abs=1e-6)
+    assert not checkpointed.encoder.model.visual.transformer.grad_checkpointing  # off again for inference
+
+
 def test_cancel_between_epochs_stops_and_saves_nothing(tiny_name, shapes, tmp_path):
     _, data = shapes
     done = []
@@ -228,7 +241,11 @@ def test_hf_clip_lora_saves_a_directory_that_loads_by_name(shapes, tmp_path):
 
     pool, data = shapes
     base = f"hf:{build_tiny_hf_clip(tmp_path / 'hf-base')}"
-    result = finetune(_config(base, tmp_path / "out", mode="lora", epochs=1, towers=("image",)), data)
+    config = _config(
+        base, tmp_path / "out", mode="lora", epochs=1, towers=("image",), gradient_checkpointing=True
+    )
+    result = finetune(config, data)
+    assert result.gradient_checkpointing and not result.encoder.model.vision_model.encoder.layers[0].training
     assert result.encoder_name == f"hf:{tmp_path / 'out' / 'finetuned-hf'}"
     assert result.tuned_prefixes[0] == "model.vision_model.encoder.layers.0.self_attn.q_proj"
     reloaded = encoder_load(result.encoder_name)

@@ -516,6 +516,39 @@ def _offline_text_forward(encoder: OfflineEncoder, texts: list[str]) -> torch.Te
     return F.normalize(encoder.sentence(features)["sentence_embedding"].float(), dim=-1)
 
 
+def _open_clip_text_forward(encoder: OpenClipEncoder, texts: list[str]) -> torch.Tensor:
+    """open_clip's ``encode_text`` on tokens cut after the batch's longest caption.
+
+    open_clip pads every caption to the full context (77 tokens) while captions are a few tokens long,
+    so most of the text tower's work, forward and backward, is on padding. With a causal mask and
+    pooling at the end-of-text token, positions after a caption's end never reach its embedding: the
+    cut changes the cost, not the result (the test compares the two). Other text towers run unchanged.
+    """
+    import open_clip
+    from open_clip.transformer import text_global_pool
+
+    model = encoder.model
+    tokens = encoder.tokenizer(texts, context_length=encoder.context_length).to(encoder.device)
+    if not (
+        isinstance(model, open_clip.model.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", "") == "argmax"
+    ):
+        return encoder._text_forward(texts)
+    # argmax finds the end-of-text token, the highest id of open_clip's vocabulary.
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), tokens, "argmax")
+    if isinstance(model.text_projection, nn.Linear):
+        x = model.text_projection(x)
+    elif model.text_projection is not None:
+        x = x @ model.text_projection
+    return F.normalize(x.float(), dim=-1)
+
+
 class _Features:
     """Encoder features of images and caption rows: in the graph for the towers being tuned, computed
     once (and kept) for a frozen tower, whose features never change."""
@@ -537,6 +570,8 @@ class _Features:
         with _autocast(self.config, self.device):
             if isinstance(self.encoder, OfflineEncoder):
                 return _offline_text_forward(self.encoder, texts)
+            if isinstance(self.encoder, OpenClipEncoder):
+                return _open_clip_text_forward(self.encoder, texts)
             return self.encoder._text_forward(texts).float()
 
     def _get(self, tower: str, idx: np.ndarray, grad: bool, chunk: int) -> torch.Tensor:

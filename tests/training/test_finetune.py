@@ -134,6 +134,14 @@ def test_lora_trains_adapters_and_the_merged_weights_reload_as_a_new_encoder(tin
         torch.testing.assert_close(heads(img_rows, txt_rows).reward, result.model(img_rows, txt_rows).reward)
 
 
+def test_open_clip_text_forward_without_the_padding_matches_encode_text(tiny_name):
+    encoder = encoder_load(tiny_name)
+    texts = ["a red circle", "a", "a picture of a yellow stripe on a grey background, drawn by hand"]
+    with torch.no_grad():
+        cut = ft._open_clip_text_forward(encoder, texts)
+    torch.testing.assert_close(cut, encoder.encode_texts(texts)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_same_seed_gives_the_same_model_on_cpu(tiny_name, shapes, tmp_path):
     _, data = shapes
     runs = [

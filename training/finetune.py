@@ -608,6 +608,40 @@ def _ratings_by_row(pairset: PairSet, n_rows: int, n_criteria: int) -> np.ndarra
     return out
 
 
+def _batch_losses(
+    heads: RewardEnsemble,
+    feats: _Features,
+    data: FinetuneData,
+    idx: np.ndarray,
+    boot: torch.Tensor,
+    row_ratings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley-Terry and criterion losses of the training pairs ``idx``, through the encoder: each
+    distinct image and caption of the batch is encoded once. ``boot`` [E, images] holds each ensemble
+    member's bootstrap weight per image."""
+    ts, image_of_row = data.pairs.train, data.pairs.image_of_row
+    device = boot.device
+    a, b = ts.a[idx], ts.b[idx]
+    rows, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    images, image_index = np.unique(image_of_row[rows], return_inverse=True)
+    img = feats.images(images, grad=True)
+    txt = feats.rows(rows, grad=True)
+    out = heads.raw_outputs(img, txt, torch.as_tensor(image_index, device=device))  # [E, R, 1 + C]
+    reward = out[..., 0]
+    n = len(idx)
+    inv = torch.as_tensor(inverse, device=device)
+    weight = torch.as_tensor(ts.weight[idx], device=device).unsqueeze(0)
+    weight = weight * boot[:, torch.as_tensor(image_of_row[a], device=device)]
+    target = torch.as_tensor(ts.target[idx], device=device)
+    bt = bradley_terry_loss(reward[:, inv[:n]], reward[:, inv[n:]], target, weight)
+    if out.shape[-1] == 1:
+        return bt, bt * 0.0
+    predicted = heads.criteria_from_logits(out[..., 1:])
+    row_weight = boot[:, torch.as_tensor(image_of_row[rows], device=device)]
+    rated = row_ratings[torch.as_tensor(rows, device=device)][None]
+    return bt, criterion_loss(predicted, rated, row_weight)
+
+
 @torch.no_grad()
 def _split_metrics(
     heads: RewardEnsemble, feats: _Features, data: FinetuneData, pairset: PairSet, config: FinetuneConfig
@@ -934,27 +968,8 @@ def finetune(
             bt_total = crit_total = 0.0
             for start in range(0, len(order), batch):
                 idx = order[start : start + batch]
-                a, b = ts.a[idx], ts.b[idx]
-                rows, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-                images, image_index = np.unique(image_of_row[rows], return_inverse=True)
-                img = feats.images(images, grad=True)
-                txt = feats.rows(rows, grad=True)
-                out = heads.raw_outputs(img, txt, torch.as_tensor(image_index, device=device))
-                reward = out[..., 0]
                 n = len(idx)
-                inv = torch.as_tensor(inverse, device=device)
-                weight = torch.as_tensor(ts.weight[idx], device=device).unsqueeze(0)
-                weight = weight * boot_t[:, torch.as_tensor(pair_image[idx], device=device)]
-                target = torch.as_tensor(ts.target[idx], device=device)
-                bt = bradley_terry_loss(reward[:, inv[:n]], reward[:, inv[n:]], target, weight)
-                if out.shape[-1] > 1:
-                    predicted = heads.criteria_from_logits(out[..., 1:])
-                    row_weight = boot_t[:, torch.as_tensor(image_of_row[rows], device=device)]
-                    crit = criterion_loss(
-                        predicted, row_ratings[torch.as_tensor(rows, device=device)][None], row_weight
-                    )
-                else:
-                    crit = bt * 0.0
+                bt, crit = _batch_losses(heads, feats, data, idx, boot_t, row_ratings)
                 loss = bt + config.criterion_weight * crit
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

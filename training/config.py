@@ -30,14 +30,17 @@ class TrainConfig:
     # weights): with independent inits this is what makes the members' spread an uncertainty.
     bootstrap: bool = True
     device: str = "cpu"
-    # Fine-tuning the encoder's last blocks is not implemented: the features are read from the cache.
+    # Refused: these heads train on cached features. Fine-tuning the encoder is training/finetune.py,
+    # which makes a new encoder identity (its own weights file, fingerprint and cache).
     finetune_encoder_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.finetune_encoder_blocks:
             raise ValueError(
-                "Partial fine-tuning of the encoder is not implemented: the reward heads train on cached, "
-                "frozen features. Set finetune_encoder_blocks to 0."
+                "Fine-tuning the encoder is not implemented in TrainConfig: these reward heads train on "
+                "cached, frozen features. Use training.finetune.finetune(FinetuneConfig(encoder=..., "
+                "mode='last_blocks', blocks=N), data), which saves a new encoder. Set "
+                "finetune_encoder_blocks to 0."
             )
         if self.epochs < 1 or self.batch_size < 1 or self.n_heads < 1:
             raise ValueError("epochs, batch_size and n_heads must be at least 1.")

@@ -117,3 +117,80 @@ def synthetic_judgments(
                 }
             out.append(JudgmentRecord(task_id, user + 1, tiers, ratings, key))
     return out
+
+
+# --- pictures with a known preference, for fine-tuning the encoder -------------------------------
+
+COLOURS = {
+    "red": (215, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 215),
+    "yellow": (230, 205, 40),
+}
+SHAPES = ("square", "circle", "stripe")
+
+
+@dataclass
+class SyntheticImagePool:
+    """Real pixels and caption texts (not features): what encoder fine-tuning trains on."""
+
+    images: list  # PIL images, one per image
+    row_images: list  # the caption row's image (the same object for captions of one image)
+    texts: list[str]  # one per caption row
+    caption_ids: list[int]
+    row_image_keys: list[str]
+    criteria: list[str]
+    judgments: list[JudgmentRecord]
+
+
+def synthetic_image_pool(
+    *, n_images: int, size: int = 64, seed: int = 0, criteria: tuple[str, ...] = ("accuracy",)
+) -> SyntheticImagePool:
+    """Coloured shapes on a noisy background, each with four captions whose order is known:
+    "a red circle" (right colour and shape) > "a circle" (right, incomplete) > "a picture" (generic) >
+    "a blue circle" (wrong colour). Telling the first from the last needs the image, not only the text.
+    One judgment per image ranks the four; each criterion rates them 5, 4, 3, 1.
+    """
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    images, row_images, texts, caption_ids, keys, judgments = [], [], [], [], [], []
+    for i in range(n_images):
+        colour = names[i % len(names)]
+        shape = SHAPES[(i // len(names)) % len(SHAPES)]
+        background = rng.integers(90, 165, size=(size, size, 3), dtype=np.uint8)
+        img = PILImage.fromarray(background)
+        draw = ImageDraw.Draw(img)
+        lo, hi = size // 5 + int(rng.integers(0, size // 8 + 1)), size - size // 5
+        box = (lo, lo, hi, hi)
+        if shape == "square":
+            draw.rectangle(box, fill=COLOURS[colour])
+        elif shape == "circle":
+            draw.ellipse(box, fill=COLOURS[colour])
+        else:
+            draw.rectangle((0, size // 3, size, 2 * size // 3), fill=COLOURS[colour])
+        wrong = names[(names.index(colour) + 1 + int(rng.integers(0, len(names) - 1))) % len(names)]
+        captions = [f"a {colour} {shape}", f"a {shape}", "a picture", f"a {wrong} {shape}"]
+        key = f"{i + 1:064x}"
+        ids = [4 * i + k + 1 for k in range(4)]
+        images.append(img)
+        for cid, text in zip(ids, captions, strict=True):
+            row_images.append(img)
+            texts.append(text)
+            caption_ids.append(cid)
+            keys.append(key)
+        ratings = {
+            str(cid): dict.fromkeys(criteria, score) for cid, score in zip(ids, (5, 4, 3, 1), strict=True)
+        }
+        judgments.append(JudgmentRecord(i + 1, 1, [[c] for c in ids], ratings, key))
+    return SyntheticImagePool(
+        images=images,
+        row_images=row_images,
+        texts=texts,
+        caption_ids=caption_ids,
+        row_image_keys=keys,
+        criteria=list(criteria),
+        judgments=judgments,
+    )

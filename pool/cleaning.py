@@ -18,11 +18,11 @@ BLOCK_ELEMENTS = 1 << 22
 # Buckets larger than this are compared as matrix blocks: the offset-by-offset comparison costs one NumPy
 # pass per member, which only pays for itself while buckets stay a few dozen hashes.
 LARGE_BUCKET = 256
-# Relative costs for choosing the number of bands, measured on a 2-core machine with NumPy 2.4 (one unit
-# = one candidate pair checked in the offset passes, ~30 ns): sorting and bucketing one hash under one
-# key costs about 6 candidates; one pair in an all-pairs matrix block about 0.1.
-KEY_COST_PER_HASH = 6.0
-BLOCK_COST_PER_PAIR = 0.1
+# Relative costs for choosing the number of bands, measured on the 2 shared cores of the development machine
+# with NumPy 2.4 (one unit = one candidate pair checked in the offset passes, ~20 ns): building, sorting
+# and scanning one key costs about 4 units per hash; one pair of an all-pairs matrix block about 0.3.
+KEY_COST_PER_HASH = 4.0
+BLOCK_COST_PER_PAIR = 0.3
 
 
 def phash_to_int(value: str) -> int:
@@ -50,8 +50,8 @@ def band_count_choose(n: int, radius: int) -> int | None:
     meets every such pair. More bands means more combinations, C(m, radius), each a sort of the n hashes,
     but longer keys, hence smaller buckets (n / 2^key_bits on random hashes) and fewer candidate pairs.
     The cheapest m grows with log n so that buckets stay at a few hashes and the work is C(m, radius)
-    sorts of n, close to linear: at radius 6, 8 bands (28 keys of 16 bits) up to a couple of million
-    hashes, 9 bands (84 keys of 21 bits) towards 10M. Plain multi-index hashing (m = radius + 1, one
+    sorts of n, close to linear: at radius 6, 8 bands (28 keys of 16 bits) up to about a million hashes,
+    9 bands (84 keys of 21 bits) from there to about 10M. Plain multi-index hashing (m = radius + 1, one
     ~9-bit band per key) has buckets of n / 512, so quadratic work.
 
     Past a radius of about 10 no band count keeps both the keys and the buckets small (at 32 bits half
@@ -78,20 +78,25 @@ def _empty_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return empty, empty, empty.copy()
 
 
-def _all_pairs_within(values: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of positions (a < b) of ``values`` within ``radius``, as matrix blocks of bounded size."""
+def _all_pairs_within(
+    values: np.ndarray, radius: int, min_gap: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of positions (a, b), b - a >= ``min_gap``, of ``values`` within ``radius``, compared as
+    matrix blocks of bounded size."""
     n = len(values)
     rows_per_block = max(1, BLOCK_ELEMENTS // max(n, 1))
     found_a, found_b, found_d = [], [], []
-    for start in range(0, n - 1, rows_per_block):
-        stop = min(n, start + rows_per_block)
-        # Columns from ``start`` on: the pairs below the diagonal were met by earlier blocks.
-        distance = np.bitwise_count(values[start:stop, None] ^ values[None, start:])
+    for start in range(0, n - min_gap, rows_per_block):
+        stop = min(n - min_gap, start + rows_per_block)
+        # Columns from ``start + min_gap`` on: closer pairs, and those below the diagonal, are someone
+        # else's. Column c of row r is then at gap c - r + min_gap.
+        distance = np.bitwise_count(values[start:stop, None] ^ values[None, start + min_gap :])
         rows, cols = np.nonzero(distance <= radius)
-        keep = cols > rows
-        found_a.append(rows[keep] + start)
-        found_b.append(cols[keep] + start)
-        found_d.append(distance[rows[keep], cols[keep]])
+        keep = cols >= rows
+        rows, cols = rows[keep], cols[keep]
+        found_a.append(rows + start)
+        found_b.append(cols + start + min_gap)
+        found_d.append(distance[rows, cols])
     if not found_a:
         return _empty_pairs()
     return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)
@@ -121,45 +126,41 @@ def _pairs_sharing_key(
     earlier key meets (so each pair comes out of exactly one key)."""
     n = len(values)
     index_bits = max(1, (n - 1).bit_length())
+    # In place: at 10M hashes every temporary is 80 MB, and the key is rebuilt for each combination.
     key = np.zeros(n, dtype=np.uint64)
+    band_value = np.empty(n, dtype=np.uint64)
     key_bits = 0
     for band in combo:
         shift, width = bands[band]
-        key = (key << np.uint64(width)) | ((values >> np.uint64(shift)) & np.uint64((1 << width) - 1))
+        np.right_shift(values, np.uint64(shift), out=band_value)
+        np.bitwise_and(band_value, np.uint64((1 << width) - 1), out=band_value)
+        np.left_shift(key, np.uint64(width), out=key)
+        np.bitwise_or(key, band_value, out=key)
         key_bits += width
+    del band_value
     # Any function of the combo's bands buckets correctly (verification is on the full hash), so the key
     # gives up low bits to make room for the index: then one plain uint64 sort (SIMD in NumPy) replaces an
     # argsort, which is about twice as slow.
     if key_bits > HASH_BITS - index_bits:
-        key >>= np.uint64(key_bits - (HASH_BITS - index_bits))
-    packed = np.sort((key << np.uint64(index_bits)) | np.arange(n, dtype=np.uint64))
-    del key
-    order = (packed & np.uint64((1 << index_bits) - 1)).astype(np.intp)
-    sorted_keys = packed >> np.uint64(index_bits)
-    del packed
+        np.right_shift(key, np.uint64(key_bits - (HASH_BITS - index_bits)), out=key)
+    np.left_shift(key, np.uint64(index_bits), out=key)
+    np.bitwise_or(key, np.arange(n, dtype=np.uint64), out=key)
+    key.sort()
+    order = (key & np.uint64((1 << index_bits) - 1)).astype(np.intp)
+    np.right_shift(key, np.uint64(index_bits), out=key)
     # same_as_next[k]: positions k and k + 1 of the sorted order share a bucket.
     same_as_next = np.zeros(n, dtype=bool)
-    np.equal(sorted_keys[1:], sorted_keys[:-1], out=same_as_next[:-1])
-    del sorted_keys
+    np.equal(key[1:], key[:-1], out=same_as_next[:-1])
+    del key
     sorted_values = values[order]
 
-    found_a, found_b, found_d = [], [], []
-    bucket_starts = np.flatnonzero(np.r_[True, ~same_as_next[:-1]])
-    bucket_sizes = np.diff(np.r_[bucket_starts, n])
-    large = bucket_sizes > LARGE_BUCKET
-    for start, size in zip(bucket_starts[large].tolist(), bucket_sizes[large].tolist(), strict=True):
-        a, b, d = _all_pairs_within(sorted_values[start : start + size], radius)
-        found_a.append(order[a + start])
-        found_b.append(order[b + start])
-        found_d.append(d)
-        same_as_next[start : start + size] = False
-    del bucket_starts, bucket_sizes, large
-
     # Offset passes: compare each position with the one ``offset`` further in the same bucket. The active
-    # positions shrink to the buckets longer than ``offset``, so the work is the sum of squared bucket sizes.
+    # positions shrink to the buckets longer than ``offset``, so the work is the sum of squared bucket
+    # sizes, in one NumPy pass per offset.
+    found_a, found_b, found_d = [], [], []
     active = np.flatnonzero(same_as_next)
     offset = 1
-    while active.size:
+    while active.size and offset < LARGE_BUCKET:
         distance = np.bitwise_count(sorted_values[active] ^ sorted_values[active + offset])
         hits = np.flatnonzero(distance <= radius)
         if hits.size:
@@ -169,6 +170,17 @@ def _pairs_sharing_key(
             found_d.append(distance[hits])
         active = active[same_as_next[active + offset]]
         offset += 1
+    if active.size:
+        # What is left lies in a few huge buckets (skewed hashes), where a pass per offset would cost more
+        # in NumPy calls than in comparisons: the remaining gaps go through matrix blocks.
+        bucket_starts = np.flatnonzero(np.r_[True, ~same_as_next[:-1]])
+        bucket_ends = np.r_[bucket_starts[1:], n]
+        for bucket in np.unique(np.searchsorted(bucket_starts, active, side="right") - 1).tolist():
+            start, end = int(bucket_starts[bucket]), int(bucket_ends[bucket])
+            a, b, d = _all_pairs_within(sorted_values[start:end], radius, min_gap=offset)
+            found_a.append(order[a + start])
+            found_b.append(order[b + start])
+            found_d.append(d)
     if not found_a:
         return _empty_pairs()
     a, b, d = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)

@@ -54,8 +54,10 @@ def band_count_choose(n: int, radius: int) -> int | None:
     9 bands (84 keys of 21 bits) from there to about 10M. Plain multi-index hashing (m = radius + 1, one
     ~9-bit band per key) has buckets of n / 512, so quadratic work.
 
-    Past a radius of about 10 no band count keeps both the keys and the buckets small (at 32 bits half
-    of all random pairs are within the radius anyway) and comparing all pairs in blocks is cheaper.
+    The number of keys grows quickly with the radius (radius 10 at 10M hashes: 15 bands, 3,003 keys, so
+    about 50x the work of radius 6), and from a radius of about 14 no band count beats comparing all pairs
+    in blocks, which is what None selects: quadratic, but exact and in bounded memory (at 32 bits half of
+    all random pairs are within the radius anyway).
     """
     if n < 2:
         return None
@@ -106,16 +108,16 @@ def _first_key_only(xor: np.ndarray, combo: tuple[int, ...], bands: list[tuple[i
     """Which pairs (given as ``a ^ b``) meet under ``combo`` before any other key.
 
     Keys are visited in ``itertools.combinations`` order, so the first key that holds both hashes is the
-    first (m - radius) bands they agree on. The pair belongs to ``combo`` when it agrees on no band outside
-    ``combo`` that comes before its last band. Checking this on the few verified pairs replaces a
+    first (m - radius) bands they agree on. The pair belongs to ``combo`` when it agrees on every band of
+    ``combo`` (not implied by a shared key once the key is shortened to fit the index) and on no band
+    outside ``combo`` that comes before its last band. Checking this on the few verified pairs replaces a
     ``np.unique`` over every pair found under every key.
     """
     keep = np.ones(len(xor), dtype=bool)
-    for band in range(combo[-1]):
-        if band in combo:
-            continue
+    for band in range(combo[-1] + 1):
         shift, width = bands[band]
-        keep &= ((xor >> np.uint64(shift)) & np.uint64((1 << width) - 1)) != 0
+        agree = ((xor >> np.uint64(shift)) & np.uint64((1 << width) - 1)) == 0
+        keep &= agree if band in combo else ~agree
     return keep
 
 

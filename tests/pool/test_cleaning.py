@@ -131,6 +131,17 @@ def test_distinct_pairs_on_hashes_sharing_most_bits(radius, extra_bands, bits, m
     assert set(found) == matrix_pairs(values, radius)
 
 
+@pytest.mark.parametrize(("radius", "band_count"), [(1, 8), (2, 10)])
+def test_a_key_shortened_to_fit_the_index_still_finds_each_pair_once(radius, band_count):
+    # 7 or 8 bands of 8 bits and 11 bits of index do not fit in 64: the key drops its last bits, so
+    # sharing a key no longer means agreeing on all its bands.
+    values = np.unique(planted_hashes(np.random.default_rng(3), 2500, max_flips=radius + 1))
+    p, q, d = distinct_hash_pairs(values, radius, band_count=band_count)
+    found = list(zip(p.tolist(), q.tolist(), d.tolist(), strict=True))
+    assert len(found) == len(set(found))
+    assert set(found) == matrix_pairs(values, radius)
+
+
 def test_a_bucket_larger_than_the_offset_passes_is_compared_in_blocks():
     # 1,000 distinct hashes that differ only in their 20 low bits: every key built from the other bands
     # is a single bucket of all of them.

@@ -238,20 +238,23 @@ def main() -> None:
 
     print()
     print(
-        "| hashes | bands | new groups | peak RSS | baseline groups | peak RSS | speed-up | new pairs (count) |"
+        "Peak RSS of each child process; in brackets, its RSS before the call (interpreter, NumPy, SciPy, data)."
     )
+    print()
+    header = "| hashes | bands | new groups | peak RSS | baseline groups | peak RSS | speed-up | new pairs (count) |"
+    print(header)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, new, old, pairs in rows:
         bands = cleaning.band_count_choose(n, args.radius)  # on n: distinct hashes are ~1% fewer
-        old_cells = (
-            f"{old['seconds']:.1f} s | {old['peak_mb']:.0f} MB | {old['seconds'] / new['seconds']:.0f}x"
-            if old
-            else "not run (hours) | | "
-        )
+        memory = f"{new['peak_mb']:.0f} MB ({new['data_mb']:.0f})"
+        old_cells = "not run | | "
+        if old:
+            speed_up = old["seconds"] / new["seconds"]
+            old_cells = (
+                f"{old['seconds']:.1f} s | {old['peak_mb']:.0f} MB ({old['data_mb']:.0f}) | {speed_up:.0f}x"
+            )
         pair_cell = f"{pairs['seconds']:.1f} s ({pairs['pairs']:,})" if pairs else "not run"
-        print(
-            f"| {n:,} | {bands} | {new['seconds']:.1f} s | {new['peak_mb']:.0f} MB | {old_cells} | {pair_cell} |"
-        )
+        print(f"| {n:,} | {bands} | {new['seconds']:.1f} s | {memory} | {old_cells} | {pair_cell} |")
     times = [(n, new["seconds"]) for n, new, _, _ in rows]
     for (n0, t0), (n1, t1) in zip(times, times[1:], strict=False):
         print(f"new groups, {n0:,} -> {n1:,} hashes ({n1 / n0:.0f}x): time x{t1 / t0:.1f}")

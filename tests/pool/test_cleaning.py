@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.near_duplicates import baseline_near_duplicate_groups, hashes_with_near_duplicates
+from pool import cleaning
 from pool.cleaning import (
     LARGE_BUCKET,
     band_count_choose,
@@ -129,6 +130,19 @@ def test_distinct_pairs_on_hashes_sharing_most_bits(radius, extra_bands, bits, m
     found = list(zip(p.tolist(), q.tolist(), d.tolist(), strict=True))
     assert len(found) == len(set(found))
     assert set(found) == matrix_pairs(values, radius)
+
+
+@pytest.mark.parametrize("radius", [1, 3, 6])
+def test_searching_part_by_part_finds_every_pair_once(radius, monkeypatch):
+    # Parts of ~40 hashes instead of 32k: many parts per first band on an input a matrix can check.
+    monkeypatch.setattr(cleaning, "PART_SIZE", 40)
+    values = np.unique(planted_hashes(np.random.default_rng(radius), 3000, max_flips=radius + 2))
+    expected = matrix_pairs(values, radius)
+    for band_count in (radius + 1, radius + 2, radius + 3):
+        p, q, d = distinct_hash_pairs(values, radius, band_count=band_count)
+        found = list(zip(p.tolist(), q.tolist(), d.tolist(), strict=True))
+        assert len(found) == len(set(found)), f"{band_count} bands: a pair found twice"
+        assert set(found) == expected, f"{band_count} bands"
 
 
 @pytest.mark.parametrize(("radius", "band_count"), [(1, 8), (2, 10)])

@@ -6,7 +6,8 @@ Data (same seed, same hashes for every implementation of one size): random 64-bi
 radius), plus exact-duplicate clusters: five clusters of 0.02% of n each holding one random hash, and
 one "blank image" cluster of 0.1% of n at hash 0. Areas are random, so keepers depend on them.
 
-Measured, each in a fresh child process so that its peak RSS (``ru_maxrss``) is its own:
+Measured, each in a fresh child process so that its peak RSS (``ru_maxrss``) is its own, as wall time and
+the process's CPU time (on shared cores the wall time mostly says how busy the neighbours were):
 
 - **new groups**: ``near_duplicate_groups`` (what ``pool_clean`` runs), at every size;
 - **baseline groups**: the implementation this replaced (copied below: ``radius + 1`` bands of ~9 bits,
@@ -176,7 +177,7 @@ def measure(kind: str, n: int, radius: int) -> dict:
     import scipy.sparse.csgraph  # noqa: F401
 
     rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if kind == "pairs":
         i, j, d = cleaning.near_duplicate_pairs(hashes, radius)
         result = {"digest": digest(i, j, d), "pairs": len(i)}
@@ -185,12 +186,13 @@ def measure(kind: str, n: int, radius: int) -> dict:
         marks, keeper = groups(hashes, areas, radius)
         flat = np.array([(m.index, m.keeper, m.distance) for m in marks], dtype=np.int64).reshape(-1, 3)
         result = {"digest": digest(flat, keeper), "marks": len(marks)}
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "kind": kind,
         "n": n,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_mb": peak_kb / 1024,
         "data_mb": rss_before_kb / 1024,
     } | result
@@ -201,9 +203,16 @@ def measure_in_child(kind: str, n: int, radius: int) -> dict:
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
     print(
-        f"  {kind:15s} n={n:>10,}  {result['seconds']:8.1f} s  peak {result['peak_mb']:7.0f} MB", flush=True
+        f"  {kind:15s} n={n:>10,}  {result['seconds']:8.1f} s (CPU {result['cpu_seconds']:.1f} s)"
+        f"  peak {result['peak_mb']:7.0f} MB",
+        flush=True,
     )
     return result
+
+
+def timing(result: dict) -> str:
+    digits = 1 if result["cpu_seconds"] >= 1 else 2
+    return f"{result['seconds']:.{digits}f} s ({result['cpu_seconds']:.{digits}f})"
 
 
 def main() -> None:
@@ -237,11 +246,10 @@ def main() -> None:
         rows.append((n, new, old, pairs))
 
     print()
-    print(
-        "Peak RSS of each child process; in brackets, its RSS before the call (interpreter, NumPy, SciPy, data)."
-    )
+    print("Wall time, with the process's CPU time in brackets (the cores are shared). Peak RSS of each child")
+    print("process, with its RSS before the call in brackets (interpreter, NumPy, SciPy, the data).")
     print()
-    header = "| hashes | bands | new groups | peak RSS | baseline groups | peak RSS | speed-up | new pairs (count) |"
+    header = "| hashes | bands | new groups | peak RSS | baseline groups | peak RSS | speed-up | new pairs |"
     print(header)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, new, old, pairs in rows:
@@ -249,15 +257,15 @@ def main() -> None:
         memory = f"{new['peak_mb']:.0f} MB ({new['data_mb']:.0f})"
         old_cells = "not run | | "
         if old:
-            speed_up = old["seconds"] / new["seconds"]
-            old_cells = (
-                f"{old['seconds']:.1f} s | {old['peak_mb']:.0f} MB ({old['data_mb']:.0f}) | {speed_up:.0f}x"
+            speed_up = (
+                f"{old['seconds'] / new['seconds']:.0f}x ({old['cpu_seconds'] / new['cpu_seconds']:.0f}x)"
             )
-        pair_cell = f"{pairs['seconds']:.1f} s ({pairs['pairs']:,})" if pairs else "not run"
-        print(f"| {n:,} | {bands} | {new['seconds']:.1f} s | {memory} | {old_cells} | {pair_cell} |")
-    times = [(n, new["seconds"]) for n, new, _, _ in rows]
-    for (n0, t0), (n1, t1) in zip(times, times[1:], strict=False):
-        print(f"new groups, {n0:,} -> {n1:,} hashes ({n1 / n0:.0f}x): time x{t1 / t0:.1f}")
+            old_cells = f"{timing(old)} | {old['peak_mb']:.0f} MB ({old['data_mb']:.0f}) | {speed_up}"
+        pair_cell = f"{timing(pairs)}, {pairs['pairs']:,} pairs" if pairs else "not run"
+        print(f"| {n:,} | {bands} | {timing(new)} | {memory} | {old_cells} | {pair_cell} |")
+    for (n0, new0, *_), (n1, new1, *_) in zip(rows, rows[1:], strict=False):
+        wall, cpu = new1["seconds"] / new0["seconds"], new1["cpu_seconds"] / new0["cpu_seconds"]
+        print(f"new groups, {n0:,} -> {n1:,} hashes ({n1 / n0:.0f}x): wall x{wall:.1f}, CPU x{cpu:.1f}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ LARGE_BUCKET = 256
 # Hashes per part when the keys that share a first band are searched part by part (distinct_hash_pairs):
 # 32k uint64 values (256 KB) and their temporaries stay in L2/L3 cache. 16k-64k measured within 5%.
 PART_SIZE = 1 << 15
-# Relative costs for choosing the number of bands, measured on the 2 shared cores of the development machine
-# with NumPy 2.4 (one unit = one candidate pair checked in the offset passes, ~20 ns): building, sorting
-# and scanning one key costs about 4 units per hash; one pair of an all-pairs matrix block about 0.3.
-KEY_COST_PER_HASH = 4.0
+# Relative costs for choosing the number of bands, in candidate pairs checked by the offset passes (~10 ns of
+# CPU each with NumPy 2.4 on the development machine): building, sorting and scanning one key costs about
+# 4.5 of them per hash (fitted on 1M random hashes, 8 bands against 9); one pair of an all-pairs matrix
+# block about 0.3.
+KEY_COST_PER_HASH = 4.5
 BLOCK_COST_PER_PAIR = 0.3
 
 
@@ -53,14 +54,15 @@ def band_count_choose(n: int, radius: int) -> int | None:
     meets every such pair. More bands means more combinations, C(m, radius), each a sort of the n hashes,
     but longer keys, hence smaller buckets (n / 2^key_bits on random hashes) and fewer candidate pairs.
     The cheapest m grows with log n so that buckets stay at a few hashes and the work is C(m, radius)
-    sorts of n, close to linear: at radius 6, 8 bands (28 keys of 16 bits) up to about a million hashes,
-    9 bands (84 keys of 21 bits) from there to about 10M. Plain multi-index hashing (m = radius + 1, one
-    ~9-bit band per key) has buckets of n / 512, so quadratic work.
+    sorts of n, close to linear: at radius 6, 8 bands (28 keys of 16 bits) up to about 1.3M hashes, 9
+    bands (84 keys of 21 bits) up to about 40M, 10 beyond. Between two steps the buckets grow with n, and
+    each step triples the keys, so 10x the hashes costs about 15x the time, against 100x for plain
+    multi-index hashing (m = radius + 1, one ~9-bit band per key, buckets of n / 512).
 
     The number of keys grows quickly with the radius (radius 10 at 10M hashes: 15 bands, 3,003 keys, so
-    about 50x the work of radius 6), and from a radius of about 14 no band count beats comparing all pairs
-    in blocks, which is what None selects: quadratic, but exact and in bounded memory (at 32 bits half of
-    all random pairs are within the radius anyway).
+    about 50x the work of radius 6). From a radius of about 14 (16 at 10M hashes) no band count beats
+    comparing all pairs in blocks, which is what None selects: quadratic, but exact and in bounded memory
+    (at 32 bits half of all random pairs are within the radius anyway).
     """
     if n < 2:
         return None

@@ -133,7 +133,7 @@ def _pairs_sharing_key(
     earlier key meets (so each pair comes out of exactly one key)."""
     n = len(values)
     index_bits = max(1, (n - 1).bit_length())
-    # In place: at 10M hashes every temporary is 80 MB, and the key is rebuilt for each combination.
+    # In place: the key is rebuilt for every combination of every part, so no temporaries per band.
     key = np.zeros(n, dtype=np.uint64)
     band_value = np.empty(n, dtype=np.uint64)
     key_bits = 0

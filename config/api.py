@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
 
 from accounts.roles import user_role
-from loupe_api import annotate, pool, runs
+from loupe_api import annotate, judge, pool, runs
 from loupe_api.auth import API_AUTH
 
 api = NinjaAPI(
@@ -23,6 +23,7 @@ api = NinjaAPI(
 api.add_router("/", pool.router)
 api.add_router("/", annotate.router)
 api.add_router("/", runs.router)
+api.add_router("/", judge.router)
 
 
 @api.exception_handler(ValidationError)

@@ -149,3 +149,27 @@ def test_low_judge_flags_name_the_judge_and_the_reward_view(scored_pool, tiny_cl
     flags_refresh(encoder=tiny_clip_name, reward_model_version=0, judge_itm_below=0)
     assert not Flag.objects.filter(reason=FlagReason.LOW_JUDGE, is_open=True).exists()
     assert Flag.objects.filter(reason=FlagReason.LOW_JUDGE).count() == len(scored_pool)
+
+
+def test_api_lists_judge_scores_worst_first_and_starts_a_band_run(scored_pool, tiny_clip_name, judge, client):
+    from tests.conftest import make_user
+
+    scoring_run_sync(run=vlm_run_start(scorer=judge, caption_ids=[c.id for c in scored_pool], enqueue=False))
+    client.force_login(make_user("api-admin", "admin"))
+    page = client.get("/api/judge-scores", {"limit": 5}).json()
+    itms = [row["itm"] for row in page["items"]]
+    assert len(itms) == 5 and itms == sorted(itms)
+    assert all(row["uid"] and row["scorer"] == judge for row in page["items"])
+    response = client.post(
+        "/api/judge-runs",
+        {
+            "scorer": judge,
+            "encoder": tiny_clip_name,
+            "field": "clipscore",
+            "low_percent": 40,
+            "high_percent": 60,
+        },
+        content_type="application/json",
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["params"]["band"]["field"] == "clipscore"

@@ -164,6 +164,12 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/scoring-runs"): Rule(ADMIN),
     ("GET", "/api/scoring-runs/{run_id}"): Rule(ADMIN, params={"run_id": "scoring_run_id"}),
     ("POST", "/api/scoring-runs/{run_id}/cancel"): Rule(ADMIN, params={"run_id": "scoring_run_id"}),
+    ("GET", "/api/judge-scores"): Rule(CURATOR),
+    ("POST", "/api/judge-runs"): Rule(
+        ADMIN,
+        body={"scorer": "vlm:/nonexistent/judge", "encoder": "offline:effnet-minilm"},
+        note="a judge that is not there is a 400 for admins",
+    ),
     ("GET", "/api/exports"): Rule(ADMIN),
     ("GET", "/api/exports/{export_id}"): Rule(ADMIN),
     ("GET", "/api/exports/{export_id}/download"): Rule(ADMIN),

@@ -2,14 +2,19 @@
 
 Formats (``Export.Kind``):
 
-- ``parquet``: one file ``pairs.parquet``, a row group per chunk: uid, ids, image path, caption, scores.
+- ``parquet``: one file ``pairs.parquet``, a row group per chunk: uid, ids, image file, caption, scores;
+  ``criteria`` is a struct with one float field per criterion of the reward model (null without one).
 - ``webdataset``: tar shards ``00000.tar``, ``00001.tar``, ... of ``shard_size`` samples; each sample is
   ``<key>.<jpg|png|webp|...>`` (the original bytes, no re-encoding), ``<key>.txt`` (the caption) and
   ``<key>.json`` (uid, ids, scores). The key is the pair's uid (hex, no dots), as img2dataset-style
-  loaders and the ``webdataset`` library expect.
+  loaders and the ``webdataset`` library expect. ``sizes.json`` (``{"00000.tar": n, ...}``) gives the
+  samples per shard, which open_clip's training reads to size an epoch.
 - ``npy``: ``uids.npy``, DataComp's subset format: a sorted numpy array of dtype ``np.dtype("u8,u8")``
   (the 128-bit uid as two unsigned 64-bit halves, high half first), ready for DataComp's resharder.
-- ``jsonl``: ``pairs.jsonl``, one JSON object per pair (same fields as the Parquet rows).
+- ``jsonl``: ``pairs.jsonl``, one JSON object per pair (same fields and types as the Parquet rows).
+
+Shipped files name images by their path relative to the media folder (``image_file``) and weights files by
+their name only: nothing inside them is an absolute path of the server.
 - ``preferences`` / ``coco_hf``: the annotation side's judgments of a campaign (``annotate.exports``),
   not restricted to the filter run's pairs because judgments are per task, not per pair.
 
@@ -47,7 +52,9 @@ from curate.filtering import filter_run_kept_ids
 from curate.lineage import campaign_lineage, filter_run_lineage
 from curate.models import Export, FilterRun
 from pool.models import Caption, Image, RunStatus
+from scoring.encoder_names import encoder_name_public
 from scoring.models import Score
+from scoring.selectors import model_scores
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +73,6 @@ PARQUET_SCHEMA = pa.schema(
         ("caption_id", pa.int64()),
         ("image_id", pa.int64()),
         ("image_sha256", pa.string()),
-        ("image_path", pa.string()),
         ("image_file", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -76,10 +82,36 @@ PARQUET_SCHEMA = pa.schema(
         ("reward", pa.float64()),
         ("clipscore", pa.float64()),
         ("cosine", pa.float64()),
-        # JSON object text ({"accuracy": 3.2, ...}): criteria differ between reward models.
-        ("criteria", pa.string()),
+        # Replaced per export by a struct of the reward model's criteria (``_parquet_schema``).
+        ("criteria", pa.null()),
     ]
 )
+# Internal to the writers (the webdataset writer reads the bytes there); never written into a file.
+SERVER_ONLY_FIELDS = ("image_format", "image_path")
+
+
+def _parquet_schema(criteria_keys: list[str]) -> pa.Schema:
+    """Criteria as a struct (one float per criterion), the type JSONL's object has when read back;
+    null when the scores have no criteria (CLIPScore only)."""
+    kind = pa.struct([(key, pa.float64()) for key in criteria_keys]) if criteria_keys else pa.null()
+    index = PARQUET_SCHEMA.get_field_index("criteria")
+    return PARQUET_SCHEMA.set(index, pa.field("criteria", kind))
+
+
+def _criteria_keys(filter_run: FilterRun) -> list[str]:
+    sample = (
+        model_scores(
+            encoder=filter_run.encoder,
+            reward_model_version=filter_run.reward_model_version,
+            encoder_fingerprint=filter_run.encoder_fingerprint,
+        )
+        .filter(criteria__isnull=False)
+        .values_list("criteria", flat=True)
+        .first()
+    )
+    return sorted(sample) if isinstance(sample, dict) else []
+
+
 EXTENSIONS = {
     "jpeg": "jpg",
     "jpg": "jpg",
@@ -220,10 +252,10 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
 # --- writers -------------------------------------------------------------------------------------
 
 
-def _write_parquet(directory: Path, batches, progress) -> dict:
+def _write_parquet(directory: Path, batches, progress, criteria_keys: list[str]) -> dict:
     rows = 0
-    prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
-    with pq.ParquetWriter(directory / "pairs.parquet", PARQUET_SCHEMA, compression="zstd") as writer:
+    schema = _parquet_schema(criteria_keys)
+    with pq.ParquetWriter(directory / "pairs.parquet", schema, compression="zstd") as writer:
         for batch in batches:
             # Columns straight from the row tuples: no dict per pair on the hot path.
             (cid, image_id, text, text_sha, source, decision, image_sha, file, _fmt, width, height,
@@ -233,7 +265,6 @@ def _write_parquet(directory: Path, batches, progress) -> dict:
                 "caption_id": cid,
                 "image_id": image_id,
                 "image_sha256": image_sha,
-                "image_path": [prefix + f for f in file],
                 "image_file": file,
                 "width": width,
                 "height": height,
@@ -243,18 +274,25 @@ def _write_parquet(directory: Path, batches, progress) -> dict:
                 "reward": reward,
                 "clipscore": clipscore,
                 "cosine": cosine,
-                "criteria": _criteria_texts(criteria),
+                "criteria": _criteria_values(criteria) if criteria_keys else [None] * len(batch),
             }
             writer.write_table(
-                pa.table({k: pa.array(v, type=PARQUET_SCHEMA.field(k).type) for k, v in columns.items()})
+                pa.table(
+                    {k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()}, schema=schema
+                )
             )
             rows += len(batch)
             progress(len(batch))
     return {"pairs": rows}
 
 
+def _criteria_values(values) -> list[dict | None]:
+    texts = _criteria_texts(values)
+    return json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]")
+
+
 def _json_record(record: dict) -> dict:
-    return {key: value for key, value in record.items() if key != "image_format"}
+    return {key: value for key, value in record.items() if key not in SERVER_ONLY_FIELDS}
 
 
 def _write_jsonl(directory: Path, batches, progress) -> dict:
@@ -298,6 +336,7 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _write_webdataset(directory: Path, batches, progress, shard_size: int) -> dict:
     shard = written = in_shard = 0
+    sizes: dict[str, int] = {}
     skipped: list[str] = []
     skipped_count = 0
     tar: tarfile.TarFile | None = None
@@ -327,10 +366,12 @@ def _write_webdataset(directory: Path, batches, progress, shard_size: int) -> di
                 _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 written += 1
                 in_shard += 1
+                sizes[f"{shard:05d}.tar"] = in_shard
             progress(len(batch))
     finally:
         if tar is not None:
             tar.close()
+    (directory / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
     return {
         "pairs": written,
         "shards": shard + 1 if written else 0,
@@ -353,11 +394,11 @@ def _write_annotation(directory: Path, kind: str, campaign_id: int | None) -> di
     if campaign is None:
         raise ExportError(f"The {kind} export needs a campaign: campaign id {campaign_id!r} was not found.")
     if kind == Export.Kind.PREFERENCES:
+        stats: dict = {}
         with open(directory / "preferences.jsonl", "w", encoding="utf-8") as handle:
-            return {
-                "lines": preference_pairs_jsonl(campaign=campaign, stream=handle),
-                "campaign": campaign.name,
-            }
+            lines = preference_pairs_jsonl(campaign=campaign, stream=handle, stats=stats)
+        # What the file covers (judgments, tasks, ties left out) and its format, for the manifest.
+        return {"lines": lines, "campaign": campaign.name, **stats}
     with open(directory / "coco_hf.json", "w", encoding="utf-8") as handle:
         return {"tasks": judgments_coco_hf(campaign=campaign, stream=handle), "campaign": campaign.name}
 
@@ -450,7 +491,7 @@ def export_execute(*, export: Export) -> Export:
         if pair_kind:
             batches = pair_batches(filter_run=run)
             if export.kind == Export.Kind.PARQUET:
-                counts = _write_parquet(tmp, batches, progress)
+                counts = _write_parquet(tmp, batches, progress, _criteria_keys(run))
             elif export.kind == Export.Kind.JSONL:
                 counts = _write_jsonl(tmp, batches, progress)
             elif export.kind == Export.Kind.NPY:
@@ -480,14 +521,14 @@ def export_execute(*, export: Export) -> Export:
                 "id": run.pk,
                 "rule": run.rule,
                 "rule_text": run.summary.get("rule_text") or run.params.get("rule_text", ""),
-                "encoder": run.encoder,
+                "encoder": encoder_name_public(run.encoder),
                 "reward_model_version": run.reward_model_version,
                 "considered": run.considered,
                 "kept": run.kept,
                 "compression_ratio": run.compression_ratio,
                 "summary": run.summary,
             }
-            manifest["encoder"] = run.encoder
+            manifest["encoder"] = encoder_name_public(run.encoder)
             manifest["reward_model_version"] = run.reward_model_version
             # The exact weights and checkpoint behind the scores, and the judgments behind the model.
             manifest["models"] = filter_run_lineage(run)

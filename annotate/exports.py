@@ -136,35 +136,75 @@ def pairs_from_ranking(ranking: list[list[int]]) -> list[tuple[int, int, bool]]:
     return pairs
 
 
-def preference_pairs_jsonl(*, campaign: Campaign, stream: TextIO) -> int:
-    """One JSON line per caption pair of every judgment; each judgment's pair weights sum to 1.
+PREFERENCE_FORMAT = (
+    "TRL preference dataset, standard form with an explicit prompt: `prompt` names the image, `chosen` is "
+    "the caption ranked higher, `rejected` the lower one (RewardTrainer / DPOTrainer read these three "
+    "columns and ignore the rest). Ties are left out unless asked for; then `tie` is true and the order "
+    "of the two is by caption id (train them with a 0.5 target, not as a preference)."
+)
 
-    Returns the number of lines written.
+
+def preference_prompt(image_sha256: str) -> str:
+    """The context of a pair: the image, named by its content hash (a text-only reward model sees an
+    opaque token; a vision pipeline resolves it through ``image_sha256`` / ``image_file``)."""
+    return f"<image sha256:{image_sha256}>\nCaption: "
+
+
+def preference_pairs_jsonl(
+    *, campaign: Campaign, stream: TextIO, include_ties: bool = False, stats: dict | None = None
+) -> int:
+    """One JSON line per ranked pair of captions of every judgment, in TRL's preference format
+    (``prompt``/``chosen``/``rejected``) with Loupe's ids beside them. Returns the lines written.
+
+    A tie is not a preference, so ties are left out (counted in ``stats["ties_excluded"]``) unless
+    ``include_ties``. ``weight`` is 1 / (the judgment's pairs in the file), so each judgment's pairs sum
+    to one and a task with many captions does not dominate. ``stats`` (a dict) receives the counts a
+    manifest describes the file with.
     """
-    lines = 0
+    lines = ties = judgments = 0
+    tasks: set[int] = set()
     for task in _tasks_with_judgments(campaign):
-        texts = {link.caption_id: link.caption.text for link in task.task_captions.all()}
+        links = list(task.task_captions.all())
+        texts = {link.caption_id: link.caption.text for link in links}
+        image = task.image
         for judgment in task.judgments.all():
             pairs = pairs_from_ranking(judgment.ranking)
-            weight = 1.0 / len(pairs) if pairs else 0.0
-            for chosen, rejected, tie in pairs:
+            kept = [pair for pair in pairs if include_ties or not pair[2]]
+            ties += len(pairs) - len(kept) if not include_ties else 0
+            judgments += 1
+            if kept:
+                tasks.add(task.pk)
+            weight = 1.0 / len(kept) if kept else 0.0
+            for chosen, rejected, tie in kept:
                 stream.write(
                     _dump(
                         {
+                            "prompt": preference_prompt(image.sha256),
+                            "chosen": texts.get(chosen, ""),
+                            "rejected": texts.get(rejected, ""),
+                            "tie": tie,
+                            "weight": weight,
+                            "image_sha256": image.sha256,
+                            "image_file": image.file,
                             "task_id": task.pk,
                             "image_id": task.image_id,
                             "judgment_id": judgment.pk,
                             "annotator": judgment.user.username,
                             "chosen_id": chosen,
-                            "chosen_text": texts.get(chosen, ""),
                             "rejected_id": rejected,
-                            "rejected_text": texts.get(rejected, ""),
-                            "tie": tie,
-                            "weight": weight,
                             "is_gold": task.is_gold,
                         }
                     )
                     + "\n"
                 )
                 lines += 1
+    if stats is not None:
+        stats.update(
+            pairs=lines,
+            ties_excluded=ties,
+            ties_included=include_ties,
+            judgments=judgments,
+            tasks=len(tasks),
+            format=PREFERENCE_FORMAT,
+        )
     return lines

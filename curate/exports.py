@@ -3,17 +3,25 @@
 Formats (``Export.Kind``):
 
 - ``parquet``: one file ``pairs.parquet``, a row group per chunk: uid, the source's key, url, shard and
-  metadata (a JSON object per row: original size, the source's sha256, every extra column), where the
-  image's bytes are, ids, caption, scores.
+  metadata (JSON text per row: original size, the source's sha256, every extra column; the columns
+  differ between sources), where the image's bytes are, ids, caption, scores; ``criteria`` is a struct
+  with one float field per criterion of the reward model (null without one).
 - ``webdataset``: tar shards ``00000.tar``, ``00001.tar``, ... of ``shard_size`` samples; each sample is
   ``<key>.<jpg|png|webp|...>`` (the original bytes, read where they live, no re-encoding), ``<key>.txt``
   (the caption) and ``<key>.json`` (uid, the source's key, url and metadata, ids, scores). The sample
   key is the pair's uid (hex, no dots: unique, where source keys repeat across img2dataset runs); the
-  source's key is in the ``.json``. The manifest says so (``keys``).
+  source's key is in the ``.json``. The manifest says so (``keys``). ``sizes.json`` (``{"00000.tar": n,
+  ...}``) gives the samples per shard, which open_clip's training reads to size an epoch.
 - ``npy``: ``uids.npy``, DataComp's subset format: a sorted numpy array of dtype ``np.dtype("u8,u8")``
   (the 128-bit uid as two unsigned 64-bit halves, high half first), ready for DataComp's resharder:
   with source uids, it selects the kept samples from the user's own shards.
-- ``jsonl``: ``pairs.jsonl``, one JSON object per pair (same fields as the Parquet rows).
+- ``jsonl``: ``pairs.jsonl``, one JSON object per pair (same fields and types as the Parquet rows; its
+  ``metadata`` is an object).
+
+Shipped files name images by where the user's own data keeps them (``image_path`` for a file indexed in
+place, ``shard`` + ``offset``/``length`` or ``row_group``/``row`` for shards) or by their path relative to
+Loupe's media folder (``image_file`` for copied images), and weights files by their name only: nothing
+inside them is an absolute path of the Loupe server.
 - ``preferences`` / ``coco_hf``: the annotation side's judgments of a campaign (``annotate.exports``),
   not restricted to the filter run's pairs because judgments are per task, not per pair.
 
@@ -56,7 +64,9 @@ from curate.models import Export, FilterRun
 from pool.locate import locator_from_values
 from pool.models import Caption, Image, RunStatus, Shard, pair_uid_derive
 from pool.storage import StorageError, locator_read
+from scoring.encoder_names import encoder_name_public
 from scoring.models import Score
+from scoring.selectors import model_scores
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +95,9 @@ PARQUET_SCHEMA = pa.schema(
         ("caption_id", pa.int64()),
         ("image_id", pa.int64()),
         ("image_sha256", pa.string()),
-        # Where the bytes are: a file (image_path), or a range of a shard (shard, offset, length), or a
-        # Parquet cell of a shard (shard, row_group, row).
+        # Where the bytes are in the user's data: a file indexed in place (image_path), a range of a
+        # shard (shard, offset, length) or a Parquet cell of a shard (shard, row_group, row); images
+        # copied into Loupe's media store have only their relative image_file.
         ("image_path", pa.string()),
         ("image_file", pa.string()),
         ("shard", pa.string()),
@@ -102,10 +113,36 @@ PARQUET_SCHEMA = pa.schema(
         ("reward", pa.float64()),
         ("clipscore", pa.float64()),
         ("cosine", pa.float64()),
-        # JSON object text ({"accuracy": 3.2, ...}): criteria differ between reward models.
-        ("criteria", pa.string()),
+        # Replaced per export by a struct of the reward model's criteria (``_parquet_schema``).
+        ("criteria", pa.null()),
     ]
 )
+# Internal to the writers (the webdataset writer picks the extension from it); never written into a file.
+SERVER_ONLY_FIELDS = ("image_format",)
+
+
+def _parquet_schema(criteria_keys: list[str]) -> pa.Schema:
+    """Criteria as a struct (one float per criterion), the type JSONL's object has when read back;
+    null when the scores have no criteria (CLIPScore only)."""
+    kind = pa.struct([(key, pa.float64()) for key in criteria_keys]) if criteria_keys else pa.null()
+    index = PARQUET_SCHEMA.get_field_index("criteria")
+    return PARQUET_SCHEMA.set(index, pa.field("criteria", kind))
+
+
+def _criteria_keys(filter_run: FilterRun) -> list[str]:
+    sample = (
+        model_scores(
+            encoder=filter_run.encoder,
+            reward_model_version=filter_run.reward_model_version,
+            encoder_fingerprint=filter_run.encoder_fingerprint,
+        )
+        .filter(criteria__isnull=False)
+        .values_list("criteria", flat=True)
+        .first()
+    )
+    return sorted(sample) if isinstance(sample, dict) else []
+
+
 EXTENSIONS = {
     "jpeg": "jpg",
     "jpg": "jpg",
@@ -204,10 +241,9 @@ def _row_uid(r: tuple) -> tuple[str, bool]:
     return pair_uid_derive(r[_COL["image_sha256"]], r[_COL["text_sha256"]]), True
 
 
-def _image_path(r: tuple, prefix: str) -> str | None:
-    """A readable path when the image is a file of its own (a media copy, or a file indexed in place)."""
-    if r[_COL["image_file"]]:
-        return prefix + r[_COL["image_file"]]
+def _image_path(r: tuple) -> str | None:
+    """The user's own file for an image indexed in place; None for an image copied into Loupe's media
+    store (its ``image_file`` is relative to that store: no server path is shipped)."""
     return r[_COL["image_uri"]] or None
 
 
@@ -227,7 +263,6 @@ def pair_locator(r: tuple):
 
 def pair_records(rows: list[tuple]) -> list[dict]:
     """Rows of ``pair_batches`` as dicts, JSON columns parsed (one parse per chunk, not per row)."""
-    prefix = f"{Path(settings.MEDIA_ROOT)}{os.sep}"
     texts = _json_texts(r[_COL["criteria"]] for r in rows)
     criteria = json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]")
     metas = _json_texts(r[_COL["meta"]] for r in rows)
@@ -245,7 +280,7 @@ def pair_records(rows: list[tuple]) -> list[dict]:
                 "caption_id": r[0],
                 "image_id": r[1],
                 "image_sha256": r[6],
-                "image_path": _image_path(r, prefix),
+                "image_path": _image_path(r),
                 "image_file": r[7],
                 "shard": r[_COL["shard"]],
                 "offset": r[_COL["offset"]],
@@ -306,9 +341,10 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
 # --- writers -------------------------------------------------------------------------------------
 
 
-def _write_parquet(directory: Path, batches, progress, uids: Counter) -> dict:
+def _write_parquet(directory: Path, batches, progress, uids: Counter, criteria_keys: list[str]) -> dict:
     rows = 0
-    with pq.ParquetWriter(directory / "pairs.parquet", PARQUET_SCHEMA, compression="zstd") as writer:
+    schema = _parquet_schema(criteria_keys)
+    with pq.ParquetWriter(directory / "pairs.parquet", schema, compression="zstd") as writer:
         for batch in batches:
             records = pair_records(batch)
             for record in records:
@@ -317,27 +353,25 @@ def _write_parquet(directory: Path, batches, progress, uids: Counter) -> dict:
                 name: [
                     json.dumps(r["metadata"], ensure_ascii=False)
                     if name == "metadata"
-                    else _criteria_text(r["criteria"])
+                    else (r["criteria"] if criteria_keys else None)
                     if name == "criteria"
                     else r[name]
                     for r in records
                 ]
-                for name in PARQUET_SCHEMA.names
+                for name in schema.names
             }
             writer.write_table(
-                pa.table({k: pa.array(v, type=PARQUET_SCHEMA.field(k).type) for k, v in columns.items()})
+                pa.table(
+                    {k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()}, schema=schema
+                )
             )
             rows += len(batch)
             progress(len(batch))
     return {"pairs": rows}
 
 
-def _criteria_text(value) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
 def _json_record(record: dict) -> dict:
-    return {key: value for key, value in record.items() if key != "image_format"}
+    return {key: value for key, value in record.items() if key not in SERVER_ONLY_FIELDS}
 
 
 def _write_jsonl(directory: Path, batches, progress, uids: Counter) -> dict:
@@ -384,6 +418,7 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _write_webdataset(directory: Path, batches, progress, shard_size: int, uids: Counter) -> dict:
     shard = written = in_shard = 0
+    sizes: dict[str, int] = {}
     skipped: list[str] = []
     skipped_count = 0
     tar: tarfile.TarFile | None = None
@@ -415,10 +450,12 @@ def _write_webdataset(directory: Path, batches, progress, shard_size: int, uids:
                 _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 written += 1
                 in_shard += 1
+                sizes[f"{shard:05d}.tar"] = in_shard
             progress(len(batch))
     finally:
         if tar is not None:
             tar.close()
+    (directory / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
     return {
         "pairs": written,
         "shards": shard + 1 if written else 0,
@@ -441,11 +478,11 @@ def _write_annotation(directory: Path, kind: str, campaign_id: int | None) -> di
     if campaign is None:
         raise ExportError(f"The {kind} export needs a campaign: campaign id {campaign_id!r} was not found.")
     if kind == Export.Kind.PREFERENCES:
+        stats: dict = {}
         with open(directory / "preferences.jsonl", "w", encoding="utf-8") as handle:
-            return {
-                "lines": preference_pairs_jsonl(campaign=campaign, stream=handle),
-                "campaign": campaign.name,
-            }
+            lines = preference_pairs_jsonl(campaign=campaign, stream=handle, stats=stats)
+        # What the file covers (judgments, tasks, ties left out) and its format, for the manifest.
+        return {"lines": lines, "campaign": campaign.name, **stats}
     with open(directory / "coco_hf.json", "w", encoding="utf-8") as handle:
         return {"tasks": judgments_coco_hf(campaign=campaign, stream=handle), "campaign": campaign.name}
 
@@ -539,7 +576,7 @@ def export_execute(*, export: Export) -> Export:
         if pair_kind:
             batches = pair_batches(filter_run=run)
             if export.kind == Export.Kind.PARQUET:
-                counts = _write_parquet(tmp, batches, progress, uid_counts)
+                counts = _write_parquet(tmp, batches, progress, uid_counts, _criteria_keys(run))
             elif export.kind == Export.Kind.JSONL:
                 counts = _write_jsonl(tmp, batches, progress, uid_counts)
             elif export.kind == Export.Kind.NPY:
@@ -579,14 +616,14 @@ def export_execute(*, export: Export) -> Export:
                 "id": run.pk,
                 "rule": run.rule,
                 "rule_text": run.summary.get("rule_text") or run.params.get("rule_text", ""),
-                "encoder": run.encoder,
+                "encoder": encoder_name_public(run.encoder),
                 "reward_model_version": run.reward_model_version,
                 "considered": run.considered,
                 "kept": run.kept,
                 "compression_ratio": run.compression_ratio,
                 "summary": run.summary,
             }
-            manifest["encoder"] = run.encoder
+            manifest["encoder"] = encoder_name_public(run.encoder)
             manifest["reward_model_version"] = run.reward_model_version
             # The exact weights and checkpoint behind the scores, and the judgments behind the model.
             manifest["models"] = filter_run_lineage(run)

@@ -12,6 +12,7 @@ from django.db.models import Count, Max
 
 from annotate.models import Campaign, Judgment
 from curate.models import FilterRun
+from scoring.encoder_names import encoder_name_public
 from training.models import RewardModel
 
 
@@ -26,7 +27,7 @@ def reward_model_lineage(*, version: int, checkpoint_sha256: str = "") -> dict |
         "version": model.version,
         "status": model.status,
         "checkpoint_sha256": model.checkpoint_sha256,
-        "trained_on_encoder": model.encoder,
+        "trained_on_encoder": encoder_name_public(model.encoder),
         "trained_on_encoder_fingerprint": model.encoder_fingerprint,
         "trained_at": model.created_at.isoformat(),
         "campaign": (
@@ -47,7 +48,7 @@ def reward_model_lineage(*, version: int, checkpoint_sha256: str = "") -> dict |
 def filter_run_lineage(run: FilterRun) -> dict:
     """The models behind a filter run's scores, for the manifest's ``models`` block."""
     return {
-        "encoder": run.encoder,
+        "encoder": encoder_name_public(run.encoder),
         "encoder_fingerprint": run.encoder_fingerprint,
         "reward_model_version": run.reward_model_version,
         "reward_checkpoint_sha256": run.reward_checkpoint_sha256,
@@ -78,7 +79,7 @@ def campaign_lineage(campaign: Campaign) -> dict:
             {
                 "version": m.version,
                 "status": m.status,
-                "encoder": m.encoder,
+                "encoder": encoder_name_public(m.encoder),
                 "encoder_fingerprint": m.encoder_fingerprint,
                 "checkpoint_sha256": m.checkpoint_sha256,
                 "judgments": (m.config or {}).get("judgments") or {"count": m.n_judgments},

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.db.models import F
 from django.http import HttpRequest
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import Field
 
@@ -95,4 +95,4 @@ def judge_run_create(request: HttpRequest, body: JudgeRunIn):
         run = vlm_run_start(scorer=body.scorer, band=band, user=request.auth)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
-    return 202, run
+    return Status(202, run)

@@ -156,3 +156,16 @@ def encoder_fingerprint(name: str) -> str:
         return digest.hexdigest()[:FINGERPRINT_LENGTH]
     except OSError as exc:
         raise EncoderError(f"Encoder {name!r}: cannot read its weights to fingerprint them: {exc}") from exc
+
+
+def encoder_name_public(name: str) -> str:
+    """The name with a local weights path cut to its file name, for files that leave the server
+    (export manifests): the fingerprint, not the server's folder layout, identifies the weights."""
+    kind, _, rest = name.partition(":")
+    if kind == "open_clip":
+        arch, sep, pretrained = rest.partition(":")
+        if sep and (os.sep in pretrained or Path(pretrained).suffix):
+            return f"open_clip:{arch}:{Path(pretrained).name}"
+    if kind == "hf" and rest:
+        return f"hf:{Path(rest).name}"
+    return name

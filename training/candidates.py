@@ -24,7 +24,7 @@ from training.data import LoadedData, checkpoint_encoder_check, training_data_lo
 from training.evaluate import judge_accuracy, reward_model_evaluate
 from training.models import RewardModel, TrainingRun
 from training.services import RegistryError, active_reward_model, checkpoint_path, gate_tolerance, model_event
-from training.train import train
+from training.train import TrainingCancelled, train
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def reward_model_train(
         )
     try:
         with training_lock():
+            if _cancelled(run):
+                raise TrainingCancelled("Training was cancelled before it started.")
             params = dict(run.params or {})
             params["config"] = asdict(config)
             _run_update(
@@ -169,6 +171,12 @@ def reward_model_train(
         # A queued run stays queued for its task to retry; a run made here has no one to retry it.
         if created_here:
             _run_update(run, status=RunStatus.FAILED, error=str(exc), finished_at=timezone.now())
+        raise
+    except TrainingCancelled as exc:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=RunStatus.CANCELLED, finished_at=timezone.now(), log=f"{run.log}\n{exc}".strip()
+        )
+        logger.info("training run %s: %s", run.pk, exc)
         raise
     except Exception as exc:
         _run_update(run, status=RunStatus.FAILED, error=f"{exc}"[:4000], finished_at=timezone.now())
@@ -193,7 +201,9 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
         if progress is not None:
             progress(epoch, epochs, record)
 
-    result = train(config, data, progress=on_epoch)
+    # Re-read between epochs: a cancel from the page, the API or the loop chain (loop_cancel cancels
+    # the chain's training run) stops training at the next epoch, and no model is registered.
+    result = train(config, data, progress=on_epoch, should_stop=lambda: _cancelled(run))
     report = reward_model_evaluate(
         result.model,
         data,
@@ -219,7 +229,13 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
             report["active"] = {"version": active.version, "error": str(exc)}
 
     model = _register(
-        campaign=campaign, encoder=encoder, config=config, result=result, report=report, loaded=loaded
+        campaign=campaign,
+        encoder=encoder,
+        config=config,
+        result=result,
+        report=report,
+        loaded=loaded,
+        run=run,
     )
     model_event(
         model,
@@ -227,15 +243,6 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
         f"accuracy {report['accuracy']:.3f} vs CLIPScore {report['clipscore_accuracy'] or 0:.3f} on "
         f"{report['n_pairs']} held-out pairs; {loaded.n_judgments} judgments",
         user,
-    )
-    _run_update(
-        run,
-        status=RunStatus.SUCCEEDED,
-        model=model,
-        finished_at=timezone.now(),
-        done=len(result.history),
-        total=len(result.history),
-        summary={"version": model.version, **_headline(report), "active": report.get("active")},
     )
     return model
 
@@ -250,13 +257,22 @@ def _judgments_lineage(loaded: LoadedData) -> dict:
     }
 
 
-def _register(*, campaign, encoder, config, result, report, loaded) -> RewardModel:
-    """Allocate the next version, write its checkpoint and the row in one transaction."""
+def _cancelled(run: TrainingRun) -> bool:
+    return TrainingRun.objects.filter(pk=run.pk, status=RunStatus.CANCELLED).exists()
+
+
+def _register(*, campaign, encoder, config, result, report, loaded, run: TrainingRun) -> RewardModel:
+    """Allocate the next version, write its checkpoint and the row, and mark the run succeeded, in one
+    transaction that holds the run's row: a cancel either lands first (nothing is registered) or
+    finds the run finished (the model was registered before the cancel arrived)."""
     for _attempt in range(5):
         version = (RewardModel.objects.aggregate(v=Max("version"))["v"] or 0) + 1
         path = checkpoint_path(version)
         try:
             with transaction.atomic():
+                locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
+                if locked.status == RunStatus.CANCELLED:
+                    raise TrainingCancelled("Training was cancelled before its model was registered.")
                 model = RewardModel.objects.create(
                     version=version,
                     encoder=encoder,
@@ -290,6 +306,15 @@ def _register(*, campaign, encoder, config, result, report, loaded) -> RewardMod
                     },
                 )
                 model.save(update_fields=["checkpoint_sha256"])
+                _run_update(
+                    run,
+                    status=RunStatus.SUCCEEDED,
+                    model=model,
+                    finished_at=timezone.now(),
+                    done=len(result.history),
+                    total=len(result.history),
+                    summary={"version": model.version, **_headline(report), "active": report.get("active")},
+                )
             return model
         except IntegrityError:
             continue  # another process took this version number: take the next

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from annotate.models import Campaign
 from pool.hashing import file_sha256
+from pool.models import RunStatus
 from scoring.active_model import ActiveModel, active_model_set
 from training.config import TrainConfig
 from training.models import ModelEvent, ModelStatus, RewardModel, TrainingRun
@@ -132,3 +133,13 @@ def training_run_create(
     )
     transaction.on_commit(lambda: training_run_execute.delay(run.pk))
     return run
+
+
+def training_run_cancel(*, run: TrainingRun) -> bool:
+    """Stop a training run: the worker stops before its next epoch and registers no model. False when
+    the run had already finished (a model registered before the cancel stays a candidate)."""
+    return bool(
+        TrainingRun.objects.filter(pk=run.pk, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).update(
+            status=RunStatus.CANCELLED, finished_at=timezone.now()
+        )
+    )

@@ -24,6 +24,10 @@ MIN_STEPS_PER_EPOCH = 16
 MIN_BATCH = 32
 
 
+class TrainingCancelled(RuntimeError):
+    """``should_stop`` asked training to stop between epochs; no model comes out of it."""
+
+
 @dataclass
 class TrainResult:
     model: RewardEnsemble
@@ -135,10 +139,13 @@ def train(
     config: TrainConfig,
     data: TrainingData,
     progress: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fit a RewardEnsemble on ``data.train``; early-stop on ``data.validation`` when it has pairs.
 
     ``progress(epoch, epochs, record)`` is called after every epoch (a run row, a tqdm bar).
+    ``should_stop()`` is asked before every epoch and once after the last (a cancelled run): when it
+    says yes, ``TrainingCancelled`` is raised and nothing is returned.
     """
     if data.train.n_pairs == 0:
         raise ValueError("No training pairs: every judgment needs at least two captions.")
@@ -184,6 +191,8 @@ def train(
     history: list[dict] = []
     best_state, best_loss, best_epoch, stale = None, math.inf, 0, 0
     for epoch in range(1, config.epochs + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"Training was cancelled after {epoch - 1} of {config.epochs} epochs.")
         model.train()
         # Batches are runs of whole images in a shuffled order, so a batch's captions share their
         # images and the image half of the first layer is computed once per image.
@@ -228,6 +237,8 @@ def train(
             stale += 1
             if has_validation and stale >= config.patience:
                 break
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled(f"Training was cancelled after {len(history)} of {config.epochs} epochs.")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -58,26 +58,94 @@ def test_coco_hf_export_holds_image_captions_and_each_annotators_answer(judged):
     assert record["consensus"]["mean_ratings"][str(ids[0])]["accuracy"] == 2.5
 
 
-def test_pairs_export_weights_each_judgment_to_one_and_marks_ties(judged):
+def test_pairs_export_leaves_ties_out_and_weights_each_judgment_to_one(judged):
     campaign, task = judged
     stream = io.StringIO()
-    assert preference_pairs_jsonl(campaign=campaign, stream=stream) == 12  # 2 judgments x C(4, 2)
+    stats: dict = {}
+    # 2 judgments x C(4, 2) pairs, less the first annotator's one tie
+    assert preference_pairs_jsonl(campaign=campaign, stream=stream, stats=stats) == 11
+    assert stats["ties_excluded"] == 1 and stats["judgments"] == 2 and stats["tasks"] == 1
     rows = [json.loads(line) for line in stream.getvalue().splitlines()]
     for judgment_id in {r["judgment_id"] for r in rows}:
         assert sum(r["weight"] for r in rows if r["judgment_id"] == judgment_id) == pytest.approx(1.0)
-    ties = [r for r in rows if r["tie"]]
+    assert not any(r["tie"] for r in rows)
     ids = services.task_caption_ids(task)
-    assert len(ties) == 1 and {ties[0]["chosen_id"], ties[0]["rejected_id"]} == set(ids[:2])
     strict = next(r for r in rows if r["annotator"] == "ann1" and r["chosen_id"] == ids[0])
     assert strict["rejected_id"] in ids[1:]
-    assert strict["chosen_text"] == Caption.objects.get(pk=ids[0]).text
+    assert strict["chosen"] == Caption.objects.get(pk=ids[0]).text
+    assert strict["rejected"] == Caption.objects.get(pk=strict["rejected_id"]).text
+    assert strict["prompt"] == f"<image sha256:{task.image.sha256}>\nCaption: "
+    assert strict["image_sha256"] == task.image.sha256
+
+
+def test_pairs_export_can_mark_ties_instead(judged):
+    campaign, task = judged
+    stream = io.StringIO()
+    assert preference_pairs_jsonl(campaign=campaign, stream=stream, include_ties=True) == 12
+    ties = [json.loads(line) for line in stream.getvalue().splitlines() if json.loads(line)["tie"]]
+    ids = services.task_caption_ids(task)
+    assert len(ties) == 1 and {ties[0]["chosen_id"], ties[0]["rejected_id"]} == set(ids[:2])
+
+
+def test_the_preference_export_trains_a_trl_reward_model(judged, tmp_path):
+    """The file as TRL's RewardTrainer takes it: loaded with HF datasets, tokenized by the trainer's
+    own data step and trained for two steps (a tiny model and tokenizer built here, nothing downloaded)."""
+    from datasets import load_dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+    from trl import RewardConfig, RewardTrainer
+
+    campaign, _ = judged
+    path = tmp_path / "preferences.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        preference_pairs_jsonl(campaign=campaign, stream=handle)
+    dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf"))
+    assert {"prompt", "chosen", "rejected"} <= set(dataset.column_names) and len(dataset) == 11
+
+    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    texts = [row["prompt"] + row["chosen"] + " " + row["rejected"] for row in dataset]
+    words.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=128,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    args = RewardConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
+    trainer = RewardTrainer(
+        model=GPT2ForSequenceClassification(config),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    first = trainer.train_dataset[0]
+    assert first["chosen_ids"] and first["rejected_ids"] and first["chosen_ids"] != first["rejected_ids"]
+    result = trainer.train()
+    assert result.global_step == 2 and result.training_loss > 0
 
 
 def test_export_command_writes_and_refuses_to_overwrite(judged, tmp_path):
     campaign, _ = judged
     out = tmp_path / "pairs.jsonl"
     call_command("export_judgments", "--campaign", campaign.name, "--format", "pairs", "--out", str(out))
-    assert len(out.read_text().splitlines()) == 12
+    assert len(out.read_text().splitlines()) == 11  # ties left out
     with pytest.raises(CommandError, match="already exists"):
         call_command("export_judgments", "--campaign", campaign.name, "--format", "pairs", "--out", str(out))
     call_command(

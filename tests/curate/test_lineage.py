@@ -73,6 +73,9 @@ def test_an_old_filter_runs_export_keeps_its_scores_after_the_weights_are_replac
     models = export.manifest["models"]
     assert models["encoder_fingerprint"] == run.encoder_fingerprint != ""
     assert models["reward_model"] is None  # CLIPScore only
+    # The weights are named by file name and fingerprint: the server's folders stay on the server.
+    assert models["encoder"] == f"open_clip:{TINY_ARCH}:encoder.pt"
+    assert str(tmp_path) not in json.dumps(export.manifest)
 
 
 def test_a_new_filter_run_reads_the_rescored_weights(weights):

@@ -219,3 +219,51 @@ def test_a_model_records_the_encoder_weights_and_the_exact_judgments_it_was_trai
     Judgment.objects.filter(pk=judgments["last_judgment_id"]).update(ranking=[[1], [2]])
     again = reward_model_train(campaign=judged.campaign, encoder=ENC, config=QUICK)
     assert again.config["judgments"]["sha256"] != judgments["sha256"]
+
+
+def test_a_run_cancelled_between_epochs_registers_no_model(judged):
+    from training.services import training_run_cancel
+    from training.train import TrainingCancelled
+
+    run = TrainingRun.objects.create(campaign=judged.campaign, encoder=ENC)
+    epochs: list[int] = []
+
+    def cancel_at_epoch_two(epoch, total, record):
+        epochs.append(epoch)
+        if epoch == 2:
+            assert training_run_cancel(run=run)
+
+    with pytest.raises(TrainingCancelled):
+        reward_model_train(
+            campaign=judged.campaign,
+            encoder=ENC,
+            config=TrainConfig(epochs=10, hidden=8, n_heads=2, batch_size=64, patience=100),
+            run=run,
+            progress=cancel_at_epoch_two,
+        )
+    assert epochs == [1, 2]
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.model_id is None and "cancelled after 2" in run.log
+    assert not RewardModel.objects.exists()
+
+
+def test_a_cancelled_loop_chain_stops_its_training_and_registers_no_model(judged):
+    from loop.models import LoopRun
+    from loop.services import loop_cancel
+    from training.train import TrainingCancelled
+
+    chain = LoopRun.objects.create(campaign=judged.campaign, status=RunStatus.RUNNING, params={})
+    run = TrainingRun.objects.create(campaign=judged.campaign, encoder=ENC, params={"loop_run": chain.pk})
+    chain.params = {"training_run_id": run.pk}
+    chain.save(update_fields=["params"])
+
+    def cancel_chain(epoch, total, record):
+        if epoch == 1:
+            loop_cancel(run=chain)
+
+    with pytest.raises(TrainingCancelled):
+        reward_model_train(
+            campaign=judged.campaign, encoder=ENC, config=QUICK, run=run, progress=cancel_chain
+        )
+    assert TrainingRun.objects.get(pk=run.pk).status == RunStatus.CANCELLED
+    assert not RewardModel.objects.exists()

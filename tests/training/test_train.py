@@ -106,3 +106,37 @@ def test_no_training_pairs_is_refused():
 def test_encoder_finetuning_is_declared_not_implemented():
     with pytest.raises(ValueError, match="not implemented"):
         TrainConfig(finetune_encoder_blocks=2)
+
+
+def test_should_stop_ends_training_between_epochs():
+    from training.train import TrainingCancelled
+
+    data = _data(n_images=100)
+    epochs_seen: list[int] = []
+    asked = iter([False, False, True])
+    with pytest.raises(TrainingCancelled, match="after 2 of 10 epochs"):
+        train(
+            TrainConfig(seed=0, **FAST),
+            data,
+            progress=lambda epoch, epochs, record: epochs_seen.append(epoch),
+            should_stop=lambda: next(asked),
+        )
+    assert epochs_seen == [1, 2]
+
+
+def test_a_cancel_during_the_last_epoch_still_stops_training():
+    from training.train import TrainingCancelled
+
+    data = _data(n_images=100)
+    cancelled = {"now": False}
+
+    def progress(epoch, epochs, record):
+        cancelled["now"] = epoch == epochs
+
+    with pytest.raises(TrainingCancelled):
+        train(
+            TrainConfig(seed=0, **{**FAST, "epochs": 2}),
+            data,
+            progress=progress,
+            should_stop=lambda: cancelled["now"],
+        )

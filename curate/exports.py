@@ -65,7 +65,7 @@ from pool.locate import locator_from_values
 from pool.models import Caption, Image, RunStatus, Shard, pair_uid_derive
 from pool.storage import StorageError, locator_read
 from scoring.encoder_names import encoder_name_public
-from scoring.models import Score
+from scoring.models import Score, VlmScore
 from scoring.selectors import model_scores
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,12 @@ PARQUET_SCHEMA = pa.schema(
         ("cosine", pa.float64()),
         # Replaced per export by a struct of the reward model's criteria (``_parquet_schema``).
         ("criteria", pa.null()),
+        # MLM-Filter's four metrics (0-100) from the multimodal judge named in the manifest; null where
+        # it has not judged the pair (a judge scores a band, not the pool).
+        ("judge_itm", pa.float64()),
+        ("judge_odf", pa.float64()),
+        ("judge_ctq", pa.float64()),
+        ("judge_su", pa.float64()),
     ]
 )
 # Internal to the writers (the webdataset writer picks the extension from it); never written into a file.
@@ -216,6 +222,10 @@ PAIR_COLUMNS = (
     "row_group",
     "row",
     "image_column",
+    "judge_itm",
+    "judge_odf",
+    "judge_ctq",
+    "judge_su",
 )
 _COL = {name: i for i, name in enumerate(PAIR_COLUMNS)}
 
@@ -297,9 +307,23 @@ def pair_records(rows: list[tuple]) -> list[dict]:
                 "clipscore": r[12],
                 "cosine": r[13],
                 "criteria": crit,
+                "judge_itm": r[_COL["judge_itm"]],
+                "judge_odf": r[_COL["judge_odf"]],
+                "judge_ctq": r[_COL["judge_ctq"]],
+                "judge_su": r[_COL["judge_su"]],
             }
         )
     return out
+
+
+def export_judge_identity(filter_run: FilterRun) -> str:
+    """Whose MLM-Filter metrics an export carries: the judge the rule used, else the latest judge (its
+    identity is in the manifest either way); "" when no judge has scored anything."""
+    identity = (filter_run.rule or {}).get("vlm_fingerprint")
+    if identity:
+        return identity
+    latest = VlmScore.objects.exclude(scorer_fingerprint="").order_by("-updated_at").first()
+    return latest.scorer_fingerprint if latest else ""
 
 
 def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[tuple]]:
@@ -318,16 +342,24 @@ def pair_batches(*, filter_run: FilterRun, chunk: int = CHUNK) -> Iterator[list[
         "SELECT c.id, c.image_id, c.text, c.text_sha256, c.source, c.decision, i.sha256, i.file, i.format, "
         "i.width, i.height, s.reward, s.clipscore, s.cosine, s.criteria, "
         "c.uid, c.uid_derived, c.key, c.url, c.meta, "
-        "i.uri, sh.uri, i.offset, i.length, i.row_group, i.row, sh.image_column "
+        "i.uri, sh.uri, i.offset, i.length, i.row_group, i.row, sh.image_column, "
+        "v.itm, v.odf, v.ctq, v.su "
         f"FROM {table} k JOIN {Caption._meta.db_table} c ON c.id = k.id "
         f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
         f"LEFT JOIN {Shard._meta.db_table} sh ON sh.id = i.shard_id "
         f"LEFT JOIN {Score._meta.db_table} s ON s.caption_id = c.id AND s.encoder = %s "
-        "AND s.encoder_fingerprint = %s AND s.reward_model_version = %s ORDER BY c.id"
+        "AND s.encoder_fingerprint = %s AND s.reward_model_version = %s "
+        f"LEFT JOIN {VlmScore._meta.db_table} v ON v.caption_id = c.id AND v.scorer_fingerprint = %s "
+        "ORDER BY c.id"
     )
     # The scores of the weights the filter run recorded: a later rescore with replaced weights wrote
     # other rows, so the export carries exactly the numbers the run was computed from.
-    key = [filter_run.encoder, filter_run.encoder_fingerprint, filter_run.reward_model_version]
+    key = [
+        filter_run.encoder,
+        filter_run.encoder_fingerprint,
+        filter_run.reward_model_version,
+        export_judge_identity(filter_run),
+    ]
     try:
         with connection.chunked_cursor() as cursor:
             cursor.execute(sql, key)

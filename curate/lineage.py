@@ -13,6 +13,7 @@ from django.db.models import Count, Max
 from annotate.models import Campaign, Judgment
 from curate.models import FilterRun
 from scoring.encoder_names import encoder_name_public
+from scoring.models import VlmScore
 from training.models import RewardModel
 
 
@@ -55,6 +56,27 @@ def filter_run_lineage(run: FilterRun) -> dict:
         "reward_model": reward_model_lineage(
             version=run.reward_model_version, checkpoint_sha256=run.reward_checkpoint_sha256
         ),
+        "judge": judge_lineage(run),
+    }
+
+
+def judge_lineage(run: FilterRun) -> dict | None:
+    """The multimodal judge whose metrics the export carries (and, when the rule used it, its bars)."""
+    from curate.exports import export_judge_identity
+
+    identity = export_judge_identity(run)
+    if not identity:
+        return None
+    judged = VlmScore.objects.filter(scorer_fingerprint=identity)
+    name = judged.values_list("scorer", flat=True).first() or ""
+    rule = run.rule or {}
+    return {
+        "name": encoder_name_public(name),
+        "identity": identity,
+        "pairs_judged": judged.count(),
+        "used_by_rule": bool(rule.get("vlm_min")),
+        "thresholds": rule.get("vlm_min") or {},
+        "unjudged": rule.get("vlm_unjudged", "drop") if rule.get("vlm_min") else None,
     }
 
 

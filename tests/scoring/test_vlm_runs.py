@@ -173,3 +173,24 @@ def test_api_lists_judge_scores_worst_first_and_starts_a_band_run(scored_pool, t
     )
     assert response.status_code == 202, response.content
     assert response.json()["params"]["band"]["field"] == "clipscore"
+
+
+def test_an_mlm_filter_export_carries_the_judge_metrics_and_its_identity(
+    scored_pool, tiny_clip_name, judge, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    from curate.exports import export_create, export_execute
+    from curate.filtering import filter_run_create, filter_run_execute
+
+    scoring_run_sync(run=vlm_run_start(scorer=judge, caption_ids=[c.id for c in scored_pool], enqueue=False))
+    bar = sorted(VlmScore.objects.values_list("itm", flat=True))[5]
+    rule = FilterRule.from_dict({"top_percent": None, "vlm_min": {"itm": bar}})
+    run = filter_run_execute(
+        run=filter_run_create(encoder=tiny_clip_name, reward_model_version=0, rule=rule, confirm=True)
+    )
+    export = export_execute(export=export_create(kind="parquet", filter_run=run, out=tmp_path / "pq"))
+    rows = pq.read_table(tmp_path / "pq" / "pairs.parquet").to_pylist()
+    assert len(rows) == run.kept > 0 and all(row["judge_itm"] >= bar for row in rows)
+    judge_block = export.manifest["models"]["judge"]
+    assert judge_block["identity"] == rule.vlm_fingerprint and judge_block["thresholds"] == {"itm": bar}

@@ -484,6 +484,9 @@ def export_execute(*, export: Export) -> Export:
             }
             manifest["encoder"] = run.encoder
             manifest["reward_model_version"] = run.reward_model_version
+            if (run.summary or {}).get("downstream", {}).get("status") == "succeeded":
+                # The evidence that this subset trains better than a random one (curate/downstream.py).
+                manifest["downstream"] = run.summary["downstream"]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         if target.exists():
             # overwrite: swap the old export out first, so a crash here leaves the old or the new one.

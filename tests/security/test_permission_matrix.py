@@ -115,6 +115,7 @@ PAGES: dict[str, Rule] = {
     "curate/filters/runs": Rule(CURATOR, ("POST",)),
     "curate/filters/runs/<int:run_id>/progress": Rule(CURATOR, params={"run_id": "filter_run_id"}),
     "curate/filters/runs/<int:run_id>/export": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
+    "curate/filters/runs/<int:run_id>/downstream": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
     "curate/filters/exports/<int:export_id>/progress": Rule(ADMIN),
     "curate/filters/exports/<int:export_id>/files/<str:name>": Rule(ADMIN, params={"name": "export_file"}),
     # reward models

@@ -278,7 +278,7 @@ def plot(report: dict, args) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
+    fig.savefig(args.out, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -200,6 +200,23 @@ class DownstreamPlan:
         return np.sort(rng.choice(source, size=min(size, len(source)), replace=False))
 
 
+def _images_of(caption_ids: np.ndarray, pool_ids: np.ndarray, pool_images: np.ndarray) -> np.ndarray:
+    """Image id of each caption (-1 for one that no longer exists): looked up in the sorted pool
+    arrays, and in the database for kept pairs that left the pool since the run (a curator decision, a
+    cleaning pass), which are still the run's subset."""
+    position = np.minimum(np.searchsorted(pool_ids, caption_ids), max(len(pool_ids) - 1, 0))
+    found = pool_ids[position] == caption_ids if len(pool_ids) else np.zeros(len(caption_ids), bool)
+    images = np.where(found, pool_images[position] if len(pool_ids) else -1, -1).astype(np.int64)
+    missing = caption_ids[~found].tolist()
+    for start in range(0, len(missing), FEATURE_CHUNK):
+        rows = Caption.objects.filter(id__in=missing[start : start + FEATURE_CHUNK]).values_list(
+            "id", "image_id"
+        )
+        for caption_id, image_id in rows:
+            images[np.searchsorted(caption_ids, caption_id)] = image_id
+    return images
+
+
 def pool_pairs(*, run: FilterRun) -> tuple[np.ndarray, np.ndarray]:
     """(caption ids, image ids) of the usable pool the run chose from (its rule's ``considered`` set,
     as it is now), sorted by caption id."""
@@ -249,18 +266,9 @@ def downstream_plan(
         )
     outside = ~np.isin(pool_images, held_out.image_ids)
     pool_train = pool_ids[outside]
-    kept_all = filter_run_kept_ids(run=run).astype(np.int64)
-    image_of_kept = dict(zip(pool_ids.tolist(), pool_images.tolist(), strict=True))
-    missing = [int(c) for c in kept_all if int(c) not in image_of_kept]
-    if missing:
-        # Kept pairs that left the pool since the run (a curator decision, a cleaning pass): still the
-        # run's subset, so they stay, placed by their image like the rest.
-        image_of_kept.update(Caption.objects.filter(id__in=missing).values_list("id", "image_id"))
-    held_images = set(held_out.image_ids.tolist())
-    kept = np.array(
-        [c for c in kept_all.tolist() if c in image_of_kept and image_of_kept[c] not in held_images],
-        dtype=np.int64,
-    )
+    kept_all = np.unique(filter_run_kept_ids(run=run).astype(np.int64))
+    kept_images = _images_of(kept_all, pool_ids, pool_images)
+    kept = kept_all[(kept_images >= 0) & ~np.isin(kept_images, held_out.image_ids)]
     kept_total, pool_total = len(kept), len(pool_train)
     if kept_total > pool_cap:
         kept = np.sort(np.random.default_rng(0).choice(kept, size=pool_cap, replace=False))

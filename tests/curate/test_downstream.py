@@ -283,3 +283,11 @@ def test_a_stale_queued_check_can_be_queued_again(pool, good_run):
     good_run.summary = {"downstream": {"status": "running", "updated_at": "2020-01-01T00:00:00+00:00"}}
     good_run.save()
     assert filter_run_downstream_queue(run=good_run, seeds=3) is True
+
+
+def test_kept_pairs_that_left_the_pool_since_the_run_still_count(pool, good_run):
+    last = Caption.objects.get(pk=pool.good[-1])
+    Image.objects.filter(pk=last.image_id).update(status="duplicate")
+    plan = downstream_plan(run=good_run, min_held_out=N_JUDGED)
+    assert last.pk in plan.kept.tolist() and last.pk not in plan.pool.tolist()
+    assert len(plan.kept) == N_IMAGES - N_JUDGED

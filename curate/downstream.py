@@ -18,7 +18,9 @@ over its judgments), one per image. When fewer than ``min_held_out`` such pairs 
 with a proxy, and the result says how many of each: for a sample of other pool images, the caption
 the run's encoder agrees with most (highest cosine). The proxy favours CLIPScore-like filters; judge
 more tasks to remove it. Every caption of a held-out image is excluded from all three training sets
-(the split is by image, as in the reward model's own evaluation), so no model has seen a test image.
+(the split is by image, as in the reward model's own evaluation), and so is every pair of another image
+whose caption text is a held-out caption's (a reused title, a hard negative), so no model has seen
+either half of a held-out pair.
 
 Runs ``seeds`` times (seed = model init, batch order and the random sample) and stores mean and spread
 on ``run.summary["downstream"]``; exports copy it into their manifest. Worker-side: imports torch
@@ -190,6 +192,7 @@ class DownstreamPlan:
     pool: np.ndarray  # the usable pool, held-out images removed, in a fixed random order (to the cap)
     kept_total: int  # kept pairs outside held-out images, before the cap
     pool_total: int  # usable pairs outside held-out images, before the cap
+    same_text: int = 0  # captions of other images excluded for sharing a held-out caption's text
     notes: list[str] = field(default_factory=list)
 
     def random_subset(self, *, size: int, seed: int, available: np.ndarray | None = None) -> np.ndarray:
@@ -198,6 +201,28 @@ class DownstreamPlan:
         source = self.pool if available is None else available
         rng = np.random.default_rng(10_000 + seed)
         return np.sort(rng.choice(source, size=min(size, len(source)), replace=False))
+
+
+def same_text_captions(caption_ids: np.ndarray) -> np.ndarray:
+    """Every caption, on any image, whose text is one of ``caption_ids``' texts (sorted ids). A held-out
+    caption's text paired with another image (a reused title, a hard negative) is excluded from
+    training too, so neither half of a held-out pair was seen in training."""
+    ids = [int(c) for c in caption_ids]
+    hashes: set[str] = set()
+    for start in range(0, len(ids), FEATURE_CHUNK):
+        hashes.update(
+            Caption.objects.filter(id__in=ids[start : start + FEATURE_CHUNK]).values_list(
+                "text_sha256", flat=True
+            )
+        )
+    ordered, found = sorted(hashes), []
+    for start in range(0, len(ordered), FEATURE_CHUNK):
+        found.extend(
+            Caption.objects.filter(text_sha256__in=ordered[start : start + FEATURE_CHUNK]).values_list(
+                "id", flat=True
+            )
+        )
+    return np.unique(np.array(found, dtype=np.int64))
 
 
 def _images_of(caption_ids: np.ndarray, pool_ids: np.ndarray, pool_images: np.ndarray) -> np.ndarray:
@@ -264,11 +289,15 @@ def downstream_plan(
             f"highest-cosine caption of unjudged images), which favours CLIPScore-like filters. Judge more "
             "tasks for a human-grounded held-out set."
         )
-    outside = ~np.isin(pool_images, held_out.image_ids)
-    pool_train = pool_ids[outside]
+    same_text = same_text_captions(held_out.caption_ids)
+    other_images = ~np.isin(pool_images, held_out.image_ids)
+    shares_text = np.isin(pool_ids, same_text)
+    pool_train = pool_ids[other_images & ~shares_text]
     kept_all = np.unique(filter_run_kept_ids(run=run).astype(np.int64))
     kept_images = _images_of(kept_all, pool_ids, pool_images)
-    kept = kept_all[(kept_images >= 0) & ~np.isin(kept_images, held_out.image_ids)]
+    kept = kept_all[
+        (kept_images >= 0) & ~np.isin(kept_images, held_out.image_ids) & ~np.isin(kept_all, same_text)
+    ]
     kept_total, pool_total = len(kept), len(pool_train)
     if kept_total > pool_cap:
         kept = np.sort(np.random.default_rng(0).choice(kept, size=pool_cap, replace=False))
@@ -288,6 +317,7 @@ def downstream_plan(
         pool=pool_order[: int(pool_cap * 1.05) + 50],
         kept_total=kept_total,
         pool_total=pool_total,
+        same_text=int((other_images & shares_text).sum()),
         notes=notes,
     )
 
@@ -426,6 +456,7 @@ def filter_run_downstream_evaluate(
                 "proxy": plan.held_out.proxy,
                 "source": plan.held_out.source,
                 "images_excluded_from_training": int(len(plan.held_out.image_ids)),
+                "same_text_pairs_excluded_from_training": plan.same_text,
             },
             "chance": {"r1": 1 / n_test, "r5": min(1.0, 5 / n_test)},
             "subsets": subsets,

@@ -134,6 +134,18 @@ def test_held_out_images_are_in_no_training_set(pool, good_run):
     assert plan.pool_total == 2 * (N_IMAGES - N_JUDGED)
 
 
+def test_a_held_out_captions_text_on_another_image_is_in_no_training_set(pool):
+    text = "good caption of image 0"  # held out: image 0 is judged
+    reused = Caption.objects.create(image=pool.images[-1], text=text, text_sha256=text_sha256(text))
+    pool.features[reused.pk] = pool.features[pool.good[-1]]
+    Score.objects.create(
+        caption=reused, encoder=ENCODER, reward_model_version=VERSION, reward=5.0, cosine=0.3
+    )
+    plan = downstream_plan(run=_run(FilterRule(top_percent=50)), min_held_out=N_JUDGED)
+    assert reused.pk not in plan.kept.tolist() and reused.pk not in plan.pool.tolist()
+    assert plan.same_text == 1 and pool.good[-1] in plan.kept.tolist()
+
+
 def test_the_best_caption_is_the_lowest_mean_tier_over_judgments(pool):
     good, bad = pool.good[N_JUDGED], pool.bad[N_JUDGED]
     pool.judge(N_JUDGED, [[[good], [bad]], [[bad], [good]], [[good, bad]]])
@@ -174,6 +186,7 @@ def test_evaluation_stores_the_result_and_the_filtered_subset_beats_random(pool,
         "proxy": 0,
         "source": "judgments",
         "images_excluded_from_training": N_JUDGED,
+        "same_text_pairs_excluded_from_training": 0,
     }
     assert stored["config"]["steps"] == FAST["steps"]
     # The random sample is half mismatched pairs: the model trained on it retrieves worse.

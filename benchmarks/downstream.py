@@ -10,9 +10,11 @@ truth table (description > title > keywords > negative); simulated annotators ju
 training/simulate.py with Bradley-Terry noise ``--noise``.
 
 Protocol (the product's, curate/downstream.py, offline):
-1. Images are split once (fixed seed) into a pool (70%) and a held-out set (30%). Each held-out image
-   is judged once by a simulated annotator (fixed seed); its top-ranked caption is its held-out pair.
-   No caption of a held-out image is in any training subset.
+1. Exact-duplicate images are dropped (the product's cleaning does the same). The rest are split once
+   (fixed seed) into a pool (70%) and a held-out set (30%). Each held-out image is judged once by a
+   simulated annotator (fixed seed); its top-ranked caption is its held-out pair. No caption of a
+   held-out image, and no caption of another image with a held-out caption's text (a hard negative is
+   another drawing's title), is in any training subset.
 2. Per seed: a simulated annotator judges every pool task once; the reward model is trained on those
    judgments with the product's code (training/train.py) and scores every pool caption.
 3. Training subsets of the pool, all of one size (``--share`` of the pool) except the whole pool:
@@ -61,9 +63,18 @@ SUBSETS = {
 }
 
 
-def split_images(pool: Pool, test_share: float) -> tuple[list[int], list[int]]:
+def duplicate_images(pool: Pool) -> set[int]:
+    """Images whose features equal an earlier image's: the same drawing filed twice (openclipart has
+    exact duplicates). The product's cleaning marks them duplicates and they leave the usable pool;
+    here their captions are dropped, or a held-out image's twin in training would leak its pair."""
+    _, first = np.unique(np.round(pool.image_feats, 4), axis=0, return_index=True)
+    return set(range(len(pool.image_feats))) - set(first.tolist())
+
+
+def split_images(pool: Pool, test_share: float, excluded: set[int]) -> tuple[list[int], list[int]]:
     """(pool tasks, held-out tasks), one task per image, split once with a fixed seed."""
-    order = np.random.default_rng(12345).permutation(len(pool.tasks))
+    tasks = np.array([t for t in range(len(pool.tasks)) if pool.task_image[t] not in excluded])
+    order = tasks[np.random.default_rng(12345).permutation(len(tasks))]
     n_test = int(test_share * len(order))
     return sorted(order[n_test:].tolist()), sorted(order[:n_test].tolist())
 
@@ -148,17 +159,34 @@ def main() -> None:
         pool = Pool(synthetic_pool_data(args.images))
     base = DownstreamConfig(**({"steps": args.steps} if args.steps else {}))
     annotator = AnnotatorConfig(noise=args.noise)
-    pool_tasks, test_tasks = split_images(pool, args.test_share)
+    duplicates = duplicate_images(pool)
+    pool_tasks, test_tasks = split_images(pool, args.test_share, duplicates)
     test_images = {pool.task_image[t] for t in test_tasks}
-    pool_rows = np.array(
-        [r for r in range(len(pool.texts)) if int(pool.row_image[r]) not in test_images], dtype=np.int64
-    )
     test_rows = held_out_rows(pool, test_tasks, annotator)
+    # Split by image, and decontaminated by text as curate/downstream.py does: a held-out caption's
+    # text on another image (a hard negative is another drawing's title) is not trained on either.
+    test_texts = {str(pool.texts[r]).strip() for r in test_rows}
+    pool_rows = np.array(
+        [
+            r
+            for r in range(len(pool.texts))
+            if int(pool.row_image[r]) not in test_images | duplicates
+            and str(pool.texts[r]).strip() not in test_texts
+        ],
+        dtype=np.int64,
+    )
+    same_text = sum(
+        1
+        for r in range(len(pool.texts))
+        if int(pool.row_image[r]) not in test_images | duplicates and str(pool.texts[r]).strip() in test_texts
+    )
     size = int(round(args.share * len(pool_rows)))
     share = f"{args.share:.0%}"
     roles = {str(r): int((pool.roles == r).sum()) for r in np.unique(pool.roles)}
     print(
-        f"pool: {len(pool.image_feats)} images, {len(pool.texts)} captions {roles}; training pool "
+        f"pool: {len(pool.image_feats)} images ({len(duplicates)} duplicates dropped), {len(pool.texts)} "
+        f"captions {roles}; {same_text} captions of other images share a held-out text and are dropped; "
+        "training pool "
         f"{len(pool_rows)} captions of {len(pool_tasks)} judged tasks' images, held out {len(test_rows)} "
         f"judged-best pairs (held-out roles {composition(pool, test_rows)}); subsets of {size} pairs; "
         f"downstream {base.steps} steps x {base.batch_size}; {args.seeds} seeds",
@@ -202,6 +230,8 @@ def main() -> None:
         "captions": len(pool.texts),
         "pool_captions": len(pool_rows),
         "held_out": len(test_rows),
+        "duplicate_images_dropped": len(duplicates),
+        "same_text_captions_dropped": same_text,
         "subset_size": size,
         "seeds": args.seeds,
         "noise": args.noise,

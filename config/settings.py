@@ -188,6 +188,12 @@ LOUPE_REWRITE_MODEL_DIR = os.environ.get("LOUPE_REWRITE_MODEL_DIR") or None
 # A multimodal judge (vlm:<local dir> or vlm:<hub id>): when set, the curator's "suggest" asks it for a
 # rewrite grounded in the image (AITQE) instead of the text-only model or the template.
 LOUPE_VLM_JUDGE = os.environ.get("LOUPE_VLM_JUDGE") or None
+# A filter run's downstream check (curate/downstream.py): the whole pool it compares against is capped
+# (training a model per seed on millions of pairs is not a page-button job); at least MIN_HELD_OUT
+# judged-best pairs are held out (topped up with a documented proxy), at most HELD_OUT_MAX.
+LOUPE_DOWNSTREAM_POOL_CAP = int(os.environ.get("LOUPE_DOWNSTREAM_POOL_CAP", "10000"))
+LOUPE_DOWNSTREAM_HELD_OUT_MAX = int(os.environ.get("LOUPE_DOWNSTREAM_HELD_OUT_MAX", "1000"))
+LOUPE_DOWNSTREAM_MIN_HELD_OUT = int(os.environ.get("LOUPE_DOWNSTREAM_MIN_HELD_OUT", "100"))
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
 

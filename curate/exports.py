@@ -659,6 +659,9 @@ def export_execute(*, export: Export) -> Export:
             manifest["reward_model_version"] = run.reward_model_version
             # The exact weights and checkpoint behind the scores, and the judgments behind the model.
             manifest["models"] = filter_run_lineage(run)
+            if (run.summary or {}).get("downstream", {}).get("status") == "succeeded":
+                # The evidence that this subset trains better than a random one (curate/downstream.py).
+                manifest["downstream"] = run.summary["downstream"]
         elif export.params.get("campaign_id"):
             campaign = Campaign.objects.filter(pk=export.params["campaign_id"]).first()
             if campaign is not None:

@@ -1,10 +1,11 @@
 """Celery tasks of curation (default queue: SQL and file work, no GPU): flag refresh, rewrite
-suggestions, filter runs and exports."""
+suggestions, filter runs, their downstream checks and exports."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from curate.downstream import filter_run_downstream_evaluate
 from curate.exports import export_execute as export_execute_service
 from curate.filtering import filter_run_execute as filter_run_execute_service
 from curate.flags import flags_refresh
@@ -59,3 +60,12 @@ def rewrite_run_task(run_id: int) -> None:
     except Exception as exc:
         rewrite_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+@shared_task(name="curate.tasks.filter_run_downstream_task")
+def filter_run_downstream_task(run_id: int, seeds: int = 3) -> None:
+    """Safe to run twice: each attempt recomputes and replaces ``summary["downstream"]``. Default queue:
+    the downstream model is a pair of small projections on cached features, minutes on a CPU."""
+    run = FilterRun.objects.filter(pk=run_id).first()
+    if run is not None:
+        filter_run_downstream_evaluate(run=run, seeds=seeds)

@@ -55,6 +55,10 @@ PAGES: dict[str, Rule] = {
     # pool
     "pool/": Rule(CURATOR),
     "pool/images/<int:image_id>/": Rule(CURATOR),
+    # Bytes read in place: any logged-in user, because annotation tasks show the same images.
+    "pool/images/<int:image_id>/file": Rule(LOGIN),
+    "pool/images/<int:image_id>/thumb": Rule(LOGIN),
+    "pool/shards/": Rule(CURATOR),
     "pool/imports/": Rule(CURATOR),
     "pool/imports/start/": Rule(ADMIN, ("POST",)),
     "pool/imports/<int:run_id>/": Rule(CURATOR, params={"run_id": "import_run_id"}),
@@ -115,6 +119,7 @@ PAGES: dict[str, Rule] = {
     "curate/filters/runs": Rule(CURATOR, ("POST",)),
     "curate/filters/runs/<int:run_id>/progress": Rule(CURATOR, params={"run_id": "filter_run_id"}),
     "curate/filters/runs/<int:run_id>/export": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
+    "curate/filters/runs/<int:run_id>/downstream": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
     "curate/filters/exports/<int:export_id>/progress": Rule(ADMIN),
     "curate/filters/exports/<int:export_id>/files/<str:name>": Rule(ADMIN, params={"name": "export_file"}),
     # reward models
@@ -147,6 +152,7 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/images"): Rule(CURATOR),
     ("GET", "/api/images/{image_id}"): Rule(CURATOR),
     ("GET", "/api/captions"): Rule(CURATOR),
+    ("GET", "/api/shards"): Rule(CURATOR),
     ("GET", "/api/scores"): Rule(CURATOR),
     ("GET", "/api/flags"): Rule(CURATOR),
     ("POST", "/api/imports"): Rule(ADMIN, body={"source": "batch"}),

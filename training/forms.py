@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django import forms
-from django.conf import settings
 
 from annotate.models import Campaign
+from scoring.active_model import loop_encoder_get
 
 
 class TrainingStartForm(forms.Form):
@@ -16,7 +16,7 @@ class TrainingStartForm(forms.Form):
     promote_if_better = forms.BooleanField(required=False, initial=False, label="Promote if the gate passes")
 
     def clean_encoder(self) -> str:
-        return self.cleaned_data["encoder"].strip() or settings.LOUPE_DEFAULT_ENCODER
+        return self.cleaned_data["encoder"].strip() or loop_encoder_get()
 
 
 class RollbackForm(forms.Form):

@@ -24,6 +24,7 @@ def training_run_execute(self, run_id: int) -> None:
     worker that ran it died."""
     from training.candidates import TrainingBusy, reward_model_finetune, reward_model_gate, reward_model_train
     from training.config import TrainConfig
+    from training.finetune_config import TrainingCancelled
     from training.services import reward_model_promote
 
     run = TrainingRun.objects.select_related("campaign", "created_by").filter(pk=run_id).first()
@@ -59,6 +60,9 @@ def training_run_execute(self, run_id: int) -> None:
     except TrainingBusy as exc:
         TrainingRun.objects.filter(pk=run.pk).update(log="Waiting: another training is running.")
         raise self.retry(countdown=BUSY_RETRY_SECONDS, exc=exc) from exc
+    except TrainingCancelled:
+        logger.info("training run %s cancelled", run_id)
+        return  # marked cancelled by reward_model_finetune; nothing was registered
     except Exception:
         logger.exception("training run %s failed", run_id)
         return  # the run row holds the error; retrying a data error would fail the same way

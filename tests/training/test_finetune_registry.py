@@ -179,3 +179,34 @@ def test_training_run_create_stores_a_checked_finetune_request(campaign, tiny):
         training_run_create(campaign=campaign, encoder=tiny, finetune={"mode": "full"})
     with pytest.raises(FinetuneError, match="Unknown fine-tuning settings: blcks"):
         training_run_create(campaign=campaign, encoder=tiny, finetune={"blcks": 2})
+
+
+def test_the_start_form_queues_a_finetune_run(client, admin_user, db, tiny):
+    from django.urls import reverse
+
+    campaign = Campaign.objects.create(name="form-campaign", criteria=default_criteria()[:2])
+    client.force_login(admin_user)
+    assert "Fine-tune the encoder" in client.get(reverse("training:model_list")).content.decode()
+    form = {"campaign": campaign.pk, "encoder": tiny, "epochs": 2, "seed": 0, "finetune": "lora", "blocks": 0}
+    response = client.post(reverse("training:training_start"), form)
+    assert response.status_code == 302
+    run = TrainingRun.objects.get()
+    assert run.params["finetune"] == {"mode": "lora", "epochs": 2, "seed": 0, "blocks": 0}
+
+
+def test_the_start_form_refuses_an_impossible_finetune(client, admin_user, db, tiny):
+    from django.urls import reverse
+
+    campaign = Campaign.objects.create(name="form-campaign", criteria=default_criteria()[:2])
+    client.force_login(admin_user)
+    form = {
+        "campaign": campaign.pk,
+        "encoder": tiny,
+        "epochs": 2,
+        "seed": 0,
+        "finetune": "last_blocks",
+        "blocks": 0,
+    }
+    response = client.post(reverse("training:training_start"), form)
+    assert response.status_code == 400 and "last_blocks needs blocks &gt;= 1" in response.content.decode()
+    assert not TrainingRun.objects.exists()

@@ -210,3 +210,19 @@ def test_the_start_form_refuses_an_impossible_finetune(client, admin_user, db, t
     response = client.post(reverse("training:training_start"), form)
     assert response.status_code == 400 and "last_blocks needs blocks &gt;= 1" in response.content.decode()
     assert not TrainingRun.objects.exists()
+
+
+def test_train_reward_refuses_finetune_options_that_cannot_work(db):
+    from django.core.management import CommandError, call_command
+
+    Campaign.objects.create(name="cli-campaign", criteria=default_criteria()[:2])
+    with pytest.raises(CommandError, match="only apply with --finetune"):
+        call_command("train_reward", campaign="cli-campaign", blocks=2)
+    with pytest.raises(CommandError, match="convolutional network"):
+        call_command(
+            "train_reward",
+            campaign="cli-campaign",
+            encoder="offline:effnet-minilm",
+            finetune="lora",
+            towers="image",
+        )

@@ -178,6 +178,11 @@ LOUPE_THUMB_SIZE = int(os.environ.get("LOUPE_THUMB_SIZE", "256"))
 # A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus
 # this: a small tolerance keeps retrains on slightly different splits from flapping.
 LOUPE_GATE_TOLERANCE = float(os.environ.get("LOUPE_GATE_TOLERANCE", "0.01"))
+# A fine-tuned encoder must BEAT the base encoder's active model by this much held-out accuracy: promoting
+# it re-encodes the whole pool (docs/finetune.md), which a win within noise does not pay for.
+LOUPE_FINETUNE_GATE_MARGIN = float(os.environ.get("LOUPE_FINETUNE_GATE_MARGIN", "0.02"))
+# Seconds to re-encode one pair with a new encoder, for the gate's cost note (docs/finetune.md's CPU figure).
+LOUPE_RESCORE_SECONDS_PER_PAIR = float(os.environ.get("LOUPE_RESCORE_SECONDS_PER_PAIR", "0.256"))
 # Fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
 LOUPE_REWARD_MIN_JUDGMENTS = int(os.environ.get("LOUPE_REWARD_MIN_JUDGMENTS", "30"))
 # Shares of images (never of pairs) held out for early stopping and for the evaluation report.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-
 from annotate.models import Campaign, Judgment
 from loop.lock import busy_message, loop_unfinished
 from loop.runs import LoopBusy
 from loop.services import loop_start
+from scoring.active_model import loop_encoder_get
 from training.models import RewardModel
 
 # Retrain once this many judgments arrived since the last model trained for the campaign (promoted or
@@ -27,7 +26,7 @@ def retrain_after(campaign: Campaign) -> int:
 
 def loop_should_run(*, campaign: Campaign, encoder: str | None = None) -> tuple[bool, str]:
     """Whether enough judgments arrived since the last model trained for this campaign and encoder."""
-    encoder = encoder or settings.LOUPE_DEFAULT_ENCODER
+    encoder = encoder or loop_encoder_get()
     if not campaign.is_active:
         return False, f"campaign '{campaign}' is not active"
     threshold = retrain_after(campaign)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import traceback
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -48,6 +47,7 @@ from loop.runs import (
 )
 from loop.steps import STEP_FUNCTIONS
 from pool.models import RunStatus
+from scoring.active_model import loop_encoder_get
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def loop_start(
     enqueue: bool = True,
 ) -> LoopRun:
     """Create a queued chain and enqueue its first step once committed; ``LoopBusy`` if one exists."""
-    encoder = encoder or settings.LOUPE_DEFAULT_ENCODER
+    encoder = encoder or loop_encoder_get()
     with transaction.atomic():
         chain_lock()
         busy = loop_unfinished()

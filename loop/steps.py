@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.conf import settings
-
 from loop.models import LoopRun
 from loop.runs import INLINE, LoopError, Wait, params_update, summary_update
 from pool.models import RunStatus
+from scoring.active_model import loop_encoder_get
 from training.models import ModelStatus, RewardModel, TrainingRun
 from training.priorities import task_priorities_refresh
 
@@ -18,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def _encoder(run: LoopRun) -> str:
-    return run.params.get("encoder") or settings.LOUPE_DEFAULT_ENCODER
+    return run.params.get("encoder") or loop_encoder_get()
 
 
 def _candidate(run: LoopRun) -> RewardModel:

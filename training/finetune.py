@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from PIL import Image as PILImage
 from torch import nn
 from torch.nn import functional as F
 
-from scoring.encoder_names import OFFLINE_DEFAULT, EncoderError, encoder_fingerprint, encoder_name_check
+from scoring.encoder_names import OFFLINE_DEFAULT, EncoderError, encoder_fingerprint
 from scoring.encoders import (
     OFFLINE_WEIGHTS_FORMAT,
     Encoder,
@@ -57,114 +57,20 @@ from scoring.encoders import (
 )
 from scoring.reward_model import RewardEnsemble, RewardHeadConfig, load_checkpoint, save_checkpoint
 from training.evaluate import reward_model_evaluate
+from training.finetune_config import (  # noqa: F401 - re-exported: callers import them from here
+    DEFAULT_ENCODER_LR,
+    DEFAULT_MIN_JUDGMENTS,
+    MODES,
+    TOWERS,
+    FinetuneConfig,
+    FinetuneError,
+    TrainingCancelled,
+    finetune_config_check,
+)
 from training.losses import bradley_terry_loss, criterion_loss
 from training.pairs import JudgmentRecord, PairSet, TrainingData, image_split, training_data_build
 
-MODES = ("last_blocks", "lora")
-TOWERS = ("image", "text")
-# The same floor as training.data.DEFAULT_MIN_JUDGMENTS (setting LOUPE_REWARD_MIN_JUDGMENTS), which
-# cannot be imported here without Django; the Django caller passes ``min_judgments()``.
-DEFAULT_MIN_JUDGMENTS = 30
-# Learning rates of the encoder when the config leaves it unset: a pretrained tower drifts far with the
-# heads' rate, while LoRA's zero-initialised adapters need a larger one to move at all.
-DEFAULT_ENCODER_LR = {"last_blocks": 1e-5, "lora": 1e-4}
-
 ImageInput = PILImage.Image | torch.Tensor | str | os.PathLike
-
-
-class FinetuneError(ValueError):
-    """A fine-tuning request that cannot run; the message says why and what is possible instead."""
-
-
-class TrainingCancelled(RuntimeError):
-    """The cancel callback asked to stop; raised between epochs, before anything is saved."""
-
-    def __init__(self, message: str, epochs_done: int, history: list[dict]):
-        super().__init__(message)
-        self.epochs_done = epochs_done
-        self.history = history
-
-
-@dataclass
-class FinetuneConfig:
-    encoder: str  # the base encoder's name, e.g. open_clip:ViT-B-32:/models/vit-b-32.pt
-    output_dir: str  # where the new encoder weights and the heads checkpoint are written
-    # Files: <run_name>.encoder.pt (open_clip, offline) or <run_name>-hf/ (transformers), and
-    # <run_name>.heads.pt. Never overwritten: a fine-tuned encoder's weights must not change under its name.
-    run_name: str = "finetuned"
-    mode: str = "last_blocks"
-    towers: tuple[str, ...] = ("image", "text")
-    # last_blocks: how many of each tower's last blocks to unfreeze. lora: adapters go into the last
-    # ``blocks`` blocks, 0 = every block.
-    blocks: int = 2
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    encoder_lr: float | None = None  # None: DEFAULT_ENCODER_LR of the mode
-    head_lr: float = 1e-3
-    weight_decay: float = 1e-2
-    # Fine-tuning sees each pair several times at a small rate; early stopping usually ends it sooner.
-    epochs: int = 5
-    # Pairs per step, grouped by image so an image is encoded once for all its captions' pairs.
-    batch_size: int = 64
-    patience: int = 2
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    device: str | None = None  # None: CUDA when available
-    mixed_precision: bool = True  # bf16 autocast on CUDA; always off on the CPU
-    gradient_checkpointing: bool = False  # where the model supports it (open_clip, transformers)
-    # The heads, as in TrainConfig.
-    n_heads: int = 5
-    hidden: int = 64
-    dropout: float = 0.1
-    criterion_weight: float = 0.5
-    bootstrap: bool = True
-    # Start the heads from a frozen-head checkpoint of the same base encoder (linear probe, then
-    # fine-tune: the encoder then moves less in the first steps). Empty: fresh heads.
-    init_checkpoint: str = ""
-    # Captions whose features fit the heads' standardisation (fresh heads only).
-    stats_rows: int = 512
-    evaluate_test: bool = True
-    meta: dict = field(default_factory=dict)  # extra meta for the heads checkpoint (version, campaign)
-
-    def __post_init__(self) -> None:
-        self.towers = tuple(self.towers)
-
-
-def finetune_config_check(config: FinetuneConfig) -> None:
-    """Refuse a request that cannot work, without loading anything (a form can call this)."""
-    if config.mode not in MODES:
-        raise FinetuneError(f"Fine-tuning mode {config.mode!r} is not one of {', '.join(MODES)}.")
-    if (
-        not config.towers
-        or any(t not in TOWERS for t in config.towers)
-        or len(set(config.towers)) != len(config.towers)
-    ):
-        raise FinetuneError(f"towers {config.towers!r} must be one or both of {', '.join(TOWERS)}.")
-    if config.mode == "last_blocks" and config.blocks < 1:
-        raise FinetuneError("last_blocks needs blocks >= 1 (how many of each tower's last blocks to train).")
-    if config.blocks < 0:
-        raise FinetuneError("blocks must be 0 (LoRA: every block) or more.")
-    if config.mode == "lora" and config.lora_r < 1:
-        raise FinetuneError("lora_r must be at least 1.")
-    if config.epochs < 1 or config.batch_size < 1 or config.n_heads < 1:
-        raise FinetuneError("epochs, batch_size and n_heads must be at least 1.")
-    if not config.output_dir:
-        raise FinetuneError("output_dir is required: the fine-tuned encoder is saved there.")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", config.run_name):
-        raise FinetuneError(f"run_name {config.run_name!r} may only hold letters, digits, '.', '_' and '-'.")
-    try:
-        encoder_name_check(config.encoder)
-    except EncoderError as exc:
-        raise FinetuneError(str(exc)) from exc
-    if config.encoder.startswith("offline:") and config.mode == "lora" and "image" in config.towers:
-        raise FinetuneError(
-            f"{OFFLINE_DEFAULT}'s image tower is EfficientNet-Lite0, a convolutional network: LoRA adapters "
-            "here go on attention and MLP linear layers, which it does not have. Use mode='last_blocks' "
-            "for the image tower (its last MBConv blocks), or LoRA on the MiniLM text tower only "
-            "(towers=('text',))."
-        )
-
 
 # --- data ---------------------------------------------------------------------------------------
 

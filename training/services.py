@@ -15,8 +15,9 @@ from django.utils import timezone
 from annotate.models import Campaign
 from pool.hashing import file_sha256
 from pool.models import RunStatus
-from scoring.active_model import ActiveModel, active_model_set
+from scoring.active_model import ActiveModel, active_model_set, loop_encoder_get, loop_encoder_set
 from training.config import TrainConfig
+from training.finetune_config import FinetuneConfig, finetune_params_check
 from training.models import ModelEvent, ModelStatus, RewardModel, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,47 @@ class RegistryError(ValueError):
     """A promote or rollback that cannot be done; the message says why."""
 
 
+# Accuracy a FINE-TUNED candidate must GAIN over the active frozen-head model of its base encoder on the
+# same held-out pairs. Unlike new heads (rescored from the embedding cache in minutes), a fine-tuned
+# encoder has an empty cache: promoting it re-encodes every image and caption of the pool, about
+# 256 ms per pair on a CPU and 0.6 ms on an H100 for ViT-L-14 (docs/finetune.md), i.e. days of CPU for
+# a million pairs. A win within noise is not worth that, so it must win clearly, not just not lose.
+DEFAULT_FINETUNE_GATE_MARGIN = 0.02
+# Seconds to rescore one pair with a new encoder, for the gate's cost note (CPU figure of
+# docs/finetune.md, ViT-B-32-sized; set it to what benchmarks/scoring.py measures on your workers).
+DEFAULT_RESCORE_SECONDS_PER_PAIR = 0.256
+
+
 def gate_tolerance() -> float:
     return float(getattr(settings, "LOUPE_GATE_TOLERANCE", DEFAULT_GATE_TOLERANCE))
+
+
+def finetune_gate_margin() -> float:
+    return float(getattr(settings, "LOUPE_FINETUNE_GATE_MARGIN", DEFAULT_FINETUNE_GATE_MARGIN))
+
+
+def rescore_cost_note() -> str:
+    """'N pairs x S s ≈ T': what promoting a new encoder costs, for the gate's note."""
+    from pool.models import Caption
+
+    pairs = Caption.objects.count()
+    per_pair = float(getattr(settings, "LOUPE_RESCORE_SECONDS_PER_PAIR", DEFAULT_RESCORE_SECONDS_PER_PAIR))
+    total = pairs * per_pair
+    human = (
+        f"{total / 3600:.1f} h"
+        if total >= 3600
+        else f"{total / 60:.1f} min"
+        if total >= 60
+        else f"{total:.0f} s"
+    )
+    return f"{pairs:,} pairs in the pool x {per_pair * 1000:.1f} ms per pair ≈ {human} to re-encode"
+
+
+def finetune_base_encoder(model: RewardModel) -> str | None:
+    """The encoder a fine-tuned model's encoder was tuned from; None for frozen-head models."""
+    return ((model.metrics or {}).get("finetune") or {}).get("base_encoder") or (model.config or {}).get(
+        "base_encoder"
+    )
 
 
 def model_event(model: RewardModel, action: str, note: str = "", user=None) -> ModelEvent:
@@ -76,6 +116,23 @@ def reward_model_promote(
         model.save(update_fields=["status", "promoted_at"])
         model_event(model, action, note, user)
         # Inside the transaction: if the pointer cannot be written, the database change rolls back too.
+        rescore = None
+        if finetune_base_encoder(model):
+            # A fine-tuned encoder has no cached features and no scores yet: the whole pool is encoded
+            # again with it (queued on commit). Checked here, before the pointers move: a run that
+            # cannot start (checkpoint or weights changed) rolls the promotion back.
+            from scoring.services import scoring_run_start
+
+            rescore = scoring_run_start(
+                encoder=model.encoder, reward_model_version=model.version, user=user, enqueue=False
+            )
+            model_event(
+                model,
+                "rescore_queued",
+                f"scoring run {rescore.pk} re-encodes the pool with {model.encoder}",
+                user,
+            )
+        # Inside the transaction: if the pointer cannot be written, the database change rolls back too.
         active_model_set(
             model=ActiveModel(
                 encoder=model.encoder,
@@ -85,6 +142,13 @@ def reward_model_promote(
             ),
             encoder=model.encoder,
         )
+        if rescore is not None:
+            # From now on the loop trains heads on, scores with and flags by the fine-tuned encoder.
+            loop_encoder_set(encoder=model.encoder)
+            from scoring.tasks import scoring_run_execute
+
+            run_id = rescore.pk
+            transaction.on_commit(lambda: scoring_run_execute.delay(run_id))
     return model
 
 
@@ -119,17 +183,24 @@ def training_run_create(
     config: TrainConfig | None = None,
     user=None,
     promote_if_better: bool = False,
+    finetune: dict | None = None,
 ) -> TrainingRun:
-    """Queue a training run and enqueue its task once the row is committed."""
+    """Queue a training run and enqueue its task once the row is committed.
+
+    ``finetune`` (mode, blocks, towers, epochs, ...: ``training.finetune_config.FinetuneConfig`` fields)
+    makes it a fine-tune of ``encoder`` instead of frozen heads; a bad request raises ``FinetuneError``
+    with the reason before anything is queued."""
     from training.tasks import training_run_execute
 
     config = config or TrainConfig()
+    encoder = encoder or loop_encoder_get()
+    params = {"config": asdict(config), "promote_if_better": promote_if_better}
+    total = config.epochs
+    if finetune is not None:
+        params["finetune"] = finetune_params_check(finetune, base_encoder=encoder)
+        total = params["finetune"].get("epochs", FinetuneConfig.epochs)
     run = TrainingRun.objects.create(
-        campaign=campaign,
-        encoder=encoder or settings.LOUPE_DEFAULT_ENCODER,
-        created_by=user,
-        total=config.epochs,
-        params={"config": asdict(config), "promote_if_better": promote_if_better},
+        campaign=campaign, encoder=encoder, created_by=user, total=total, params=params
     )
     transaction.on_commit(lambda: training_run_execute.delay(run.pk))
     return run

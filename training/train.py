@@ -17,15 +17,12 @@ import torch
 
 from scoring.reward_model import RewardEnsemble, RewardHeadConfig
 from training.config import TrainConfig
+from training.finetune_config import TrainingCancelled  # noqa: F401 - raised here, caught by callers
 from training.losses import bradley_terry_loss, criterion_loss
 from training.pairs import PairSet, TrainingData
 
 MIN_STEPS_PER_EPOCH = 16
 MIN_BATCH = 32
-
-
-class TrainingCancelled(RuntimeError):
-    """``should_stop`` asked training to stop between epochs; no model comes out of it."""
 
 
 @dataclass

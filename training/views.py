@@ -113,8 +113,12 @@ def training_start(request: HttpRequest) -> HttpResponse:
         config=config,
         user=request.user,
         promote_if_better=data["promote_if_better"],
+        finetune=form.finetune_params(),
     )
-    messages.success(request, f"Training run {run.pk} queued on {data['campaign'].name} ({data['encoder']}).")
+    what = (
+        f"Fine-tuning run {run.pk} ({data['finetune']})" if data.get("finetune") else f"Training run {run.pk}"
+    )
+    messages.success(request, f"{what} queued on {data['campaign'].name} ({data['encoder']}).")
     return redirect("training:model_list")
 
 

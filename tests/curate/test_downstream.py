@@ -58,7 +58,10 @@ class SyntheticPool:
         latent = rng.normal(size=(N_IMAGES, LATENT))
         unrelated = rng.normal(size=(N_IMAGES, LATENT))
         images = Image.objects.bulk_create(
-            [Image(sha256=hashlib.sha256(f"image {i}".encode()).hexdigest(), width=64, height=64, file="") for i in range(N_IMAGES)]
+            [
+                Image(sha256=hashlib.sha256(f"image {i}".encode()).hexdigest(), width=64, height=64, file="")
+                for i in range(N_IMAGES)
+            ]
         )
         self.images = list(Image.objects.order_by("id"))[-len(images) :]
         self.good, self.bad, self.features = [], [], {}

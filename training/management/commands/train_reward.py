@@ -7,8 +7,10 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from annotate.models import Campaign
-from training.candidates import reward_model_gate, reward_model_train
+from scoring.active_model import loop_encoder_get
+from training.candidates import reward_model_finetune, reward_model_gate, reward_model_train
 from training.config import TrainConfig
+from training.finetune_config import FinetuneConfig, FinetuneError, finetune_params_check
 from training.services import reward_model_promote
 
 
@@ -31,18 +33,58 @@ class Command(BaseCommand):
         parser.add_argument(
             "--promote-if-better", action="store_true", help="Run the gate and promote if it passes."
         )
+        parser.add_argument(
+            "--finetune",
+            choices=["last_blocks", "lora"],
+            default=None,
+            help="Fine-tune the encoder instead of training frozen heads (docs/finetune.md); the result "
+            "is a new encoder, and promoting it rescores the pool.",
+        )
+        parser.add_argument(
+            "--blocks", type=int, default=None, help="Fine-tuning: last blocks to train (LoRA: 0 = all)."
+        )
+        parser.add_argument(
+            "--towers", default=None, help="Fine-tuning: image,text (default both), image or text."
+        )
 
-    def handle(self, *args, campaign: str, encoder, epochs, seed, promote_if_better, **options):
+    def handle(
+        self,
+        *args,
+        campaign: str,
+        encoder,
+        epochs,
+        seed,
+        promote_if_better,
+        finetune=None,
+        blocks=None,
+        towers=None,
+        **options,
+    ):
         found = Campaign.objects.filter(name=campaign).first()
         if found is None:
             names = ", ".join(Campaign.objects.order_by("name").values_list("name", flat=True)[:20]) or "none"
             raise CommandError(f"No campaign named {campaign!r}. Campaigns: {names}.")
+        ft = None
+        if finetune is not None:
+            ft = {"mode": finetune}
+            for key, value in (("blocks", blocks), ("epochs", epochs), ("seed", seed)):
+                if value is not None:
+                    ft[key] = value
+            if towers:
+                ft["towers"] = [t.strip() for t in towers.split(",") if t.strip()]
+            try:
+                ft = finetune_params_check(ft, base_encoder=encoder or loop_encoder_get())
+            except FinetuneError as exc:
+                raise CommandError(str(exc)) from exc
+        elif blocks is not None or towers:
+            raise CommandError("--blocks and --towers only apply with --finetune last_blocks|lora.")
         config = TrainConfig()
         if epochs is not None:
             config.epochs = epochs
         if seed is not None:
             config.seed = seed
-        bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=options.get("verbosity", 1) < 1)
+        total = ft.get("epochs", FinetuneConfig.epochs) if ft else config.epochs
+        bar = tqdm(total=total, desc="epochs", unit="epoch", disable=options.get("verbosity", 1) < 1)
 
         def progress(epoch: int, total: int, record: dict) -> None:
             bar.update(1)
@@ -52,7 +94,15 @@ class Command(BaseCommand):
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
 
         try:
-            model = reward_model_train(campaign=found, encoder=encoder, config=config, progress=progress)
+            if ft is not None:
+                model = reward_model_finetune(
+                    campaign=found,
+                    base_encoder=encoder or loop_encoder_get(),
+                    finetune_config=ft,
+                    progress=progress,
+                )
+            else:
+                model = reward_model_train(campaign=found, encoder=encoder, config=config, progress=progress)
         except Exception as exc:
             raise CommandError(f"Training failed: {exc}") from exc
         finally:
@@ -71,6 +121,13 @@ class Command(BaseCommand):
         out.write(f"  ECE            {_fmt(m.get('ece'))}")
         for key, rho in (m.get("spearman") or {}).items():
             out.write(f"  Spearman {key:<14} {_fmt(rho)}")
+        if m.get("finetune"):
+            f = m["finetune"]
+            out.write(
+                f"  fine-tuned     {f['base_encoder']} ({f['mode']}, blocks {f['blocks']}): "
+                f"{f['trainable_parameters']:,} encoder parameters, {f['seconds_per_epoch']} s/epoch, "
+                f"peak {f['peak_memory_mb']} MB"
+            )
         if m.get("active"):
             out.write(
                 f"  active v{m['active'].get('version')} on the same pairs: {_fmt(m['active'].get('accuracy'))}"

@@ -162,6 +162,14 @@ LOUPE_MIN_IMAGE_SIDE = int(os.environ.get("LOUPE_MIN_IMAGE_SIDE", "64"))
 # API always requires one.
 LOUPE_IMPORT_ROOTS = env_list("LOUPE_IMPORT_ROOTS", "")
 
+# --- Annotation ----------------------------------------------------------------------------------
+# An annotator can reopen and correct this many of their latest judgments per campaign (a new version;
+# the earlier one is kept). More would let old work drift after training has used it.
+LOUPE_REVISE_LAST_JUDGMENTS = int(os.environ.get("LOUPE_REVISE_LAST_JUDGMENTS", "5"))
+# An annotator whose median time per task is below this many seconds is flagged on the campaign page:
+# reading four captions and giving sixteen ratings takes longer than that, so they are clicking through.
+LOUPE_MIN_MEDIAN_SECONDS_PER_TASK = float(os.environ.get("LOUPE_MIN_MEDIAN_SECONDS_PER_TASK", "2.0"))
+
 # --- Reward model -------------------------------------------------------------------------------
 # A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus
 # this: a small tolerance keeps retrains on slightly different splits from flapping.

@@ -291,8 +291,12 @@
       return;
     }
     say(letter(id) + ": " + $("legend", input.closest(".rating-row")).textContent + " " + value + ".");
-    // Advance: the next criterion of this caption, then the first criterion of the next one. The caption
-    // may have moved (a ranking that follows the ratings), so go on from where it is now.
+    advanceFrom(id);
+  }
+
+  // After a rating: the next criterion of this caption, then the first criterion of the next one. The
+  // caption may have moved (a ranking that follows the ratings), so go on from where it is now.
+  function advanceFrom(id) {
     var p = state.order.indexOf(id);
     if (state.criterion < state.criteria.length - 1) { state.criterion += 1; state.focus = p; }
     else if (p < state.order.length - 1) { state.criterion = 0; state.focus = p + 1; }
@@ -557,10 +561,16 @@
     });
     state.list.addEventListener("change", function (event) {
       if (event.target.type === "radio") {
+        // A rating by mouse moves the keyboard on like a digit does, so the two mix freely.
+        var card = event.target.closest(".caption-card");
+        state.criterion = Math.max(0, state.criteria.indexOf(event.target.closest(".rating-row").dataset.criterion));
         var justRanked = follow();
         commit();
-        render();
-        if (justRanked) say("All rated. Ranked by your ratings: " + rankingText(state.order, state.ties) + ".");
+        if (justRanked) {
+          state.criterion = 0;
+          setFocus(0);
+          say("All rated. Ranked by your ratings: " + rankingText(state.order, state.ties) + ".");
+        } else advanceFrom(card.dataset.captionId);
       }
       if (event.target.classList.contains("tier-select")) {
         // A rank typed into a select (keyboard users on the plain controls): the annotator's own order.

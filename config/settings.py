@@ -185,7 +185,9 @@ LOUPE_REWRITE_MODEL_DIR = os.environ.get("LOUPE_REWRITE_MODEL_DIR") or None
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
 
 # --- Celery -------------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# "localhost" only names the machine: the filesystem transport ignores it, and without one kombu warns
+# "No hostname was supplied" on every start.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost//")
 BROKER_DIR = Path(os.environ.get("LOUPE_BROKER_DIR", DATA_DIR / "broker"))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport: a real broker in a folder, so the demo needs no server.
@@ -277,5 +279,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOUPE_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # "Loading SentenceTransformer model from ..." on every worker start: nothing to act on.
+        "sentence_transformers": {"level": "WARNING"},
+        # One line per request (htmx polls every second or two on job pages); errors still show.
+        # The demo sets WARNING; the default keeps them.
+        "django.server": {"level": os.environ.get("LOUPE_REQUEST_LOG_LEVEL", "INFO")},
+    },
 }

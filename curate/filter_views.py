@@ -129,7 +129,7 @@ def run_create(request):
             filter_run_execute.delay_on_commit(run.pk)
     except FilterNeedsConfirm as exc:
         return _page(request, params=request.POST, status=400, extra={"needs_confirm": str(exc)})
-    messages.success(request, f"Filter run {run.pk} queued: {state['rule'].describe()}.")
+    messages.success(request, f"Filter run {run.pk} queued: {run.params.get('rule_text', '')}.")
     return redirect("filters:index")
 
 

@@ -97,10 +97,10 @@ class FilterRule:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def describe(self) -> str:
+    def describe(self, *, reward_model_version: int | None = None) -> str:
         parts = []
         if self.top_percent is not None:
-            parts.append(f"top {self.top_percent:g}% by reward")
+            parts.append(f"top {self.top_percent:g}% by {rank_label(reward_model_version)}")
         if self.reward_min is not None:
             parts.append(f"reward ≥ {self.reward_min:g}")
         if self.cosine_min is not None:
@@ -116,6 +116,16 @@ class FilterRule:
         return (
             "cosine" if self.top_percent is None and self.reward_min is None and self.cosine_min else "reward"
         )
+
+
+def rank_field(reward_model_version: int | None) -> str:
+    """The score "top k%" ranks by: the reward model's reward, or CLIPScore when there is no reward model
+    (version 0, scores without a reward): the baseline, instead of a rule that silently keeps nothing."""
+    return "reward" if reward_model_version != 0 else "clipscore"
+
+
+def rank_label(reward_model_version: int | None) -> str:
+    return "reward" if reward_model_version != 0 else "CLIPScore (no reward model yet)"
 
 
 def _opt_float(value) -> float | None:
@@ -140,14 +150,15 @@ def reward_cutoff(*, encoder: str, reward_model_version: int, top_percent: float
     One ORDER BY ... OFFSET on the (encoder, version, reward) index instead of loading the column.
     Pairs tied with the cut value are all kept, so a run can keep a few more than k%.
     """
+    field_name = rank_field(reward_model_version)
     with_reward = scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
-        reward__isnull=False
+        **{f"{field_name}__isnull": False}
     )
     total = with_reward.count()
     wanted = math.ceil(total * top_percent / 100)
     if not wanted:
         return None, total
-    cut = with_reward.order_by("-reward").values_list("reward", flat=True)[wanted - 1 : wanted]
+    cut = with_reward.order_by(f"-{field_name}").values_list(field_name, flat=True)[wanted - 1 : wanted]
     return float(cut[0]), total
 
 
@@ -163,7 +174,7 @@ def _rule_scores(
     if rule.top_percent is not None:
         if cutoff is None:
             return scores.none()
-        scores = scores.filter(reward__gte=cutoff)
+        scores = scores.filter(**{f"{rank_field(reward_model_version)}__gte": cutoff})
     if rule.reward_min is not None:
         scores = scores.filter(reward__gte=rule.reward_min)
     if rule.cosine_min is not None:
@@ -299,6 +310,8 @@ def filter_preview(
     plan = filter_plan(encoder=encoder, reward_model_version=reward_model_version, rule=rule)
     considered, kept = plan.considered.count(), plan.kept.count()
     score_field = rule.histogram_field
+    if score_field == "reward":
+        score_field = rank_field(reward_model_version)
     counts, edges = (
         score_histogram(encoder=encoder, reward_model_version=reward_model_version, score_field=score_field)
         if histogram
@@ -396,7 +409,10 @@ def filter_run_create(
         encoder=encoder,
         reward_model_version=reward_model_version,
         rule=rule.to_dict(),
-        params={"rule_text": rule.describe(), "confirmed_warning": preview.warning},
+        params={
+            "rule_text": rule.describe(reward_model_version=reward_model_version),
+            "confirmed_warning": preview.warning,
+        },
         created_by=user,
     )
 
@@ -435,7 +451,7 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
         run.kept = int(kept_ids.size)
         run.kept_file = str(path)
         run.summary = {
-            "rule_text": rule.describe(),
+            "rule_text": rule.describe(reward_model_version=run.reward_model_version),
             "reward_cutoff": plan.cutoff,
             "rule_passed": plan.rule_passed.count(),
             **{name: qs.count() for name, qs in plan.overrides.items()},

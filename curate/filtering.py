@@ -471,6 +471,16 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
     return run
 
 
+def filter_run_kept_ids_mmap(*, run: FilterRun) -> np.ndarray:
+    """The kept ids memory-mapped: a page of a run's pairs reads a few blocks, not the whole file."""
+    if not run.kept_file or not Path(run.kept_file).exists():
+        raise FileNotFoundError(
+            f"Filter run {run.pk}: its kept-ids file {run.kept_file or '(none)'} is missing, so its pairs "
+            "cannot be listed. Run the filter again."
+        )
+    return np.load(run.kept_file, mmap_mode="r")
+
+
 def filter_run_kept_ids(*, run: FilterRun) -> np.ndarray:
     if not run.kept_file or not Path(run.kept_file).exists():
         raise FileNotFoundError(

@@ -182,3 +182,81 @@ def review_audit(*, curator: str = "", decision: str = "") -> QuerySet[Review]:
     if decision:
         queryset = queryset.filter(decision=decision)
     return queryset.order_by("-created_at", "-id")
+
+
+# --- a filter run's pairs -------------------------------------------------------------------------
+
+
+@dataclass
+class RunPair:
+    caption: Caption
+    score: dict | None
+
+
+@dataclass
+class RunPairsPage:
+    rows: list[RunPair]
+    next_after: int | None  # the caption id to continue after; None at the end
+    scanned_to: int | None = None  # dropped pairs: the id the scan stopped at when it gave up early
+
+
+# Dropped pairs are found by walking the considered pairs by id and leaving out the kept ones; with a rule
+# that keeps nearly everything a page could walk far, so one request reads at most this many rows.
+DROPPED_SCAN_LIMIT = 20_000
+
+
+def filter_run_pairs(*, run, show: str, after: int = 0, limit: int = 50) -> RunPairsPage:
+    """One page of the pairs a filter run kept (``show="kept"``) or dropped, by caption id after ``after``.
+
+    Keyset pagination, no COUNT: kept ids come from the run's sorted ``.npy`` (memory-mapped, a binary
+    search per page); dropped ones from the usable scored pairs of the run's scoring, minus the kept
+    ids. The pool may have changed since the run; the page shows the scores as they are now.
+    """
+    import numpy as np
+
+    from curate.filtering import filter_run_kept_ids_mmap
+    from pool.models import CaptionStatus, ImageStatus
+
+    kept = filter_run_kept_ids_mmap(run=run)
+    if show == "kept":
+        start = int(np.searchsorted(kept, after, side="right"))
+        ids = [int(i) for i in kept[start : start + limit + 1]]
+        more, ids, scanned_to = len(ids) > limit, ids[:limit], None
+    else:
+        scores = Score.objects.filter(
+            caption=OuterRef("pk"), encoder=run.encoder, reward_model_version=run.reward_model_version
+        )
+        considered = (
+            Caption.objects.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
+            .filter(Exists(scores))
+            .order_by("id")
+        )
+        ids, cursor, scanned, scanned_to = [], after, 0, None
+        batch = max(limit * 4, 500)
+        while len(ids) <= limit:
+            chunk = list(considered.filter(id__gt=cursor).values_list("id", flat=True)[:batch])
+            if not chunk:
+                break
+            found = np.asarray(chunk, dtype=np.int64)
+            if len(kept):
+                positions = np.minimum(np.searchsorted(kept, found), len(kept) - 1)
+                found = found[kept[positions] != found]
+            ids.extend(int(i) for i in found)
+            cursor, scanned = chunk[-1], scanned + len(chunk)
+            if scanned >= DROPPED_SCAN_LIMIT and len(ids) <= limit:
+                scanned_to = cursor
+                break
+        more = len(ids) > limit
+        ids = ids[:limit]
+    captions = Caption.objects.filter(id__in=ids).select_related("image").in_bulk()
+    score_rows = {
+        row["caption_id"]: row
+        for row in Score.objects.filter(
+            caption_id__in=ids, encoder=run.encoder, reward_model_version=run.reward_model_version
+        ).values("caption_id", "reward", "clipscore", "cosine", "criteria")
+    }
+    rows = [RunPair(caption=captions[i], score=score_rows.get(i)) for i in ids if i in captions]
+    next_after = ids[-1] if more and ids else None
+    if scanned_to is not None and not more:
+        next_after = scanned_to  # the scan stopped early: the next page goes on from where it stopped
+    return RunPairsPage(rows=rows, next_after=next_after, scanned_to=scanned_to)

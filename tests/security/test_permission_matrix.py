@@ -73,6 +73,10 @@ PAGES: dict[str, Rule] = {
     "annotate/<int:campaign_id>/progress": Rule(ANNOTATOR),
     "annotate/<int:campaign_id>/tasks/<int:task_id>/submit": Rule(ANNOTATOR, ("POST",)),
     "annotate/<int:campaign_id>/tasks/<int:task_id>/skip": Rule(ANNOTATOR, ("POST",)),
+    "annotate/<int:campaign_id>/tasks/<int:task_id>/state": Rule(ANNOTATOR),
+    "annotate/<int:campaign_id>/judgments/<int:judgment_id>/revise": Rule(
+        ANNOTATOR, ("GET", "POST"), not_found_ok=True, note="own judgments only: 404 for others'"
+    ),
     # Django admin's own login and logout answer everyone; the rest of admin/ is for staff (PREFIXES).
     "admin/login/": Rule(PUBLIC),
     "admin/logout/": Rule(PUBLIC),
@@ -110,10 +114,12 @@ PAGES: dict[str, Rule] = {
     "scoring/filters/": Rule(CURATOR),
     "scoring/filters/preview": Rule(CURATOR),
     "scoring/filters/runs": Rule(CURATOR, ("POST",)),
+    "scoring/filters/runs/<int:run_id>/": Rule(CURATOR, params={"run_id": "filter_run_id"}),
     "scoring/filters/runs/<int:run_id>/progress": Rule(CURATOR, params={"run_id": "filter_run_id"}),
-    "scoring/filters/runs/<int:run_id>/export": Rule(ADMIN, ("POST",), params={"run_id": "filter_run_id"}),
-    "scoring/filters/exports/<int:export_id>/progress": Rule(ADMIN),
-    "scoring/filters/exports/<int:export_id>/files/<str:name>": Rule(ADMIN, params={"name": "export_file"}),
+    # Curators export what a filter run keeps (issue 14); the API's export routes stay admin-only.
+    "scoring/filters/runs/<int:run_id>/export": Rule(CURATOR, ("POST",), params={"run_id": "filter_run_id"}),
+    "scoring/filters/exports/<int:export_id>/progress": Rule(CURATOR),
+    "scoring/filters/exports/<int:export_id>/files/<str:name>": Rule(CURATOR, params={"name": "export_file"}),
     # reward models
     "models/": Rule(ADMIN),
     "models/train/": Rule(ADMIN, ("POST",)),

@@ -52,10 +52,16 @@ class QueueFilters:
 
 
 def review_queue(*, filters: QueueFilters, context: ScoreContext) -> QuerySet[Caption]:
-    """Flagged captions matching the filters, oldest first. Uses EXISTS so no join multiplies rows."""
+    """Flagged captions matching the filters, oldest first. Uses EXISTS so no join multiplies rows.
+
+    Near-duplicate flags are reviewed one cluster at a time (``near_duplicate_clusters``): a caption
+    whose only open flag is a near-duplicate one is not an item of its own here.
+    """
     flags = Flag.objects.filter(caption=OuterRef("pk"), is_open=True)
     if filters.reason:
         flags = flags.filter(reason=filters.reason)
+    else:
+        flags = flags.exclude(reason=FlagReason.NEAR_DUPLICATE)
     queryset = Caption.objects.filter(Exists(flags))
     if filters.state == "undecided":
         queryset = queryset.filter(decision="")
@@ -162,21 +168,99 @@ def review_items(*, captions: list[Caption], context: ScoreContext) -> list[Queu
 
 
 def review_counts_by_reason() -> dict[str, int]:
-    """Open flags on undecided captions per reason, for the filter bar."""
+    """Open flags on undecided captions per reason, for the filter bar; near duplicates count clusters."""
     counts = {reason.value: 0 for reason in FlagReason}
     rows = (
         Flag.objects.filter(is_open=True, caption__decision="")
+        .exclude(reason=FlagReason.NEAR_DUPLICATE)
         .values_list("reason")
         .order_by()
         .annotate(n=Count("id"))
     )
     for reason, n in rows:
         counts[reason] = n
+    counts[FlagReason.NEAR_DUPLICATE.value] = near_duplicate_clusters(state="undecided").count()
     return counts
 
 
+# --- near-duplicate clusters: one item per kept image ---------------------------------------------
+
+
+def near_duplicate_clusters(*, state: str = "undecided") -> QuerySet:
+    """Kept images of near-duplicate clusters whose duplicates carry open flags, oldest first.
+
+    A cluster is undecided while a caption of one of its duplicate images is undecided.
+    """
+    from pool.models import Image
+
+    flagged = Flag.objects.filter(
+        reason=FlagReason.NEAR_DUPLICATE, is_open=True, caption__image__duplicate_of=OuterRef("pk")
+    )
+    undecided = flagged.filter(caption__decision="")
+    queryset = Image.objects.filter(Exists(flagged))
+    if state == "undecided":
+        queryset = queryset.filter(Exists(undecided))
+    elif state == "decided":
+        queryset = queryset.exclude(Exists(undecided))
+    return queryset.order_by("id")
+
+
+@dataclass
+class ClusterImage:
+    image: object
+    captions: list[Caption]
+    is_kept: bool
+
+
+@dataclass
+class ClusterItem:
+    kept: ClusterImage
+    duplicates: list[ClusterImage]
+
+    @property
+    def pk(self) -> int:
+        return self.kept.image.pk
+
+    @property
+    def undecided_duplicate_captions(self) -> list[Caption]:
+        return [c for d in self.duplicates for c in d.captions if not c.decision]
+
+    @property
+    def images(self) -> list[ClusterImage]:
+        return [self.kept, *self.duplicates]
+
+
+def cluster_items(*, kept_images: list) -> list[ClusterItem]:
+    """For one page of clusters: the kept image and its near duplicates, each with its captions."""
+    from pool.models import Image, ImageStatus
+
+    if not kept_images:
+        return []
+    duplicates: dict[int, list] = {}
+    for image in Image.objects.filter(
+        duplicate_of__in=kept_images, status=ImageStatus.NEAR_DUPLICATE
+    ).order_by("id"):
+        duplicates.setdefault(image.duplicate_of_id, []).append(image)
+    image_ids = [i.pk for i in kept_images] + [d.pk for ds in duplicates.values() for d in ds]
+    captions: dict[int, list[Caption]] = {}
+    for caption in Caption.objects.filter(image_id__in=image_ids).order_by("id"):
+        captions.setdefault(caption.image_id, []).append(caption)
+    return [
+        ClusterItem(
+            kept=ClusterImage(image=kept, captions=captions.get(kept.pk, []), is_kept=True),
+            duplicates=[
+                ClusterImage(image=d, captions=captions.get(d.pk, []), is_kept=False)
+                for d in duplicates.get(kept.pk, [])
+            ],
+        )
+        for kept in kept_images
+    ]
+
+
 def review_audit(*, curator: str = "", decision: str = "") -> QuerySet[Review]:
-    queryset = Review.objects.select_related("reviewer", "caption", "caption__image", "rewritten_caption")
+    queryset = Review.objects.select_related(
+        "reviewer", "caption", "caption__image", "rewritten_caption", "undoes"
+    )
     if curator:
         queryset = queryset.filter(reviewer__username=curator)
     if decision:

@@ -85,6 +85,9 @@ PAGES: dict[str, Rule] = {
     "annotate/review/bulk": Rule(CURATOR, ("POST",)),
     "annotate/review/audit": Rule(CURATOR),
     "annotate/review/<int:caption_id>/decide": Rule(CURATOR, ("POST",)),
+    "annotate/review/<int:caption_id>/undo": Rule(CURATOR, ("POST",)),
+    "annotate/review/clusters/<int:image_id>/decide": Rule(CURATOR, ("POST",)),
+    "annotate/review/clusters/<int:image_id>/undo": Rule(CURATOR, ("POST",)),
     "annotate/review/<int:caption_id>/suggest": Rule(CURATOR, ("POST",)),
     "annotate/review/<int:caption_id>/suggestion": Rule(CURATOR),
     # scoring runs

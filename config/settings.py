@@ -48,7 +48,8 @@ if PRODUCTION and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin, opened by role: users with the admin role use it (accounts/admin_site.py).
+    "accounts.apps.LoupeAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -128,6 +129,12 @@ if TESTING:
     # Hashing is the slowest part of a login; tests log in hundreds of times.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # Admin-role users hold the model permissions the Django admin checks (roles are groups, not perms).
+    "accounts.admin_site.RolePermissionBackend",
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -174,8 +181,12 @@ LOUPE_MIN_MEDIAN_SECONDS_PER_TASK = float(os.environ.get("LOUPE_MIN_MEDIAN_SECON
 # A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus
 # this: a small tolerance keeps retrains on slightly different splits from flapping.
 LOUPE_GATE_TOLERANCE = float(os.environ.get("LOUPE_GATE_TOLERANCE", "0.01"))
-# Fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
+# The two retraining thresholds, shown together on the console and the models page:
+# fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
 LOUPE_REWARD_MIN_JUDGMENTS = int(os.environ.get("LOUPE_REWARD_MIN_JUDGMENTS", "30"))
+# The schedule retrains a campaign once this many judgments arrived since its last model (a campaign can
+# override it with selection_mix["retrain_after"]): 50 judgments of 4 captions are 300 ranked pairs.
+LOUPE_RETRAIN_AFTER_JUDGMENTS = int(os.environ.get("LOUPE_RETRAIN_AFTER_JUDGMENTS", "50"))
 # Shares of images (never of pairs) held out for early stopping and for the evaluation report.
 LOUPE_REWARD_VALIDATION_FRACTION = float(os.environ.get("LOUPE_REWARD_VALIDATION_FRACTION", "0.1"))
 LOUPE_REWARD_TEST_FRACTION = float(os.environ.get("LOUPE_REWARD_TEST_FRACTION", "0.2"))
@@ -277,10 +288,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"forbidden_without_traceback": {"()": "config.logging_filters.ForbiddenWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOUPE_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # "Forbidden (Permission denied): /path" stays, its traceback goes (a wrong-role page is no bug).
+        "django.request": {"filters": ["forbidden_without_traceback"]},
         # "Loading SentenceTransformer model from ..." on every worker start: nothing to act on.
         "sentence_transformers": {"level": "WARNING"},
         # One line per request (htmx polls every second or two on job pages); errors still show.

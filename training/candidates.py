@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import logging
 import zlib
 from dataclasses import asdict
@@ -32,6 +33,24 @@ _LOCK_KEY = zlib.crc32(b"loupe-reward-model-training")
 
 class TrainingBusy(RuntimeError):
     """Another training holds the lock."""
+
+
+class TrainingCancelled(RuntimeError):
+    """The run was cancelled (the console, or its loop run): training stopped between epochs."""
+
+
+def _cancel_requested(run: TrainingRun) -> bool:
+    # One indexed read per epoch: cheap next to an epoch, and it sees a cancel made by any process.
+    return TrainingRun.objects.filter(pk=run.pk, status=RunStatus.CANCELLED).exists()
+
+
+def _train_accepts_cancel() -> bool:
+    """``train(..., cancel=)`` polls a callback between epochs. Until training/train.py has it, the
+    per-epoch progress callback below raises instead, which also stops between epochs."""
+    try:
+        return "cancel" in inspect.signature(train).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -142,6 +161,16 @@ def reward_model_train(
         if created_here:
             _run_update(run, status=RunStatus.FAILED, error=str(exc), finished_at=timezone.now())
         raise
+    except TrainingCancelled as exc:
+        # Not a failure: the row keeps status "cancelled" (set by whoever cancelled) and says where it stopped.
+        fresh = TrainingRun.objects.get(pk=run.pk)
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=RunStatus.CANCELLED,
+            finished_at=fresh.finished_at or timezone.now(),
+            log=(fresh.log + "\n" if fresh.log else "") + str(exc),
+        )
+        logger.info("training run %s: %s", run.pk, exc)
+        raise
     except Exception as exc:
         _run_update(run, status=RunStatus.FAILED, error=f"{exc}"[:4000], finished_at=timezone.now())
         logger.warning("training run %s failed: %s", run.pk, exc)
@@ -164,8 +193,16 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
         TrainingRun.objects.filter(pk=run.pk).update(done=epoch, total=epochs)
         if progress is not None:
             progress(epoch, epochs, record)
+        if _cancel_requested(run):
+            raise TrainingCancelled(f"Cancelled after epoch {epoch} of {epochs}; no model was registered.")
 
-    result = train(config, data, progress=on_epoch)
+    extra = {"cancel": lambda: _cancel_requested(run)} if _train_accepts_cancel() else {}
+    result = train(config, data, progress=on_epoch, **extra)
+    if _cancel_requested(run):
+        # train() honoured the cancel callback and returned early, or the cancel came during the last
+        # epoch: either way nothing is registered.
+        done = TrainingRun.objects.filter(pk=run.pk).values_list("done", flat=True).first() or 0
+        raise TrainingCancelled(f"Cancelled after epoch {done} of {config.epochs}; no model was registered.")
     report = reward_model_evaluate(
         result.model,
         data,
@@ -294,7 +331,9 @@ def reward_model_gate(*, candidate: RewardModel, tolerance: float | None = None,
     return passed
 
 
-def _reevaluateactive_reward_model(*, candidate: RewardModel, active: RewardModel) -> tuple[float | None, dict]:
+def _reevaluateactive_reward_model(
+    *, candidate: RewardModel, active: RewardModel
+) -> tuple[float | None, dict]:
     """The active model changed since the candidate was trained: measure both on the candidate's
     campaign's current held-out pairs so the comparison stays like for like."""
     if candidate.campaign is None:

@@ -20,9 +20,9 @@ def training_run_execute(self, run_id: int) -> None:
     """Train (and optionally gate + promote) for one TrainingRun. Safe to run twice: a finished run is
     left alone, and a run found RUNNING is only redone when the training lock is free, i.e. when the
     worker that ran it died."""
-    from training.candidates import TrainingBusy, reward_model_gate, reward_model_train
+    from training.candidates import TrainingBusy, TrainingCancelled, reward_model_gate, reward_model_train
     from training.config import TrainConfig
-    from training.services import reward_model_promote
+    from training.services import rescore_after_activation, reward_model_promote
 
     run = TrainingRun.objects.select_related("campaign", "created_by").filter(pk=run_id).first()
     if run is None or run.is_finished:
@@ -44,6 +44,8 @@ def training_run_execute(self, run_id: int) -> None:
     except TrainingBusy as exc:
         TrainingRun.objects.filter(pk=run.pk).update(log="Waiting: another training is running.")
         raise self.retry(countdown=BUSY_RETRY_SECONDS, exc=exc) from exc
+    except TrainingCancelled:
+        return  # cancelled from the console: the run row says after which epoch
     except Exception:
         logger.exception("training run %s failed", run_id)
         return  # the run row holds the error; retrying a data error would fail the same way
@@ -53,3 +55,4 @@ def training_run_execute(self, run_id: int) -> None:
         reward_model_promote(
             model=model, user=run.created_by, note=f"gate passed after training run {run.pk}"
         )
+        rescore_after_activation(model=model, user=run.created_by)

@@ -66,7 +66,8 @@ def test_jobs_page_lists_every_run_type_newest_first_with_progress(client, admin
         assert f">{label}</span>" in html
     # Newest first: the loop run was created last, the import first.
     assert html.index(f"Loop {loop.pk}") < html.index(f"Import {imported.pk}")
-    assert reverse("console:job_progress", args=["scoring", ScoringRun.objects.get().pk]) in html
+    # The table refreshes as a whole while jobs run: status, bars and buttons stay in step.
+    assert 'id="jobs-table" hx-get="/console/jobs/" hx-trigger="every 3s"' in html
     assert "no scores" in html
 
 

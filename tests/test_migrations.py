@@ -42,15 +42,21 @@ def test_rows_from_before_the_move_survive_it():
         image = Image.objects.create(sha256="a" * 64, file="x.png", width=8, height=8)
         caption = Caption.objects.create(image=image, text="a dog", text_sha256="b" * 64)
         campaign = Campaign.objects.create(name="before the move")
-        old.get_model("annotate", "Flag").objects.create(caption=caption, reason="low_reward", details={"r": 1})
+        old.get_model("annotate", "Flag").objects.create(
+            caption=caption, reason="low_reward", details={"r": 1}
+        )
         old.get_model("annotate", "Review").objects.create(caption=caption, decision="accept", reviewer=user)
-        fr = old.get_model("scoring", "FilterRun").objects.create(encoder="e", rule={"top_percent": 30}, kept=7)
+        fr = old.get_model("scoring", "FilterRun").objects.create(
+            encoder="e", rule={"top_percent": 30}, kept=7
+        )
         old.get_model("scoring", "Export").objects.create(kind="npy", filter_run=fr, path="/tmp/x")
         old.get_model("training", "LoopRun").objects.create(campaign=campaign, step="gate")
         PeriodicTask = old.get_model("django_celery_beat", "PeriodicTask")
         Interval = old.get_model("django_celery_beat", "IntervalSchedule")
         every = Interval.objects.create(every=10, period="minutes")
-        PeriodicTask.objects.create(name="loop tick", task="training.loop_tasks.loop_tick_task", interval=every)
+        PeriodicTask.objects.create(
+            name="loop tick", task="training.loop_tasks.loop_tick_task", interval=every
+        )
         ContentType.objects.get_or_create(app_label="annotate", model="flag")
     finally:
         _migrate(_latest())

@@ -188,3 +188,15 @@ def test_start_form_rejects_a_bad_encoder_name(client, admin_user, campaign):
     )
     assert response.status_code == 400 and "expected open_clip" in response.content.decode()
     assert not LoopRun.objects.exists()
+
+
+def test_the_only_campaign_is_preselected_and_both_thresholds_are_shown(
+    client, admin_user, campaign, settings
+):
+    settings.LOUPE_REWARD_MIN_JUDGMENTS = 31
+    settings.LOUPE_RETRAIN_AFTER_JUDGMENTS = 57
+    client.force_login(admin_user)
+    html = client.get(reverse("console:dashboard")).content.decode()
+    assert f'<option value="{campaign.pk}" selected>' in html and "---------" not in html
+    assert "<strong>31 judgments</strong>" in html and "<strong>57 new" in html
+    assert ">57 judgments<" in html  # the campaign's own threshold follows the setting

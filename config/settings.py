@@ -120,6 +120,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # Tests that start a real worker need the test database in a file both processes can open.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # "SQLite does not support indexes with non-key columns": the queue's covering index includes its
+    # counters on PostgreSQL only, by design; on SQLite there is nothing to act on.
+    SILENCED_SYSTEM_CHECKS = ["models.W040"]
 elif PRODUCTION and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("Production runs on PostgreSQL: set DATABASE_URL=postgres://...")
 

@@ -310,12 +310,16 @@ def judgment_revise(request, campaign_id: int, judgment_id: int):
                 request, campaign, None, status=400, error=error.text, raw=raw, revising=judgment
             )
         return _render_task(request, campaign, None, status=error.status, error=error.text, refused=True)
-    return _after_answer(
+    response = _after_answer(
         request,
         campaign,
         f"Correction saved: task {judgment.task_id} is now version {saved.version} "
         "(the earlier version is kept). Here is your next task.",
     )
+    if request.htmx:
+        # The next task is on screen now: a reload or Back should not reopen the correction.
+        response["HX-Replace-Url"] = reverse("annotate:next", args=[campaign.pk])
+    return response
 
 
 @require_POST

@@ -112,6 +112,9 @@ def judgments_coco_hf(*, campaign: Campaign, stream: TextIO) -> int:
                     "ratings": j.ratings,
                     "duration_ms": j.duration_ms,
                     "created_at": j.created_at.isoformat(),
+                    # Only the latest version is exported; earlier ones stay in Loupe (JudgmentRevision).
+                    "version": j.version,
+                    "ranking_basis": j.ranking_basis,
                 }
                 for j in judgments
             ],

@@ -4,6 +4,12 @@ Judgment format (shared with training and exports):
 - ``ranking``: a list of tiers, best first; each tier is a list of caption ids that are tied,
   e.g. ``[[12], [7, 9], [3]]`` means 12 > 7 = 9 > 3. Every caption of the task appears exactly once.
 - ``ratings``: ``{"<caption id>": {"<criterion key>": 1..5}}`` for every caption and criterion.
+- ``ranking_basis``: how the ranking came about (``RankingBasis``); a ranking is always an act of the
+  annotator, never the display order by default.
+
+Versions: a ``Judgment`` row is always the annotator's latest version of their answer, so every reader
+(agreement, exports, training) sees the latest version without filtering. Correcting a judgment copies
+the version it replaces into ``JudgmentRevision`` first; nothing is lost.
 """
 
 from __future__ import annotations
@@ -179,6 +185,12 @@ class Assignment(models.Model):
         ]
 
 
+class RankingBasis(models.TextChoices):
+    RATINGS = "ratings", "derived from the annotator's ratings"
+    ADJUSTED = "adjusted", "arranged by the annotator"
+    CONFIRMED = "confirmed", "entered by the annotator (form or API)"
+
+
 class Judgment(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgments")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
@@ -190,8 +202,33 @@ class Judgment(models.Model):
         unique=True, help_text="Client-generated; makes a repeated submit idempotent."
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Empty for judgments stored before the basis was recorded (their ranking may be the display order).
+    ranking_basis = models.CharField(max_length=16, choices=RankingBasis.choices, blank=True, default="")
+    version = models.PositiveIntegerField(default=1)
+    revised_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "user"], name="judgment_unique_per_user")]
         # The claim's "tasks this user has judged" set, read index-only (the unique index leads with task).
         indexes = [models.Index(fields=["user", "task"], name="judgment_user_task_idx")]
+
+
+class JudgmentRevision(models.Model):
+    """An earlier version of a judgment, kept when the annotator corrected it."""
+
+    judgment = models.ForeignKey(Judgment, on_delete=models.CASCADE, related_name="revisions")
+    version = models.PositiveIntegerField()
+    ranking = models.JSONField()
+    ratings = models.JSONField()
+    ranking_basis = models.CharField(max_length=16, choices=RankingBasis.choices, blank=True, default="")
+    duration_ms = models.PositiveIntegerField(default=0)
+    # The key that saved this version: a late retry of that submit finds it here and changes nothing.
+    client_key = models.UUIDField(unique=True)
+    saved_at = models.DateTimeField(help_text="When this version was saved.")
+    replaced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["judgment", "version"], name="judgment_revision_unique_version")
+        ]
+        ordering = ["judgment", "version"]

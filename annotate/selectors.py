@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, F, Q
 from django.db.models.functions import TruncDate
@@ -22,6 +23,8 @@ STATS_SAMPLE_TASKS = 2000
 # An annotator is flagged for low gold accuracy only once this many gold judgments exist: one unlucky
 # gold task is not evidence.
 MIN_GOLD_FOR_FLAG = 3
+# Likewise the median-time flag waits for this many judgments: two quick ones can be honest.
+MIN_JUDGMENTS_FOR_SPEED_FLAG = 5
 LETTERS = "ABCDEFGH"
 
 
@@ -81,16 +84,39 @@ class TaskView:
     tiers: list[int] = field(default_factory=list)
 
 
-def task_view(*, assignment: Assignment) -> TaskView:
-    task = assignment.task
+def _task_view(task: Task, assignment: Assignment | None, seed: str) -> TaskView:
     rows = list(
         TaskCaption.objects.filter(task=task).order_by("position").values_list("caption_id", "caption__text")
     )
     # Shuffled per assignment: annotators never learn a position bias from the build order, and a
     # reload shows the same order.
-    random.Random(f"{assignment.pk}").shuffle(rows)
+    random.Random(seed).shuffle(rows)
     captions = [CaptionView(id=cid, letter=LETTERS[i], text=text) for i, (cid, text) in enumerate(rows)]
     return TaskView(assignment=assignment, task=task, captions=captions, criteria=task.campaign.criteria)
+
+
+def task_view(*, assignment: Assignment) -> TaskView:
+    return _task_view(assignment.task, assignment, f"{assignment.pk}")
+
+
+def judgment_view(*, judgment: Judgment) -> TaskView:
+    """The task of a judgment being corrected, in the order the annotator saw it the first time."""
+    assignment = judgment.assignment
+    seed = f"{judgment.assignment_id}" if judgment.assignment_id else f"judgment-{judgment.pk}"
+    return _task_view(judgment.task, assignment, seed)
+
+
+def revise_limit() -> int:
+    return max(0, int(getattr(settings, "LOUPE_REVISE_LAST_JUDGMENTS", 5)))
+
+
+def judgments_revisable(*, campaign: Campaign, user) -> list[Judgment]:
+    """The user's latest judgments of the campaign that they may still correct, newest first."""
+    return list(
+        Judgment.objects.filter(user=user, task__campaign=campaign)
+        .select_related("task", "task__image")
+        .order_by("-created_at", "-id")[: revise_limit()]
+    )
 
 
 def _judgments_by_task(campaign: Campaign, task_ids: list[int] | None = None) -> dict[int, list[Judgment]]:
@@ -153,10 +179,16 @@ def annotator_stats(
             .values_list("user_id", "n")
         )
     names = dict(get_user_model().objects.filter(id__in=list(counts)).values_list("id", "username"))
+    min_seconds = float(getattr(settings, "LOUPE_MIN_MEDIAN_SECONDS_PER_TASK", 2.0))
     rows = []
     for user_id in sorted(counts, key=lambda uid: names.get(uid, "")):
         gold_list = [g for g in gold_scores.get(user_id, []) if not math.isnan(g)]
         gold_accuracy = _nan_mean(gold_list)
+        median_seconds = statistics.median(times[user_id]) / 1000 if times.get(user_id) else float("nan")
+        low_gold = len(gold_list) >= MIN_GOLD_FOR_FLAG and gold_accuracy < campaign.gold_accuracy_threshold
+        too_fast = (
+            len(times.get(user_id, [])) >= MIN_JUDGMENTS_FOR_SPEED_FLAG and median_seconds < min_seconds
+        )
         rows.append(
             {
                 "user_id": user_id,
@@ -165,11 +197,11 @@ def annotator_stats(
                 "loo_agreement": _nan_mean(loo.get(user_id, [])),
                 "gold_judgments": len(gold_list),
                 "gold_accuracy": gold_accuracy,
-                "median_seconds": statistics.median(times[user_id]) / 1000
-                if times.get(user_id)
-                else float("nan"),
-                "flagged": len(gold_list) >= MIN_GOLD_FOR_FLAG
-                and gold_accuracy < campaign.gold_accuracy_threshold,
+                "median_seconds": median_seconds,
+                "low_gold": low_gold,
+                "too_fast": too_fast,
+                "min_median_seconds": min_seconds,
+                "flagged": low_gold or too_fast,
             }
         )
     return rows

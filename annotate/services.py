@@ -27,14 +27,22 @@ from annotate.models import (
     Campaign,
     ConsensusMode,
     Judgment,
+    JudgmentRevision,
+    RankingBasis,
     Task,
     TaskCaption,
     TaskStatus,
     default_criteria,
 )
+from annotate.selectors import judgments_revisable, revise_limit
 from pool.models import Caption, CaptionStatus, CuratorDecision, ImageStatus
 
 MIN_CAPTIONS, MAX_CAPTIONS = 2, 8
+# Said when a submit carries no ranking the annotator made: the display order is never a ranking.
+NOT_RANKED = (
+    "Rank the captions before submitting: rate every caption and the ranking follows your ratings, "
+    "or put the captions in order yourself. Nothing was saved."
+)
 RATING_MIN, RATING_MAX = 1, 5
 BUILD_CHUNK = 2000
 
@@ -475,6 +483,11 @@ def _ratings_validate(
 def _judgment_replay(*, client_key: uuid.UUID, user, task: Task) -> Judgment | None:
     stored = Judgment.objects.filter(client_key=client_key).first()
     if stored is None:
+        # The key saved a version that has since been corrected: the submit happened; answer with the
+        # judgment as it is now.
+        revision = JudgmentRevision.objects.filter(client_key=client_key).select_related("judgment").first()
+        stored = revision.judgment if revision else None
+    if stored is None:
         return None
     if stored.user_id != user.pk or stored.task_id != task.pk:
         raise JudgmentError(
@@ -484,17 +497,81 @@ def _judgment_replay(*, client_key: uuid.UUID, user, task: Task) -> Judgment | N
     return stored
 
 
-def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_ms: int = 0) -> Judgment:
-    """Store one annotator's ranking and ratings of a task they hold.
-
-    Idempotent on ``client_key``: a repeated submit returns the stored judgment unchanged.
-    """
+def _client_key(client_key) -> uuid.UUID:
     try:
-        key = client_key if isinstance(client_key, uuid.UUID) else uuid.UUID(str(client_key))
+        return client_key if isinstance(client_key, uuid.UUID) else uuid.UUID(str(client_key))
     except (TypeError, ValueError, OverflowError):
         raise JudgmentError(
             "The form is missing its submission key. Reload the page and try again."
         ) from None
+
+
+def ranking_from_ratings(ratings: dict, *, caption_ids: list[int]) -> list[list[int]]:
+    """Tiers, best first, by each caption's mean rating; equal means are ties.
+
+    ``ratings`` must be validated (every caption rated on every criterion), so each caption has the same
+    number of ratings and their sums order exactly like their means, without float comparisons.
+    """
+    sums = {cid: sum(ratings[str(cid)].values()) for cid in caption_ids}
+    tiers: list[list[int]] = []
+    for total in sorted(set(sums.values()), reverse=True):
+        tiers.append(sorted(cid for cid, s in sums.items() if s == total))
+    return tiers
+
+
+def _answer_clean(
+    *, ranking, ratings, ranking_basis: str, caption_ids: list[int], criteria: list[dict], texts: dict
+) -> tuple[list[list[int]], dict]:
+    """The ranking and ratings to store, or ``JudgmentError``: a ranking is derived from the ratings
+    (``ratings``) or made by the annotator (``adjusted``, ``confirmed``); anything else is refused."""
+    if ranking_basis not in RankingBasis.values:
+        raise JudgmentError(NOT_RANKED)
+    if ranking_basis == RankingBasis.RATINGS:
+        cleaned = _ratings_validate(ratings, caption_ids=caption_ids, criteria=criteria, captions=texts)
+        derived = ranking_from_ratings(cleaned, caption_ids=caption_ids)
+        if ranking:
+            # The page showed a ranking; it must be the one the ratings give, or what was stored would
+            # differ from what the annotator saw.
+            shown = ranking_normalise(ranking, caption_ids=caption_ids, captions=texts)
+            if [sorted(t) for t in shown] != derived:
+                raise JudgmentError(
+                    "The ranking on the page no longer follows your ratings. Press r to rank by your "
+                    "ratings again, or move a caption to make the order your own, then submit."
+                )
+        return derived, cleaned
+    tiers = ranking_normalise(ranking, caption_ids=caption_ids, captions=texts)
+    cleaned = _ratings_validate(ratings, caption_ids=caption_ids, criteria=criteria, captions=texts)
+    return tiers, cleaned
+
+
+def _duration(duration_ms, fallback_ms: int) -> int:
+    try:
+        duration = max(0, min(int(duration_ms or 0), 2**31 - 1))
+    except (TypeError, ValueError, OverflowError):
+        duration = 0
+    return duration or max(0, fallback_ms)
+
+
+def judgment_submit(
+    *,
+    user,
+    task: Task,
+    ranking,
+    ratings,
+    client_key,
+    duration_ms: int = 0,
+    ranking_basis: str = RankingBasis.CONFIRMED,
+) -> Judgment:
+    """Store one annotator's ranking and ratings of a task they hold.
+
+    ``ranking_basis`` says how the ranking was made: ``ratings`` derives it from the ratings (a ranking
+    sent along must match), ``adjusted``/``confirmed`` take ``ranking`` as the annotator's own. The web
+    form passes what the annotator did; callers that send an explicit ranking (the API, the simulated
+    annotators) keep the default.
+
+    Idempotent on ``client_key``: a repeated submit returns the stored judgment unchanged.
+    """
+    key = _client_key(client_key)
     campaign = task.campaign
     caption_rows = list(
         TaskCaption.objects.filter(task=task).order_by("position").values_list("caption_id", "caption__text")
@@ -526,22 +603,22 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
                     "and it went back to the queue. Your answer was not saved; open the next task.",
                     status=410,
                 )
-            tiers = ranking_normalise(ranking, caption_ids=caption_ids, captions=texts)
-            cleaned = _ratings_validate(
-                ratings, caption_ids=caption_ids, criteria=campaign.criteria, captions=texts
+            tiers, cleaned = _answer_clean(
+                ranking=ranking,
+                ratings=ratings,
+                ranking_basis=ranking_basis,
+                caption_ids=caption_ids,
+                criteria=campaign.criteria,
+                texts=texts,
             )
-            try:
-                duration = max(0, min(int(duration_ms or 0), 2**31 - 1))
-            except (TypeError, ValueError, OverflowError):
-                duration = 0
-            if not duration:
-                duration = int((now - assignment.created_at).total_seconds() * 1000)
+            duration = _duration(duration_ms, int((now - assignment.created_at).total_seconds() * 1000))
             judgment = Judgment.objects.create(
                 task=task,
                 user=user,
                 assignment=assignment,
                 ranking=tiers,
                 ratings=cleaned,
+                ranking_basis=ranking_basis,
                 duration_ms=duration,
                 client_key=key,
                 created_at=now,
@@ -569,6 +646,61 @@ def judgment_submit(*, user, task: Task, ranking, ratings, client_key, duration_
             return replay
         raise JudgmentError("You have already submitted a judgment for this task.", status=409) from None
     return judgment
+
+
+def judgment_revise(
+    *, judgment: Judgment, user, ranking, ratings, client_key, ranking_basis: str
+) -> Judgment:
+    """Correct one of the user's latest judgments: the current version is kept as a ``JudgmentRevision``
+    and the judgment row becomes the new version, so every reader sees only the latest.
+
+    Idempotent on ``client_key``: the same correction sent twice is saved once.
+    """
+    key = _client_key(client_key)
+    task = judgment.task
+    caption_rows = list(
+        TaskCaption.objects.filter(task=task).order_by("position").values_list("caption_id", "caption__text")
+    )
+    caption_ids = [cid for cid, _ in caption_rows]
+    now = timezone.now()
+    with transaction.atomic():
+        current = Judgment.objects.select_for_update().filter(pk=judgment.pk).first()
+        if current is None or current.user_id != user.pk:
+            raise JudgmentError("This judgment is not yours to correct.", status=403)
+        if current.client_key == key or JudgmentRevision.objects.filter(client_key=key).exists():
+            return current  # a retried correction: already saved
+        if current.pk not in {j.pk for j in judgments_revisable(campaign=task.campaign, user=user)}:
+            raise JudgmentError(
+                f"You can correct only your last {revise_limit()} judgments of this campaign; this one is "
+                "older and may already be in a trained model.",
+                status=409,
+            )
+        tiers, cleaned = _answer_clean(
+            ranking=ranking,
+            ratings=ratings,
+            ranking_basis=ranking_basis,
+            caption_ids=caption_ids,
+            criteria=task.campaign.criteria,
+            texts=dict(caption_rows),
+        )
+        JudgmentRevision.objects.create(
+            judgment=current,
+            version=current.version,
+            ranking=current.ranking,
+            ratings=current.ratings,
+            ranking_basis=current.ranking_basis,
+            duration_ms=current.duration_ms,
+            client_key=current.client_key,
+            saved_at=current.revised_at or current.created_at,
+            replaced_at=now,
+        )
+        current.ranking, current.ratings, current.ranking_basis = tiers, cleaned, ranking_basis
+        current.client_key, current.version, current.revised_at = key, current.version + 1, now
+        # The time spent on the task stays the first pass's: the median-time flag measures that.
+        current.save(
+            update_fields=["ranking", "ratings", "ranking_basis", "client_key", "version", "revised_at"]
+        )
+    return current
 
 
 def ranking_from_tier_numbers(tier_numbers: dict[int, int | None]) -> list[list[int]]:
@@ -599,7 +731,9 @@ __all__ = [
     "campaign_create",
     "campaign_task_for_rewrite",
     "campaign_tasks_build",
+    "judgment_revise",
     "judgment_submit",
+    "ranking_from_ratings",
     "ranking_from_tier_numbers",
     "ranking_normalise",
     "task_gold_set",

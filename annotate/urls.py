@@ -14,4 +14,6 @@ urlpatterns = [
     path("<int:campaign_id>/progress", views.progress, name="progress"),
     path("<int:campaign_id>/tasks/<int:task_id>/submit", views.task_submit, name="submit"),
     path("<int:campaign_id>/tasks/<int:task_id>/skip", views.task_skip, name="skip"),
+    path("<int:campaign_id>/tasks/<int:task_id>/state", views.task_state, name="task_state"),
+    path("<int:campaign_id>/judgments/<int:judgment_id>/revise", views.judgment_revise, name="revise"),
 ]

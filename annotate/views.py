@@ -14,17 +14,27 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.roles import ADMIN, ANNOTATOR, role_required
 from annotate import selectors, services
 from annotate import tasks as annotate_tasks
 from annotate.exports import judgments_coco_hf, preference_pairs_jsonl
-from annotate.models import Assignment, AssignmentStatus, Campaign, ConsensusMode, Judgment, Task
+from annotate.models import (
+    Assignment,
+    AssignmentStatus,
+    Campaign,
+    ConsensusMode,
+    Judgment,
+    RankingBasis,
+    Task,
+)
 from pool.query_params import int_param
 
 PROGRESS_EVENT = "annotate-progress"
@@ -38,9 +48,13 @@ SKIP_REASONS = [
 ]
 
 
-def _answer_from_post(post, caption_ids: list[int], criteria: list[dict]) -> tuple[list, dict, dict]:
-    """The no-JavaScript form (a rank number per caption, a radio per rating) as ranking and ratings.
+def _answer_from_post(post, caption_ids: list[int], criteria: list[dict]) -> tuple[list, dict, dict, str]:
+    """The form (a rank number per caption, a radio per rating) as ranking, ratings and ranking basis.
 
+    ``ranking_basis`` comes from the page: the script sends ``ratings`` (derived, shown live) or
+    ``adjusted`` (the annotator moved captions); the plain form sends ``form``, where blank ranks mean
+    "rank by my ratings" and ranks entered for every caption are the annotator's own. Anything else,
+    an empty value included, is refused by the service: the display order is never taken as a ranking.
     Also returns the raw values so an error page can show the annotator what they entered.
     """
     tier_numbers: dict[int, int | None] = {}
@@ -63,7 +77,13 @@ def _answer_from_post(post, caption_ids: list[int], criteria: list[dict]) -> tup
     ranking = services.ranking_from_tier_numbers(tier_numbers)
     if unranked and len(unranked) == len(caption_ids):
         ranking = []
-    return ranking, ratings, raw
+    basis = post.get("ranking_basis", "").strip()
+    raw["ranking_basis"] = basis
+    if basis == "form":
+        basis = RankingBasis.RATINGS if not ranking else RankingBasis.CONFIRMED
+    elif basis not in (RankingBasis.RATINGS, RankingBasis.ADJUSTED):
+        basis = ""
+    return ranking, ratings, raw, basis
 
 
 def _task_context(request, campaign: Campaign, assignment: Assignment | None, **extra) -> dict:
@@ -81,15 +101,45 @@ def _task_context(request, campaign: Campaign, assignment: Assignment | None, **
         "raw": {},
         "error": None,
         "view": None,
+        "revising": None,
+        # The judgments the annotator may still correct, newest first (the "p" key opens the first).
+        "recent": SimpleLazyObject(lambda: selectors.judgments_revisable(campaign=campaign, user=user)),
     }
-    if assignment is not None:
+    revising = extra.get("revising")
+    raw = extra.get("raw") or {}
+    if revising is not None:
+        view = selectors.judgment_view(judgment=revising)
+        context["view"] = view
+        context["cards"] = _cards(view, raw or _raw_from_judgment(revising))
+        # Judgments from before the basis was recorded keep their stored order as the annotator's own.
+        context["basis"] = raw.get("ranking_basis") or revising.ranking_basis or RankingBasis.CONFIRMED
+        context["form_action"] = reverse("annotate:revise", args=[campaign.pk, revising.pk])
+        context["storage_key"] = f"loupe-revise:{revising.pk}:{revising.version}"
+    elif assignment is not None:
         view = selectors.task_view(assignment=assignment)
-        raw = extra.get("raw") or {}
         context["view"] = view
         context["cards"] = _cards(view, raw)
+        context["basis"] = raw.get("ranking_basis", "")
+        context["form_action"] = reverse("annotate:submit", args=[campaign.pk, assignment.task_id])
+        context["storage_key"] = f"loupe-task:{campaign.pk}:{assignment.task_id}:{assignment.pk}"
+        context["state_url"] = reverse("annotate:task_state", args=[campaign.pk, assignment.task_id])
         context["minutes_left"] = max(0, int((assignment.expires_at - timezone.now()).total_seconds() // 60))
     context.update(extra)
     return context
+
+
+def _raw_from_judgment(judgment: Judgment) -> dict:
+    """A stored judgment as the form's raw values: rank numbers (1, 2, 2, 4 for ties) and ratings."""
+    raw: dict[str, str] = {"ranking_basis": judgment.ranking_basis}
+    position = 1
+    for tier in judgment.ranking:
+        for cid in tier:
+            raw[f"tier_{cid}"] = str(position)
+        position += len(tier)
+    for cid, row in judgment.ratings.items():
+        for key, value in row.items():
+            raw[f"rate_{cid}_{key}"] = str(value)
+    return raw
 
 
 def _cards(view: selectors.TaskView, raw: dict) -> list[dict]:
@@ -138,7 +188,10 @@ def campaign_list(request):
     return render(request, "annotate/campaign_list.html", {"rows": rows})
 
 
+# Task pages are never cached: Back/Forward must not bring back a task that was submitted meanwhile
+# (never_cache sends Cache-Control: no-store, which also keeps them out of the back/forward cache).
 @require_GET
+@never_cache
 @role_required(ANNOTATOR)
 def task_next(request, campaign_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id, is_active=True)
@@ -171,12 +224,13 @@ def _refused(request, campaign: Campaign, task: Task, error: services.JudgmentEr
 
 
 @require_POST
+@never_cache
 @role_required(ANNOTATOR)
 def task_submit(request, campaign_id: int, task_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     task = get_object_or_404(Task.objects.select_related("campaign"), pk=task_id, campaign=campaign)
     caption_ids = services.task_caption_ids(task)
-    ranking, ratings, raw = _answer_from_post(request.POST, caption_ids, campaign.criteria)
+    ranking, ratings, raw, basis = _answer_from_post(request.POST, caption_ids, campaign.criteria)
     try:
         services.judgment_submit(
             user=request.user,
@@ -185,13 +239,92 @@ def task_submit(request, campaign_id: int, task_id: int):
             ratings=ratings,
             client_key=request.POST.get("client_key", ""),
             duration_ms=request.POST.get("duration_ms") or 0,
+            ranking_basis=basis,
         )
     except services.JudgmentError as error:
         return _refused(request, campaign, task, error, raw)
     return _after_answer(request, campaign, "Saved. Here is your next task.")
 
 
+@require_GET
+@never_cache
+@role_required(ANNOTATOR)
+def task_state(request, campaign_id: int, task_id: int):
+    """Whether the user still holds the task: a page restored by Back/Forward or left open in another
+    tab asks before the annotator types into it."""
+    assignment = (
+        Assignment.objects.filter(task_id=task_id, task__campaign_id=campaign_id, user=request.user)
+        .only("status", "expires_at")
+        .first()
+    )
+    if assignment is None:
+        held, message = False, "This task is not assigned to you."
+    elif assignment.status == AssignmentStatus.SUBMITTED:
+        held, message = False, "You already submitted this task (perhaps in another tab)."
+    elif assignment.status == AssignmentStatus.SKIPPED:
+        held, message = False, "You skipped this task."
+    elif assignment.status == AssignmentStatus.EXPIRED or assignment.expires_at <= timezone.now():
+        held, message = False, "Your time on this task ran out and it went back to the queue."
+    else:
+        held, message = True, ""
+    return JsonResponse(
+        {"held": held, "message": message, "next_url": reverse("annotate:next", args=[campaign_id])}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+@role_required(ANNOTATOR)
+def judgment_revise(request, campaign_id: int, judgment_id: int):
+    """Reopen one of the user's latest judgments and save a corrected version (the old one is kept)."""
+    campaign = get_object_or_404(Campaign, pk=campaign_id)
+    judgment = get_object_or_404(
+        Judgment.objects.select_related("task", "task__campaign", "task__image", "assignment"),
+        pk=judgment_id,
+        task__campaign=campaign,
+        user=request.user,
+    )
+    if request.method == "GET":
+        if judgment.pk not in {
+            j.pk for j in selectors.judgments_revisable(campaign=campaign, user=request.user)
+        }:
+            messages.warning(
+                request,
+                f"You can correct only your last {selectors.revise_limit()} judgments of this campaign.",
+            )
+            return redirect("annotate:next", campaign_id=campaign.pk)
+        return _render_task(request, campaign, None, revising=judgment)
+    caption_ids = services.task_caption_ids(judgment.task)
+    ranking, ratings, raw, basis = _answer_from_post(request.POST, caption_ids, campaign.criteria)
+    try:
+        saved = services.judgment_revise(
+            judgment=judgment,
+            user=request.user,
+            ranking=ranking,
+            ratings=ratings,
+            client_key=request.POST.get("client_key", ""),
+            ranking_basis=basis,
+        )
+    except services.JudgmentError as error:
+        if error.status == 400:
+            return _render_task(
+                request, campaign, None, status=400, error=error.text, raw=raw, revising=judgment
+            )
+        return _render_task(request, campaign, None, status=error.status, error=error.text, refused=True)
+    response = _after_answer(
+        request,
+        campaign,
+        f"Correction saved: task {judgment.task_id} is now version {saved.version} "
+        "(the earlier version is kept). Here is your next task.",
+    )
+    if request.htmx:
+        # The next task is on screen now: a reload or Back should not reopen the correction.
+        response["HX-Replace-Url"] = reverse("annotate:next", args=[campaign.pk])
+    return response
+
+
 @require_POST
+@never_cache
 @role_required(ANNOTATOR)
 def task_skip(request, campaign_id: int, task_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id)

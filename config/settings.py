@@ -50,7 +50,8 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 INSTALLED_APPS = [
     # First: its createsuperuser (normalised usernames) must take precedence over django.contrib.auth's.
     "accounts",
-    "django.contrib.admin",
+    # Django's admin, opened by role: users with the admin role use it (accounts/admin_site.py).
+    "accounts.apps.LoupeAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -121,6 +122,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # Tests that start a real worker need the test database in a file both processes can open.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # "SQLite does not support indexes with non-key columns": the queue's covering index includes its
+    # counters on PostgreSQL only, by design; on SQLite there is nothing to act on.
+    SILENCED_SYSTEM_CHECKS = ["models.W040"]
 elif PRODUCTION and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("Production runs on PostgreSQL: set DATABASE_URL=postgres://...")
 
@@ -129,6 +133,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if TESTING:
     # Hashing is the slowest part of a login; tests log in hundreds of times.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # Admin-role users hold the model permissions the Django admin checks (roles are groups, not perms).
+    "accounts.admin_site.RolePermissionBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -174,6 +184,14 @@ LOUPE_IMPORT_MAX_SKIPPED_FRACTION = float(os.environ.get("LOUPE_IMPORT_MAX_SKIPP
 # annotation tasks' materialised copies).
 LOUPE_THUMB_SIZE = int(os.environ.get("LOUPE_THUMB_SIZE", "256"))
 
+# --- Annotation ----------------------------------------------------------------------------------
+# An annotator can reopen and correct this many of their latest judgments per campaign (a new version;
+# the earlier one is kept). More would let old work drift after training has used it.
+LOUPE_REVISE_LAST_JUDGMENTS = int(os.environ.get("LOUPE_REVISE_LAST_JUDGMENTS", "5"))
+# An annotator whose median time per task is below this many seconds is flagged on the campaign page:
+# reading four captions and giving sixteen ratings takes longer than that, so they are clicking through.
+LOUPE_MIN_MEDIAN_SECONDS_PER_TASK = float(os.environ.get("LOUPE_MIN_MEDIAN_SECONDS_PER_TASK", "2.0"))
+
 # --- Reward model -------------------------------------------------------------------------------
 # A candidate is promoted only if its held-out pairwise accuracy is at least the active model's minus
 # this: a small tolerance keeps retrains on slightly different splits from flapping.
@@ -183,8 +201,12 @@ LOUPE_GATE_TOLERANCE = float(os.environ.get("LOUPE_GATE_TOLERANCE", "0.01"))
 LOUPE_FINETUNE_GATE_MARGIN = float(os.environ.get("LOUPE_FINETUNE_GATE_MARGIN", "0.02"))
 # Seconds to re-encode one pair with a new encoder, for the gate's cost note (docs/finetune.md's CPU figure).
 LOUPE_RESCORE_SECONDS_PER_PAIR = float(os.environ.get("LOUPE_RESCORE_SECONDS_PER_PAIR", "0.256"))
-# Fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
+# The two retraining thresholds, shown together on the console and the models page:
+# fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
 LOUPE_REWARD_MIN_JUDGMENTS = int(os.environ.get("LOUPE_REWARD_MIN_JUDGMENTS", "30"))
+# The schedule retrains a campaign once this many judgments arrived since its last model (a campaign can
+# override it with selection_mix["retrain_after"]): 50 judgments of 4 captions are 300 ranked pairs.
+LOUPE_RETRAIN_AFTER_JUDGMENTS = int(os.environ.get("LOUPE_RETRAIN_AFTER_JUDGMENTS", "50"))
 # Shares of images (never of pairs) held out for early stopping and for the evaluation report.
 LOUPE_REWARD_VALIDATION_FRACTION = float(os.environ.get("LOUPE_REWARD_VALIDATION_FRACTION", "0.1"))
 LOUPE_REWARD_TEST_FRACTION = float(os.environ.get("LOUPE_REWARD_TEST_FRACTION", "0.2"))
@@ -203,7 +225,9 @@ LOUPE_DOWNSTREAM_MIN_HELD_OUT = int(os.environ.get("LOUPE_DOWNSTREAM_MIN_HELD_OU
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LOUPE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
 
 # --- Celery -------------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# "localhost" only names the machine: the filesystem transport ignores it, and without one kombu warns
+# "No hostname was supplied" on every start.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost//")
 BROKER_DIR = Path(os.environ.get("LOUPE_BROKER_DIR", DATA_DIR / "broker"))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport: a real broker in a folder, so the demo needs no server.
@@ -299,7 +323,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"forbidden_without_traceback": {"()": "config.logging_filters.ForbiddenWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOUPE_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # "Forbidden (Permission denied): /path" stays, its traceback goes (a wrong-role page is no bug).
+        "django.request": {"filters": ["forbidden_without_traceback"]},
+        # "Loading SentenceTransformer model from ..." on every worker start: nothing to act on.
+        "sentence_transformers": {"level": "WARNING"},
+        # One line per request (htmx polls every second or two on job pages); errors still show.
+        # The demo sets WARNING; the default keeps them.
+        "django.server": {"level": os.environ.get("LOUPE_REQUEST_LOG_LEVEL", "INFO")},
+    },
 }

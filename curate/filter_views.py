@@ -1,7 +1,8 @@
 """Filter runs and exports: the rule form with a live preview, the runs and exports lists, downloads.
 
-Curators preview and run filters; exporting and downloading are for admins. The preview is the same
-page fragment with or without htmx: without JavaScript the form's "Preview" button reloads the page.
+Curators preview and run filters, open a run to see the pairs it kept and dropped, and export what a
+run keeps (and download it). The preview is the same page fragment with or without htmx: without
+JavaScript the form's "Preview" button reloads the page.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.roles import ADMIN, CURATOR, has_role, role_required
+from annotate.models import Campaign
 from curate.exports import ExportError, export_create, export_file_path
 from curate.filtering import PRESETS, FilterNeedsConfirm, FilterRule, filter_preview, filter_run_create
 from curate.models import Export, FilterRun
-from curate.selectors import score_context_default
+from curate.selectors import filter_run_pairs, score_context_default
 from curate.tasks import export_execute, filter_run_execute
 from pool.query_params import INT64_MAX, int_param
 from scoring.models import Score
@@ -87,7 +89,11 @@ def _page(request, *, params, status: int = 200, extra: dict | None = None):
         "runs": FilterRun.objects.order_by("-created_at")[:RUNS_SHOWN],
         "exports": Export.objects.select_related("filter_run").order_by("-created_at")[:RUNS_SHOWN],
         "export_kinds": Export.Kind.choices,
-        "can_export": has_role(request.user, ADMIN),
+        # Judgment exports name their campaign; with one campaign it is preselected.
+        "campaigns": list(Campaign.objects.order_by("name").only("id", "name")),
+        "can_export": True,
+        # The downstream check trains a model per seed: an admin's decision, like other training.
+        "can_check_downstream": has_role(request.user, ADMIN),
         **(extra or {}),
     }
     if request.htmx and request.method == "GET":
@@ -126,8 +132,42 @@ def run_create(request):
             filter_run_execute.delay_on_commit(run.pk)
     except FilterNeedsConfirm as exc:
         return _page(request, params=request.POST, status=400, extra={"needs_confirm": str(exc)})
-    messages.success(request, f"Filter run {run.pk} queued: {state['rule'].describe()}.")
+    messages.success(request, f"Filter run {run.pk} queued: {run.params.get('rule_text', '')}.")
     return redirect("filters:index")
+
+
+PAIRS_PER_PAGE = 50
+
+
+@require_GET
+@role_required(CURATOR)
+def run_detail(request, run_id: int):
+    """The pairs a run kept or dropped with their scores, a page at a time by caption id (keyset): the
+    counts come from the run row, so no request counts or scans the pool."""
+    run = get_object_or_404(FilterRun, pk=run_id)
+    show = "dropped" if request.GET.get("show") == "dropped" else "kept"
+    after = request.GET.get("after", "")
+    page = None
+    error = ""
+    if run.status == "succeeded":
+        try:
+            page = filter_run_pairs(
+                run=run, show=show, after=int(after) if after.isdigit() else 0, limit=PAIRS_PER_PAGE
+            )
+        except FileNotFoundError as exc:
+            error = str(exc)
+    return render(
+        request,
+        "filters/run_detail.html",
+        {
+            "run": run,
+            "show": show,
+            "page": page,
+            "after": after,
+            "error": error,
+            "dropped": max(0, run.considered - run.kept),
+        },
+    )
 
 
 @require_GET
@@ -138,14 +178,18 @@ def run_progress(request, run_id: int):
 
 
 @require_POST
-@role_required(ADMIN)
+@role_required(CURATOR)
 def export_start(request, run_id: int):
     run = get_object_or_404(FilterRun, pk=run_id)
     campaign = request.POST.get("campaign", "")
+    kind = request.POST.get("kind", "")
+    if kind in (Export.Kind.PREFERENCES, Export.Kind.COCO_HF) and not campaign.isdigit():
+        messages.error(request, "Pick the campaign whose judgments to export (the list beside the format).")
+        return redirect("filters:index")
     try:
         with transaction.atomic():
             export = export_create(
-                kind=request.POST.get("kind", ""),
+                kind=kind,
                 filter_run=run,
                 overwrite=False,
                 user=request.user,
@@ -160,14 +204,14 @@ def export_start(request, run_id: int):
 
 
 @require_GET
-@role_required(ADMIN)
+@role_required(CURATOR)
 def export_progress(request, export_id: int):
     export = get_object_or_404(Export, pk=export_id)
     return render(request, "filters/index.html#export-progress", {"export": export})
 
 
 @require_GET
-@role_required(ADMIN)
+@role_required(CURATOR)
 def export_download(request, export_id: int, name: str):
     export = get_object_or_404(Export, pk=export_id)
     try:

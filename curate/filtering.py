@@ -122,10 +122,10 @@ class FilterRule:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def describe(self) -> str:
+    def describe(self, *, reward_model_version: int | None = None) -> str:
         parts = []
         if self.top_percent is not None:
-            parts.append(f"top {self.top_percent:g}% by reward")
+            parts.append(f"top {self.top_percent:g}% by {rank_label(reward_model_version)}")
         if self.reward_min is not None:
             parts.append(f"reward ≥ {self.reward_min:g}")
         if self.cosine_min is not None:
@@ -162,6 +162,16 @@ def vlm_judge_resolve(scorer: str) -> tuple[str, str]:
     return latest
 
 
+def rank_field(reward_model_version: int | None) -> str:
+    """The score "top k%" ranks by: the reward model's reward, or CLIPScore when there is no reward model
+    (version 0, scores without a reward): the baseline, instead of a rule that silently keeps nothing."""
+    return "reward" if reward_model_version != 0 else "clipscore"
+
+
+def rank_label(reward_model_version: int | None) -> str:
+    return "reward" if reward_model_version != 0 else "CLIPScore (no reward model yet)"
+
+
 def _opt_float(value) -> float | None:
     if value is None or value == "":
         return None
@@ -186,14 +196,15 @@ def reward_cutoff(
     One ORDER BY ... OFFSET on the (encoder, fingerprint, version, reward) index instead of loading the
     column. Pairs tied with the cut value are all kept, so a run can keep a few more than k%.
     """
+    field_name = rank_field(reward_model_version)
     with_reward = scored_pairs(
         encoder=encoder, reward_model_version=reward_model_version, encoder_fingerprint=encoder_fingerprint
-    ).filter(reward__isnull=False)
+    ).filter(**{f"{field_name}__isnull": False})
     total = with_reward.count()
     wanted = math.ceil(total * top_percent / 100)
     if not wanted:
         return None, total
-    cut = with_reward.order_by("-reward").values_list("reward", flat=True)[wanted - 1 : wanted]
+    cut = with_reward.order_by(f"-{field_name}").values_list(field_name, flat=True)[wanted - 1 : wanted]
     return float(cut[0]), total
 
 
@@ -216,7 +227,7 @@ def _rule_scores(
     if rule.top_percent is not None:
         if cutoff is None:
             return scores.none()
-        scores = scores.filter(reward__gte=cutoff)
+        scores = scores.filter(**{f"{rank_field(reward_model_version)}__gte": cutoff})
     if rule.reward_min is not None:
         scores = scores.filter(reward__gte=rule.reward_min)
     if rule.cosine_min is not None:
@@ -394,6 +405,8 @@ def filter_preview(
     )
     considered, kept = plan.considered.count(), plan.kept.count()
     score_field = rule.histogram_field
+    if score_field == "reward":
+        score_field = rank_field(reward_model_version)
     counts, edges = (
         score_histogram(
             encoder=encoder,
@@ -514,7 +527,10 @@ def filter_run_create(
         reward_model_version=reward_model_version,
         reward_checkpoint_sha256=weights.reward_checkpoint_sha256,
         rule=rule.to_dict(),
-        params={"rule_text": rule.describe(), "confirmed_warning": preview.warning},
+        params={
+            "rule_text": rule.describe(reward_model_version=reward_model_version),
+            "confirmed_warning": preview.warning,
+        },
         created_by=user,
     )
 
@@ -558,7 +574,7 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
         run.kept = int(kept_ids.size)
         run.kept_file = str(path)
         run.summary = {
-            "rule_text": rule.describe(),
+            "rule_text": rule.describe(reward_model_version=run.reward_model_version),
             "reward_cutoff": plan.cutoff,
             "rule_passed": plan.rule_passed.count(),
             **{name: qs.count() for name, qs in plan.overrides.items()},
@@ -576,6 +592,16 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
         run.save(update_fields=["status", "error", "finished_at"])
         raise
     return run
+
+
+def filter_run_kept_ids_mmap(*, run: FilterRun) -> np.ndarray:
+    """The kept ids memory-mapped: a page of a run's pairs reads a few blocks, not the whole file."""
+    if not run.kept_file or not Path(run.kept_file).exists():
+        raise FileNotFoundError(
+            f"Filter run {run.pk}: its kept-ids file {run.kept_file or '(none)'} is missing, so its pairs "
+            "cannot be listed. Run the filter again."
+        )
+    return np.load(run.kept_file, mmap_mode="r")
 
 
 def filter_run_kept_ids(*, run: FilterRun) -> np.ndarray:

@@ -37,10 +37,19 @@ class Flag(models.Model):
 
 
 class Review(models.Model):
-    """One curator decision: the audit trail. The current decision is mirrored on the caption."""
+    """One curator decision: the audit trail. The current decision is mirrored on the caption.
+
+    An undo is a review too (``decision="undo"``, ``undoes`` the review it takes back): nothing in the
+    trail is ever deleted or edited.
+    """
+
+    UNDO = "undo"
 
     caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="reviews")
     decision = models.CharField(max_length=16)
+    undoes = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="undone_by"
+    )
     note = models.TextField(blank=True)
     rewritten_caption = models.ForeignKey(
         Caption, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

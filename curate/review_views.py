@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
+from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -23,15 +24,26 @@ from curate.models import FlagReason, Review
 from curate.rewrite import RewriteRefused, rewrite_suggestion_get
 from curate.selectors import (
     QueueFilters,
+    cluster_items,
+    near_duplicate_clusters,
     review_audit,
     review_counts_by_reason,
     review_items,
     review_queue,
     score_context_default,
 )
-from curate.services import DECISIONS, DecisionConflict, review_decide, review_decide_bulk
+from curate.services import (
+    DECISIONS,
+    DecisionConflict,
+    NothingToUndo,
+    cluster_decide,
+    cluster_undo,
+    review_decide,
+    review_decide_bulk,
+    review_undo,
+)
 from curate.tasks import rewrite_suggest_task
-from pool.models import Caption, CaptionSource, CuratorDecision
+from pool.models import Caption, CaptionSource, CuratorDecision, Image
 from pool.query_params import INT64_MAX, int_param
 
 PAGE_SIZE = 10
@@ -79,15 +91,28 @@ def _campaigns():
 def _page_context(request, *, status_message: str = "") -> dict:
     filters = _filters(request.GET)
     context = _context(request.GET)
-    queryset = review_queue(filters=filters, context=context)
-    page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
-    items = review_items(captions=list(page.object_list), context=context)
+    # Near duplicates are reviewed one cluster at a time (the kept image beside its duplicates); "pairs"
+    # lists their captions one by one instead.
+    cluster_mode = filters.reason == FlagReason.NEAR_DUPLICATE and request.GET.get("view") != "pairs"
+    clusters = []
+    if cluster_mode:
+        page = Paginator(near_duplicate_clusters(state=filters.state), PAGE_SIZE).get_page(
+            request.GET.get("page")
+        )
+        clusters = cluster_items(kept_images=list(page.object_list))
+        items = []
+    else:
+        queryset = review_queue(filters=filters, context=context)
+        page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+        items = review_items(captions=list(page.object_list), context=context)
     query = {k: v for k, v in request.GET.items() if k != "page" and v}
     return {
         "filters": filters,
         "score_context": context,
         "page": page,
         "items": items,
+        "cluster_mode": cluster_mode,
+        "clusters": clusters,
         "reasons": FlagReason.choices,
         "sources": CaptionSource.choices,
         "counts": review_counts_by_reason(),
@@ -104,7 +129,9 @@ def queue(request):
     return render(request, "review/queue.html", _page_context(request))
 
 
-def _item_response(request, caption: Caption, *, status: int = 200, notice: str = "", conflict=None):
+def _item_response(
+    request, caption: Caption, *, status: int = 200, notice: str = "", conflict=None, notice_ok: str = ""
+):
     context = _context(request.POST)
     (item,) = review_items(captions=[caption], context=context)
     return render(
@@ -113,6 +140,7 @@ def _item_response(request, caption: Caption, *, status: int = 200, notice: str 
         {
             "item": item,
             "notice": notice,
+            "notice_ok": notice_ok,
             "conflict": conflict,
             "campaigns": _campaigns(),
             "here": _queue_url(request),
@@ -173,11 +201,90 @@ def decide(request, caption_id: int):
             text += f", sent to campaign {campaign.name}"
     if request.htmx:
         response = render(
-            request, "review/queue.html#decided", {"caption": caption, "text": text, "review": review}
+            request,
+            "review/queue.html#decided",
+            {"caption": caption, "text": text, "review": review, "here": _queue_url(request)},
         )
         response["HX-Trigger"] = "review-decided"
         return response
     messages.success(request, f"{text} ({caption.text[:60]})")
+    return redirect(_queue_url(request))
+
+
+@require_POST
+@role_required(CURATOR)
+def undo(request, caption_id: int):
+    """Take back the pair's latest decision (the undo is an audit entry of its own)."""
+    caption = get_object_or_404(Caption.objects.select_related("image"), pk=caption_id)
+    version = request.POST.get("expected_version", "")
+    try:
+        review = review_undo(
+            caption=caption,
+            reviewer=request.user,
+            expected_version=int(version) if version.isdigit() else -1,
+        )
+    except DecisionConflict as conflict:
+        if request.htmx:
+            return _item_response(request, conflict.caption, status=409, conflict=conflict)
+        messages.warning(request, str(conflict))
+        return redirect(_queue_url(request))
+    except NothingToUndo as exc:
+        if request.htmx:
+            return _item_response(request, caption, status=400, notice=str(exc))
+        messages.error(request, str(exc))
+        return redirect(_queue_url(request))
+    text = f"Undone: {review.undoes.decision} by {review.undoes.reviewer.username} no longer applies" + (
+        f"; the pair is {caption.get_decision_display()} again."
+        if caption.decision
+        else "; the pair is undecided."
+    )
+    if request.htmx:
+        response = _item_response(request, caption, notice_ok=text)
+        response["HX-Trigger"] = "review-undone"
+        return response
+    messages.success(request, text)
+    return redirect(_queue_url(request))
+
+
+def _cluster_response(request, kept: Image, *, decided: list, undone: list):
+    (cluster,) = cluster_items(kept_images=[kept])
+    template = "review/queue.html#cluster-decided" if decided else "review/queue.html#cluster"
+    return render(
+        request,
+        template,
+        {"cluster": cluster, "decided": decided, "undone": undone, "here": _queue_url(request)},
+    )
+
+
+@require_POST
+@role_required(CURATOR)
+def cluster_decide_view(request, image_id: int):
+    """Confirm a near-duplicate cluster: the duplicates' captions are dropped (one review each)."""
+    kept = get_object_or_404(Image, pk=image_id)
+    decided = cluster_decide(kept_image=kept, reviewer=request.user)
+    text = (
+        f"Dropped {len(decided)} caption{'s' if len(decided) != 1 else ''} of the near duplicates of image {kept.pk}."
+        if decided
+        else "Nothing left to decide in this cluster (someone decided it meanwhile)."
+    )
+    if request.htmx:
+        response = _cluster_response(request, kept, decided=decided, undone=[])
+        response["HX-Trigger"] = "review-decided"
+        return response
+    messages.success(request, text)
+    return redirect(_queue_url(request))
+
+
+@require_POST
+@role_required(CURATOR)
+def cluster_undo_view(request, image_id: int):
+    kept = get_object_or_404(Image, pk=image_id)
+    undone = cluster_undo(kept_image=kept, reviewer=request.user)
+    if request.htmx:
+        return _cluster_response(request, kept, decided=[], undone=undone)
+    messages.success(
+        request, f"Undone: {len(undone)} caption(s) of the cluster of image {kept.pk} are undecided again."
+    )
     return redirect(_queue_url(request))
 
 
@@ -248,15 +355,23 @@ def audit(request):
     reviewer_ids = Review.objects.values_list("reviewer_id", flat=True).distinct()
     curators = get_user_model().objects.filter(id__in=reviewer_ids).order_by("username")
     query = urlencode({k: v for k, v in {"curator": curator, "decision": decision}.items() if v})
+    # A decision can be undone from here while it is the newest entry of its pair.
+    latest = set(
+        Review.objects.filter(caption_id__in={r.caption_id for r in page})
+        .values("caption_id")
+        .annotate(last=Max("id"))
+        .values_list("last", flat=True)
+    )
     return render(
         request,
         "review/audit.html",
         {
             "page": page,
+            "undoable": {r.pk for r in page if r.pk in latest and r.decision != Review.UNDO},
             "curator": curator,
             "decision": decision,
             "curators": curators,
-            "decisions": DECISIONS,
+            "decisions": (*DECISIONS, Review.UNDO),
             "query": query,
         },
     )

@@ -69,10 +69,16 @@ class QueueFilters:
 
 
 def review_queue(*, filters: QueueFilters, context: ScoreContext) -> QuerySet[Caption]:
-    """Flagged captions matching the filters, oldest first. Uses EXISTS so no join multiplies rows."""
+    """Flagged captions matching the filters, oldest first. Uses EXISTS so no join multiplies rows.
+
+    Near-duplicate flags are reviewed one cluster at a time (``near_duplicate_clusters``): a caption
+    whose only open flag is a near-duplicate one is not an item of its own here.
+    """
     flags = Flag.objects.filter(caption=OuterRef("pk"), is_open=True)
     if filters.reason:
         flags = flags.filter(reason=filters.reason)
+    else:
+        flags = flags.exclude(reason=FlagReason.NEAR_DUPLICATE)
     queryset = Caption.objects.filter(Exists(flags))
     if filters.state == "undecided":
         queryset = queryset.filter(decision="")
@@ -178,23 +184,179 @@ def review_items(*, captions: list[Caption], context: ScoreContext) -> list[Queu
 
 
 def review_counts_by_reason() -> dict[str, int]:
-    """Open flags on undecided captions per reason, for the filter bar."""
+    """Open flags on undecided captions per reason, for the filter bar; near duplicates count clusters."""
     counts = {reason.value: 0 for reason in FlagReason}
     rows = (
         Flag.objects.filter(is_open=True, caption__decision="")
+        .exclude(reason=FlagReason.NEAR_DUPLICATE)
         .values_list("reason")
         .order_by()
         .annotate(n=Count("id"))
     )
     for reason, n in rows:
         counts[reason] = n
+    counts[FlagReason.NEAR_DUPLICATE.value] = near_duplicate_clusters(state="undecided").count()
     return counts
 
 
+# --- near-duplicate clusters: one item per kept image ---------------------------------------------
+
+
+def near_duplicate_clusters(*, state: str = "undecided") -> QuerySet:
+    """Kept images of near-duplicate clusters whose duplicates carry open flags, oldest first.
+
+    A cluster is undecided while a caption of one of its duplicate images is undecided.
+    """
+    from pool.models import Image
+
+    flagged = Flag.objects.filter(
+        reason=FlagReason.NEAR_DUPLICATE, is_open=True, caption__image__duplicate_of=OuterRef("pk")
+    )
+    undecided = flagged.filter(caption__decision="")
+    queryset = Image.objects.filter(Exists(flagged))
+    if state == "undecided":
+        queryset = queryset.filter(Exists(undecided))
+    elif state == "decided":
+        queryset = queryset.exclude(Exists(undecided))
+    return queryset.order_by("id")
+
+
+@dataclass
+class ClusterImage:
+    image: object
+    captions: list[Caption]
+    is_kept: bool
+
+
+@dataclass
+class ClusterItem:
+    kept: ClusterImage
+    duplicates: list[ClusterImage]
+
+    @property
+    def pk(self) -> int:
+        return self.kept.image.pk
+
+    @property
+    def undecided_duplicate_captions(self) -> list[Caption]:
+        return [c for d in self.duplicates for c in d.captions if not c.decision]
+
+    @property
+    def images(self) -> list[ClusterImage]:
+        return [self.kept, *self.duplicates]
+
+
+def cluster_items(*, kept_images: list) -> list[ClusterItem]:
+    """For one page of clusters: the kept image and its near duplicates, each with its captions."""
+    from pool.models import Image, ImageStatus
+
+    if not kept_images:
+        return []
+    duplicates: dict[int, list] = {}
+    for image in Image.objects.filter(
+        duplicate_of__in=kept_images, status=ImageStatus.NEAR_DUPLICATE
+    ).order_by("id"):
+        duplicates.setdefault(image.duplicate_of_id, []).append(image)
+    image_ids = [i.pk for i in kept_images] + [d.pk for ds in duplicates.values() for d in ds]
+    captions: dict[int, list[Caption]] = {}
+    for caption in Caption.objects.filter(image_id__in=image_ids).order_by("id"):
+        captions.setdefault(caption.image_id, []).append(caption)
+    return [
+        ClusterItem(
+            kept=ClusterImage(image=kept, captions=captions.get(kept.pk, []), is_kept=True),
+            duplicates=[
+                ClusterImage(image=d, captions=captions.get(d.pk, []), is_kept=False)
+                for d in duplicates.get(kept.pk, [])
+            ],
+        )
+        for kept in kept_images
+    ]
+
+
 def review_audit(*, curator: str = "", decision: str = "") -> QuerySet[Review]:
-    queryset = Review.objects.select_related("reviewer", "caption", "caption__image", "rewritten_caption")
+    queryset = Review.objects.select_related(
+        "reviewer", "caption", "caption__image", "rewritten_caption", "undoes"
+    )
     if curator:
         queryset = queryset.filter(reviewer__username=curator)
     if decision:
         queryset = queryset.filter(decision=decision)
     return queryset.order_by("-created_at", "-id")
+
+
+# --- a filter run's pairs -------------------------------------------------------------------------
+
+
+@dataclass
+class RunPair:
+    caption: Caption
+    score: dict | None
+
+
+@dataclass
+class RunPairsPage:
+    rows: list[RunPair]
+    next_after: int | None  # the caption id to continue after; None at the end
+    scanned_to: int | None = None  # dropped pairs: the id the scan stopped at when it gave up early
+
+
+# Dropped pairs are found by walking the considered pairs by id and leaving out the kept ones; with a rule
+# that keeps nearly everything a page could walk far, so one request reads at most this many rows.
+DROPPED_SCAN_LIMIT = 20_000
+
+
+def filter_run_pairs(*, run, show: str, after: int = 0, limit: int = 50) -> RunPairsPage:
+    """One page of the pairs a filter run kept (``show="kept"``) or dropped, by caption id after ``after``.
+
+    Keyset pagination, no COUNT: kept ids come from the run's sorted ``.npy`` (memory-mapped, a binary
+    search per page); dropped ones from the usable scored pairs of the run's scoring, minus the kept
+    ids. The pool may have changed since the run; the page shows the scores as they are now.
+    """
+    import numpy as np
+
+    from curate.filtering import filter_run_kept_ids_mmap
+    from pool.models import CaptionStatus, ImageStatus
+
+    kept = filter_run_kept_ids_mmap(run=run)
+    if show == "kept":
+        start = int(np.searchsorted(kept, after, side="right"))
+        ids = [int(i) for i in kept[start : start + limit + 1]]
+        more, ids, scanned_to = len(ids) > limit, ids[:limit], None
+    else:
+        scores = Score.objects.filter(
+            caption=OuterRef("pk"), encoder=run.encoder, reward_model_version=run.reward_model_version
+        )
+        considered = (
+            Caption.objects.filter(status=CaptionStatus.OK, image__status=ImageStatus.OK)
+            .filter(Exists(scores))
+            .order_by("id")
+        )
+        ids, cursor, scanned, scanned_to = [], after, 0, None
+        batch = max(limit * 4, 500)
+        while len(ids) <= limit:
+            chunk = list(considered.filter(id__gt=cursor).values_list("id", flat=True)[:batch])
+            if not chunk:
+                break
+            found = np.asarray(chunk, dtype=np.int64)
+            if len(kept):
+                positions = np.minimum(np.searchsorted(kept, found), len(kept) - 1)
+                found = found[kept[positions] != found]
+            ids.extend(int(i) for i in found)
+            cursor, scanned = chunk[-1], scanned + len(chunk)
+            if scanned >= DROPPED_SCAN_LIMIT and len(ids) <= limit:
+                scanned_to = cursor
+                break
+        more = len(ids) > limit
+        ids = ids[:limit]
+    captions = Caption.objects.filter(id__in=ids).select_related("image").in_bulk()
+    score_rows = {
+        row["caption_id"]: row
+        for row in Score.objects.filter(
+            caption_id__in=ids, encoder=run.encoder, reward_model_version=run.reward_model_version
+        ).values("caption_id", "reward", "clipscore", "cosine", "criteria")
+    }
+    rows = [RunPair(caption=captions[i], score=score_rows.get(i)) for i in ids if i in captions]
+    next_after = ids[-1] if more and ids else None
+    if scanned_to is not None and not more:
+        next_after = scanned_to  # the scan stopped early: the next page goes on from where it stopped
+    return RunPairsPage(rows=rows, next_after=next_after, scanned_to=scanned_to)

@@ -91,6 +91,110 @@ def review_decide(
     return review
 
 
+class NothingToUndo(ValueError):
+    """The caption has no decision left to take back."""
+
+
+def _effective_reviews(caption: Caption) -> list[Review]:
+    """The caption's decisions still in force, oldest first: each undo takes back the newest of them."""
+    stack: list[Review] = []
+    for review in Review.objects.filter(caption=caption).order_by("id"):
+        if review.decision == Review.UNDO:
+            if stack:
+                stack.pop()
+        else:
+            stack.append(review)
+    return stack
+
+
+def review_undo(*, caption: Caption, reviewer, expected_version: int, note: str = "") -> Review:
+    """Take back the caption's latest decision still in force; the decision before it (or none) applies
+    again. The undo is itself a review in the audit trail (``decision="undo"``, ``undoes``); a rewrite's
+    new caption is rejected so that filters drop it, with its own review saying why.
+
+    Same optimistic concurrency as ``review_decide``: ``DecisionConflict`` if someone decided meanwhile.
+    """
+    try:
+        with transaction.atomic():
+            stack = _effective_reviews(caption)
+            if not stack:
+                raise NothingToUndo(f"Pair {caption.pk} has no decision to undo.")
+            undone = stack[-1]
+            restored = stack[-2].decision if len(stack) > 1 else CuratorDecision.NONE
+            updated = Caption.objects.filter(pk=caption.pk, decision_version=expected_version).update(
+                decision=restored, decision_version=F("decision_version") + 1
+            )
+            if not updated:
+                raise _StaleVersion
+            text = note.strip() or f"undid {undone.decision} by {undone.reviewer.username}"
+            review = Review.objects.create(
+                caption=caption, decision=Review.UNDO, note=text, undoes=undone, reviewer=reviewer
+            )
+            if undone.rewritten_caption_id:
+                rewritten = Caption.objects.filter(pk=undone.rewritten_caption_id).first()
+                if rewritten is not None and rewritten.decision != CuratorDecision.REJECT:
+                    Caption.objects.filter(pk=rewritten.pk).update(
+                        decision=CuratorDecision.REJECT, decision_version=F("decision_version") + 1
+                    )
+                    Review.objects.create(
+                        caption=rewritten,
+                        decision=CuratorDecision.REJECT,
+                        note=f"the rewrite of pair {caption.pk} was undone",
+                        reviewer=reviewer,
+                    )
+    except _StaleVersion:
+        current = Caption.objects.get(pk=caption.pk)
+        latest = Review.objects.filter(caption=current).select_related("reviewer").order_by("-id").first()
+        raise DecisionConflict(current, latest) from None
+    caption.refresh_from_db(fields=["decision", "decision_version"])
+    return review
+
+
+def cluster_note(kept_image_id: int) -> str:
+    return f"near duplicate of image {kept_image_id} (cluster review)"
+
+
+def cluster_decide(*, kept_image, reviewer) -> list[Review]:
+    """Confirm a near-duplicate cluster: every undecided caption of its duplicate images is rejected
+    (always dropped), one review each, so the audit trail and undo work per caption as usual."""
+    from pool.models import ImageStatus
+
+    captions = Caption.objects.filter(
+        image__duplicate_of=kept_image, image__status=ImageStatus.NEAR_DUPLICATE, decision=""
+    ).order_by("id")
+    made = []
+    for caption in captions:
+        try:
+            made.append(
+                review_decide(
+                    caption=caption,
+                    reviewer=reviewer,
+                    decision=CuratorDecision.REJECT,
+                    expected_version=caption.decision_version,
+                    note=cluster_note(kept_image.pk),
+                )
+            )
+        except DecisionConflict:
+            continue  # decided by someone else meanwhile: their decision stands
+    return made
+
+
+def cluster_undo(*, kept_image, reviewer) -> list[Review]:
+    """Take back a cluster confirmation: the captions whose decision in force is that cluster's reject."""
+    undone = []
+    note = cluster_note(kept_image.pk)
+    for caption in Caption.objects.filter(image__duplicate_of=kept_image, decision=CuratorDecision.REJECT):
+        stack = _effective_reviews(caption)
+        if stack and stack[-1].note == note:
+            try:
+                undone.append(
+                    review_undo(caption=caption, reviewer=reviewer, expected_version=caption.decision_version)
+                )
+            except (DecisionConflict, NothingToUndo):
+                continue
+    return undone
+
+
 def review_decide_bulk(
     *, selection: list[tuple[int, int]], reviewer, decision: str, note: str = ""
 ) -> BulkResult:

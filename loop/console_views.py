@@ -32,6 +32,7 @@ from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus,
 from pool.run_views import run_progress_response
 from scoring.models import ScoringRun
 from training.models import ModelStatus, RewardModel, TrainingRun
+from training.selectors import retrain_thresholds
 
 # kind in URLs -> (model, label). Order = the jobs page's filter order.
 RUN_KINDS: dict[str, tuple[type, str]] = {
@@ -172,6 +173,7 @@ def dashboard_context() -> dict:
         "running_loop": loop_unfinished(),
         "recent_loops": [_job_row(r) for r in LoopRun.objects.order_by("-created_at", "-pk")[:5]],
         "schedule": _schedule(),
+        "thresholds": retrain_thresholds(),
     }
 
 
@@ -297,6 +299,15 @@ def job_retry(*, run, user) -> str:
 
 class LoopStartForm(forms.Form):
     campaign = forms.ModelChoiceField(queryset=Campaign.objects.filter(is_active=True).order_by("name"))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # With one campaign there is nothing to choose: it is selected.
+        campaigns = list(self.fields["campaign"].queryset[:2])
+        if len(campaigns) == 1:
+            self.fields["campaign"].initial = campaigns[0].pk
+            self.fields["campaign"].empty_label = None
+
     encoder = forms.CharField(
         max_length=255,
         required=False,
@@ -378,8 +389,10 @@ def loop_start_view(request):
 def jobs(request):
     kind = request.GET.get("kind", "")
     status = request.GET.get("status", "")
+    rows = jobs_list(kind=kind, status=status if status in RunStatus.values else "")
     context = {
-        "rows": jobs_list(kind=kind, status=status if status in RunStatus.values else ""),
+        "rows": rows,
+        "any_unfinished": any(not row.run.is_finished for row in rows),
         "kinds": [(k, label) for k, (_, label) in RUN_KINDS.items()],
         "statuses": RunStatus.choices,
         "kind": kind,
@@ -397,21 +410,30 @@ def job_detail(request, kind: str, run_id: int):
     context = {"row": row, "run": run, "steps": _step_states(run) if kind == "loop" else ()}
     if kind == "loop":
         context["children"] = [_job_row(child) for child in _loop_children(run)]
+        context["next_step"] = loop_next_step(run)
     if kind == "training" and (run.params or {}).get("loop_run"):
         context["parent"] = LoopRun.objects.filter(pk=run.params["loop_run"]).first()
-    return render(request, "console/job_detail.html", context)
+    # The page's live part polls this view (htmx) until the job has finished.
+    template = "console/job_detail.html#live" if request.htmx else "console/job_detail.html"
+    return render(request, template, context)
 
 
 def _step_states(run: LoopRun) -> list[tuple[str, str]]:
+    """Per step: done, running (a worker is on it), next (queued: no worker yet), failed, cancelled or
+    pending. Only a running run highlights a step as running."""
     finished = STEPS.index(run.step) + 1 if run.step else 0
+    at_stop = {
+        RunStatus.RUNNING: "running",
+        RunStatus.QUEUED: "next",
+        RunStatus.FAILED: "failed",
+        RunStatus.CANCELLED: "cancelled",
+    }.get(run.status, "pending")
     states = []
     for index, step in enumerate(STEPS):
         if index < finished:
             states.append((step, "done"))
-        elif index == finished and not run.is_finished:
-            states.append((step, "current"))
-        elif index == finished and run.status == RunStatus.FAILED:
-            states.append((step, "failed"))
+        elif index == finished:
+            states.append((step, at_stop))
         else:
             states.append((step, "pending"))
     return states

@@ -8,20 +8,26 @@ from loop.runs import LoopBusy
 from loop.services import loop_start
 from scoring.active_model import loop_encoder_get
 from training.models import RewardModel
+from training.selectors import retrain_thresholds
 
 # Retrain once this many judgments arrived since the last model trained for the campaign (promoted or
-# not: a candidate the gate refused is not retrained every tick on the same data). A campaign
-# overrides it with ``selection_mix["retrain_after"]``. 50 judgments of 4 captions are 300 ranked
-# pairs: enough to move a small head, few enough that annotators see the queue adapt within a session.
-DEFAULT_RETRAIN_AFTER = 50
+# not: a candidate the gate refused is not retrained every tick on the same data). The setting
+# LOUPE_RETRAIN_AFTER_JUDGMENTS holds it (default 50); a campaign overrides it with ``selection_mix["retrain_after"]``.
+# 50 judgments of 4 captions are 300 ranked pairs: enough to move a small head, few enough that
+# annotators see the queue adapt within a session.
+
+
+def retrain_after_default() -> int:
+    return retrain_thresholds()["retrain_after"]
 
 
 def retrain_after(campaign: Campaign) -> int:
-    value = (campaign.selection_mix or {}).get("retrain_after", DEFAULT_RETRAIN_AFTER)
+    default = retrain_after_default()
+    value = (campaign.selection_mix or {}).get("retrain_after", default)
     try:
         return max(1, int(value))
     except (TypeError, ValueError):
-        return DEFAULT_RETRAIN_AFTER
+        return default
 
 
 def loop_should_run(*, campaign: Campaign, encoder: str | None = None) -> tuple[bool, str]:

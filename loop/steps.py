@@ -32,7 +32,7 @@ def _active_model(encoder: str) -> RewardModel | None:
 
 
 def step_retrain(run: LoopRun) -> str | Wait:
-    from training.candidates import TrainingBusy, reward_model_train
+    from training.candidates import TrainingBusy, TrainingCancelled, reward_model_train
     from training.config import TrainConfig
 
     if run.campaign is None:
@@ -58,6 +58,9 @@ def step_retrain(run: LoopRun) -> str | Wait:
         except TrainingBusy:
             # A training started elsewhere (the models page) holds the lock: wait for it, do not fail.
             return Wait("another reward model training is running")
+        except TrainingCancelled as exc:
+            # The loop run was cancelled (its training run with it): the chain stops here, not as a failure.
+            return f"training stopped: {exc}"
     params_update(run, candidate_id=candidate.pk, candidate_version=candidate.version)
     return f"candidate v{candidate.version} trained on {candidate.n_judgments} judgments ({candidate.n_pairs} pairs)"
 

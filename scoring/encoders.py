@@ -356,6 +356,7 @@ class OfflineEncoder(Encoder):
                     batch_size=256,
                     convert_to_tensor=True,
                     normalize_embeddings=True,
+                    show_progress_bar=False,  # a bar per worker start floods logs; nothing to act on
                 )
         self.label_embeddings = label_emb.float().to(device)  # [1000, 384]
         self.embed_dim = self.text_feature_dim = int(self.label_embeddings.shape[1])

@@ -24,6 +24,7 @@ from scoring.reward_model import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import LoadedData, checkpoint_encoder_check, training_data_load
 from training.evaluate import judge_accuracy, reward_model_evaluate
+from training.finetune_config import TrainingCancelled
 from training.models import RewardModel, TrainingRun
 from training.services import (
     RegistryError,
@@ -35,7 +36,7 @@ from training.services import (
     model_event,
     rescore_cost_note,
 )
-from training.train import TrainingCancelled, train
+from training.train import train
 
 logger = logging.getLogger(__name__)
 

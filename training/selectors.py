@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from training.models import ModelEvent, ModelStatus, RewardModel, TrainingRun
+
+
+def retrain_thresholds() -> dict:
+    """The two retraining thresholds (settings), for the pages that show them side by side: the fewest
+    judgments a model is trained on, and how many new ones make the schedule retrain a campaign."""
+    return {
+        "min_judgments": int(getattr(settings, "LOUPE_REWARD_MIN_JUDGMENTS", 30)),
+        "retrain_after": max(1, int(getattr(settings, "LOUPE_RETRAIN_AFTER_JUDGMENTS", 50))),
+    }
 
 
 def reward_models_list(*, limit: int = 200) -> QuerySet[RewardModel]:

@@ -176,6 +176,49 @@ def reward_model_rollback(*, user, to_version: int | None = None, encoder: str |
     return reward_model_promote(model=target, user=user, note=note, action="rolled_back")
 
 
+def promotion_comparison(*, model: RewardModel) -> dict | None:
+    """How ``model`` compares with the active model of its encoder on the same held-out pairs, from the
+    evaluation made when it was trained: ``{"active_version", "accuracy", "active_accuracy", "delta",
+    "pairs", "same_pairs"}``; None when there is no other active model to compare with.
+
+    ``same_pairs`` is False when the active model changed since (the numbers then come from different
+    evaluations and the page says so).
+    """
+    active = active_reward_model(model.encoder)
+    if active is None or active.pk == model.pk:
+        return None
+    metrics = model.metrics or {}
+    compared = metrics.get("active") or {}
+    same = compared.get("version") == active.version and isinstance(compared.get("accuracy"), int | float)
+    accuracy = metrics.get("accuracy")
+    theirs = compared.get("accuracy") if same else (active.metrics or {}).get("accuracy")
+    if not isinstance(accuracy, int | float) or not isinstance(theirs, int | float):
+        return {
+            "active_version": active.version,
+            "accuracy": accuracy,
+            "active_accuracy": theirs,
+            "delta": None,
+            "pairs": metrics.get("n_pairs"),
+            "same_pairs": same,
+        }
+    return {
+        "active_version": active.version,
+        "accuracy": float(accuracy),
+        "active_accuracy": float(theirs),
+        "delta": float(accuracy) - float(theirs),
+        "pairs": metrics.get("n_pairs"),
+        "same_pairs": same,
+    }
+
+
+def rescore_after_activation(*, model: RewardModel, user=None):
+    """Queue a scoring run of the whole pool with the model that just became active, so the review
+    queue, flags and filters use its rewards. Returns the run (the worker runs it)."""
+    from scoring.services import scoring_run_start
+
+    return scoring_run_start(encoder=model.encoder, reward_model_version=model.version, user=user)
+
+
 def training_run_create(
     *,
     campaign: Campaign,

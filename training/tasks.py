@@ -25,7 +25,7 @@ def training_run_execute(self, run_id: int) -> None:
     from training.candidates import TrainingBusy, reward_model_finetune, reward_model_gate, reward_model_train
     from training.config import TrainConfig
     from training.finetune_config import TrainingCancelled
-    from training.services import reward_model_promote
+    from training.services import rescore_after_activation, reward_model_promote
 
     run = TrainingRun.objects.select_related("campaign", "created_by").filter(pk=run_id).first()
     if run is None or run.is_finished:
@@ -72,3 +72,4 @@ def training_run_execute(self, run_id: int) -> None:
         reward_model_promote(
             model=model, user=run.created_by, note=f"gate passed after training run {run.pk}"
         )
+        rescore_after_activation(model=model, user=run.created_by)

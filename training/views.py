@@ -13,7 +13,14 @@ from training import selectors
 from training.config import TrainConfig
 from training.forms import RollbackForm, TrainingStartForm
 from training.models import TrainingRun
-from training.services import RegistryError, reward_model_promote, reward_model_rollback, training_run_create
+from training.services import (
+    RegistryError,
+    promotion_comparison,
+    rescore_after_activation,
+    reward_model_promote,
+    reward_model_rollback,
+    training_run_create,
+)
 
 
 def _list_context(form: TrainingStartForm | None = None) -> dict:
@@ -24,6 +31,7 @@ def _list_context(form: TrainingStartForm | None = None) -> dict:
         "events": selectors.model_events_recent(limit=20),
         "runs": selectors.training_runs_recent(),
         "form": form or TrainingStartForm(initial={"epochs": TrainConfig.epochs, "seed": 0}),
+        "thresholds": selectors.retrain_thresholds(),
     }
 
 
@@ -41,6 +49,7 @@ def model_detail(request: HttpRequest, version: int) -> HttpResponse:
     if model is None:
         raise Http404(f"No reward model v{version}.")
     metrics = model.metrics or {}
+    comparison = promotion_comparison(model=model)
     return render(
         request,
         "training/model_detail.html",
@@ -57,8 +66,32 @@ def model_detail(request: HttpRequest, version: int) -> HttpResponse:
             },
             "events": selectors.model_events_recent(model=model),
             "active": selectors.reward_model_active(encoder=model.encoder),
-            "config_items": sorted((model.config or {}).items()),
+            "comparison": comparison,
+            "delta_points": abs(comparison["delta"]) * 100
+            if comparison and comparison["delta"] is not None
+            else None,
+            "config": model.config or {},
         },
+    )
+
+
+def _worse_by(comparison: dict | None) -> float | None:
+    """How many accuracy points worse than the active model, when it is known to be worse."""
+    if comparison and comparison.get("delta") is not None and comparison["delta"] < 0:
+        return -comparison["delta"]
+    return None
+
+
+def _activated(request, model, verb: str) -> None:
+    try:
+        run = rescore_after_activation(model=model, user=request.user)
+    except ValueError as exc:
+        messages.warning(request, f"{verb} v{model.version}, but the pool could not be rescored: {exc}")
+        return
+    messages.success(
+        request,
+        f"{verb} v{model.version}: it is now active for {model.encoder}. Scoring run {run.pk} rescores the "
+        "pool with it; reviews, flags and filters use its rewards once that finishes.",
     )
 
 
@@ -68,14 +101,26 @@ def model_promote(request: HttpRequest, version: int) -> HttpResponse:
     model = selectors.reward_model_get(version=version)
     if model is None:
         raise Http404(f"No reward model v{version}.")
-    try:
-        reward_model_promote(
-            model=model, user=request.user, note=request.POST.get("note", "")[:500] or "by hand"
+    note = request.POST.get("note", "")[:500]
+    comparison = promotion_comparison(model=model)
+    worse = _worse_by(comparison)
+    if worse is not None and request.POST.get("confirm") != "yes":
+        # A model that does worse than the active one on the same held-out pairs is promoted only
+        # after the admin has read by how much.
+        return render(
+            request,
+            "training/promote_confirm.html",
+            {"model": model, "comparison": comparison, "worse_points": 100 * worse, "note": note},
+            status=409,
         )
+    if worse is not None:
+        note = f"{note or 'by hand'} (confirmed: {100 * worse:.1f} points worse than v{comparison['active_version']})"
+    try:
+        reward_model_promote(model=model, user=request.user, note=note or "by hand")
     except RegistryError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Reward model v{version} is now active for {model.encoder}.")
+        _activated(request, model, "Promoted")
     return redirect("training:model_detail", version=version)
 
 
@@ -95,7 +140,7 @@ def model_rollback(request: HttpRequest) -> HttpResponse:
     except RegistryError as exc:
         messages.error(request, str(exc))
         return redirect("training:model_list")
-    messages.success(request, f"Rolled back: reward model v{model.version} is active again.")
+    _activated(request, model, "Rolled back to")
     return redirect("training:model_detail", version=model.version)
 
 

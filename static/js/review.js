@@ -6,6 +6,8 @@
 
   var current = null;
   var pendingId = null;
+  var pendingUndo = null;
+  var lastDecided = null; // the pair decided last on this page: u takes it back
 
   function $(selector, root) { return (root || document).querySelector(selector); }
   function $all(selector, root) { return Array.prototype.slice.call((root || document).querySelectorAll(selector)); }
@@ -65,6 +67,13 @@
     say("Editing the caption: Ctrl+Enter saves, Esc leaves.");
   }
 
+  function undoLast() {
+    var item = lastDecided && document.getElementById("item-" + lastDecided);
+    var button = item && $(".undo-decision", item);
+    if (!button) { say("Nothing to undo on this page."); return; }
+    button.click();
+  }
+
   document.addEventListener("keydown", function (event) {
     if (!document.querySelector(".review-page")) return;
     var target = event.target;
@@ -86,6 +95,7 @@
       case "a": press('button[data-shortcut="a"]'); break;
       case "r": press('button[data-shortcut="r"]'); break;
       case "e": openRewrite(); break;
+      case "u": undoLast(); break;
       case "x":
         if (current) {
           var box = $(".select-item", current);
@@ -116,14 +126,23 @@
   document.addEventListener("htmx:beforeRequest", function (event) {
     var item = event.detail.elt.closest && event.detail.elt.closest(".review-item");
     if (item && event.detail.elt.classList.contains("decide-form")) pendingId = item.dataset.captionId;
+    if (item && event.detail.elt.classList.contains("undo-form")) pendingUndo = item.dataset.captionId;
   });
   document.addEventListener("htmx:afterSettle", function () {
+    if (pendingUndo) {
+      var restored = document.getElementById("item-" + pendingUndo);
+      pendingUndo = null;
+      lastDecided = null;
+      if (restored) { focusItem(restored); say("Undone: the decision is taken back (see the audit trail)."); }
+      return;
+    }
     if (!pendingId) return;
     var swapped = document.getElementById("item-" + pendingId);
     pendingId = null;
     if (!swapped) return;
     if (!swapped.classList.contains("decided")) { focusItem(swapped); say("Not saved: see the message on the pair."); return; }
-    say("Saved.");
+    lastDecided = swapped.dataset.captionId;
+    say("Saved. u undoes it.");
     var following = items().filter(function (item) {
       return swapped.compareDocumentPosition(item) & Node.DOCUMENT_POSITION_FOLLOWING;
     });

@@ -29,3 +29,15 @@ def test_admin_build_action_builds_tasks(staff_client):
         "/admin/annotate/campaign/", {"action": "build_tasks", "_selected_action": [campaign.pk]}, follow=True
     )
     assert response.status_code == 200 and campaign.tasks.count() == 3
+
+
+def test_the_admin_role_opens_the_django_admin_without_is_staff(client, admin_user, django_user_model):
+    campaign_with_tasks(images=1)
+    assert not admin_user.is_staff
+    client.force_login(admin_user)
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/annotate/campaign/").status_code == 200
+    # is_staff alone (no admin role) no longer opens it: the site follows the role.
+    staff_only = django_user_model.objects.create_user("staffer", password="pw", is_staff=True)
+    client.force_login(staff_only)
+    assert client.get("/admin/").status_code == 302

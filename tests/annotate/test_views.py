@@ -27,7 +27,7 @@ def campaign():
 def _form_data(task, *, tiers=None, rating=4, client_key=None) -> dict:
     ids = services.task_caption_ids(task)
     tiers = tiers or {cid: i + 1 for i, cid in enumerate(ids)}
-    data = {"client_key": str(client_key or uuid.uuid4()), "duration_ms": "4200"}
+    data = {"client_key": str(client_key or uuid.uuid4()), "duration_ms": "4200", "ranking_basis": "form"}
     for cid in ids:
         data[f"tier_{cid}"] = str(tiers[cid]) if tiers.get(cid) else ""
         for key in task.campaign.criterion_keys:

@@ -64,13 +64,13 @@ def test_running_a_filter_from_the_form(client, curator, eager_celery, django_ca
     assert "top 30% by reward AND accuracy ≥ 2" in page and "3.33×" in page
 
 
-def test_exports_are_for_admins_and_downloadable(
-    client, curator, admin_user, eager_celery, django_capture_on_commit_callbacks
+def test_curators_export_what_a_run_keeps_and_download_it(
+    client, curator, annotator, eager_celery, django_capture_on_commit_callbacks
 ):
     run = _run()
-    client.force_login(curator)
+    client.force_login(annotator)
     assert client.post(reverse("filters:export_start", args=[run.pk]), {"kind": "parquet"}).status_code == 403
-    client.force_login(admin_user)
+    client.force_login(curator)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("filters:export_start", args=[run.pk]), {"kind": "parquet"})
     export = Export.objects.get()
@@ -86,3 +86,50 @@ def test_a_download_outside_the_export_folder_is_refused(client, admin_user, tmp
     client.force_login(admin_user)
     response = client.get(reverse("filters:export_download", args=[export.pk, "pairs.jsonl"]))
     assert response.status_code == 404
+
+
+def test_a_judgment_export_picks_its_campaign_by_name(client, curator):
+    from tests.annotate.factories import campaign_with_tasks
+
+    campaign = campaign_with_tasks(name="Only campaign", images=1)
+    _run()
+    client.force_login(curator)
+    page = client.get(reverse("filters:index")).content.decode()
+    # One campaign: preselected by name, no typed id.
+    assert f'<option value="{campaign.pk}">Only campaign</option>' in page
+    assert 'placeholder="campaign id"' not in page
+    response = client.post(
+        reverse("filters:export_start", args=[FilterRun.objects.get().pk]),
+        {"kind": "coco_hf", "campaign": ""},
+    )
+    assert response.status_code == 302 and not Export.objects.exists()
+
+
+def test_a_run_lists_its_kept_and_dropped_pairs_by_keyset_without_counting(client, curator, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from curate import filter_views
+
+    monkeypatch.setattr(filter_views, "PAIRS_PER_PAGE", 5)
+    run = _run()
+    client.force_login(curator)
+    url = reverse("filters:run_detail", args=[run.pk])
+    seen = {"kept": [], "dropped": []}
+    with CaptureQueriesContext(connection) as queries:
+        for show in ("kept", "dropped"):
+            after = ""
+            while True:
+                response = client.get(url, {"show": show, "after": after})
+                page = response.context["page"]
+                seen[show] += [row.caption.id for row in page.rows]
+                if page.next_after is None:
+                    break
+                after = str(page.next_after)
+    assert not [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    kept = set(seen["kept"])
+    assert len(seen["kept"]) == len(kept) == 6 and len(seen["dropped"]) == 14
+    assert not kept & set(seen["dropped"])
+    assert seen["kept"] == sorted(seen["kept"])
+    html = client.get(url, {"show": "kept"}).content.decode()
+    assert "Dropped <span" in html and "Next kept pairs" in html

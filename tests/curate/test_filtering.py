@@ -114,3 +114,17 @@ def test_unknown_preset_and_bad_values_are_refused():
         FilterRule.from_dict({"preset": "nope"})
     with pytest.raises(ValueError, match="1-5 scale"):
         FilterRule.from_dict({"criteria_min": {"accuracy": 9}})
+
+
+def test_without_a_reward_model_top_k_percent_ranks_by_clipscore(db):
+    from tests.curate.conftest import make_image, make_score
+
+    image = make_image(0)
+    captions = [make_caption(image, f"clipscore only {i}") for i in range(10)]
+    for i, caption in enumerate(captions):
+        make_score(caption, reward_model_version=0, reward=None, cosine=0.1 + 0.02 * i)
+    run = filter_run_create(encoder=ENCODER, reward_model_version=0, rule=FilterRule(top_percent=30))
+    run = filter_run_execute(run=run)
+    kept = set(np.load(run.kept_file).tolist())
+    assert kept == {c.id for c in captions[-3:]}
+    assert run.params["rule_text"] == "top 30% by CLIPScore (no reward model yet)"

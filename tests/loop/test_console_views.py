@@ -66,7 +66,8 @@ def test_jobs_page_lists_every_run_type_newest_first_with_progress(client, admin
         assert f">{label}</span>" in html
     # Newest first: the loop run was created last, the import first.
     assert html.index(f"Loop {loop.pk}") < html.index(f"Import {imported.pk}")
-    assert reverse("console:job_progress", args=["scoring", ScoringRun.objects.get().pk]) in html
+    # The table refreshes as a whole while jobs run: status, bars and buttons stay in step.
+    assert 'id="jobs-table" hx-get="/console/jobs/" hx-trigger="every 3s"' in html
     assert "no scores" in html
 
 
@@ -187,3 +188,33 @@ def test_start_form_rejects_a_bad_encoder_name(client, admin_user, campaign):
     )
     assert response.status_code == 400 and "expected open_clip" in response.content.decode()
     assert not LoopRun.objects.exists()
+
+
+def test_the_only_campaign_is_preselected_and_both_thresholds_are_shown(
+    client, admin_user, campaign, settings
+):
+    settings.LOUPE_REWARD_MIN_JUDGMENTS = 31
+    settings.LOUPE_RETRAIN_AFTER_JUDGMENTS = 57
+    client.force_login(admin_user)
+    html = client.get(reverse("console:dashboard")).content.decode()
+    assert f'<option value="{campaign.pk}" selected>' in html and "---------" not in html
+    assert "<strong>31 judgments</strong>" in html and "<strong>57 new" in html
+    assert ">57 judgments<" in html  # the campaign's own threshold follows the setting
+
+
+def test_the_live_job_fragment_never_contradicts_itself(client, admin_user, campaign):
+    run = loop_start(campaign=campaign, enqueue=False)
+    LoopRun.objects.filter(pk=run.pk).update(step="gate", done=3, status=RunStatus.QUEUED)
+    client.force_login(admin_user)
+    url = reverse("console:job_detail", args=["loop", run.pk])
+    live = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "<html" not in live and 'id="job-live"' in live and 'hx-trigger="every 2s"' in live
+    # Queued: no step is shown as running; the next one is marked as next, the status says so.
+    assert "step-running" not in live and 'step step-next" title="next">rescore' in live
+    assert "waiting for a worker; resumes at step <strong>rescore</strong>" in live
+    assert f"/console/jobs/loop/{run.pk}/cancel/" in live
+    LoopRun.objects.filter(pk=run.pk).update(status=RunStatus.FAILED, error="Step 'rescore' failed: boom")
+    live = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    # Failed: the same fragment drops the Cancel button and stops polling, with the error.
+    assert f"/console/jobs/loop/{run.pk}/cancel/" not in live and "hx-trigger" not in live
+    assert "step-failed" in live and "boom" in live and "Resume" in live

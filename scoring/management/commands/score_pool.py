@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
 from pool.models import RunStatus
+from pool.progress import ProgressBar
 from scoring import inference, services
 from scoring.encoders import EncoderError, encoder_load
 from scoring.models import ScoringRun
@@ -94,13 +94,10 @@ class Command(BaseCommand):
             + (f"reward model v{run.reward_model_version}" if run.reward_model_version else "CLIPScore only")
         )
         if sync:
-            bar = tqdm(unit="pair", desc=f"run {run.pk}")
-
-            def progress(current: ScoringRun) -> None:
-                bar.total = current.total
-                bar.update(current.done - bar.n)
-
-            run = inference.scoring_run_sync(run=run, progress=progress)
+            bar = ProgressBar(f"Scoring run {run.pk}", "pair", stream=self.stderr._out)
+            run = inference.scoring_run_sync(
+                run=run, progress=lambda current: bar(current.done, current.total)
+            )
             bar.close()
             self._report(run)
         elif not no_wait:
@@ -157,12 +154,11 @@ class Command(BaseCommand):
             self._follow(run)
 
     def _follow(self, run: ScoringRun) -> None:
-        bar = tqdm(unit="pair", desc=f"run {run.pk}")
+        bar = ProgressBar(f"Scoring run {run.pk}", "pair", stream=self.stderr._out)
         try:
             while True:
                 run.refresh_from_db()
-                bar.total = run.total or None
-                bar.update(run.done - bar.n)
+                bar(run.done, run.total)
                 if run.is_finished:
                     break
                 time.sleep(1.0)

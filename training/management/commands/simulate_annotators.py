@@ -21,8 +21,8 @@ import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
+from pool.progress import ProgressBar
 from training.simulate import (
     AnnotatorConfig,
     CaptionInfo,
@@ -116,8 +116,8 @@ class Command(BaseCommand):
         made, rejected, exhausted = 0, 0, set()
         agree = pairs = 0
         per_user = {u.username: 0 for u in users}
-        bar = tqdm(
-            total=judgments, desc="Simulated judgments", unit="judgment", disable=options["no_progress"]
+        bar = ProgressBar(
+            "Simulated judgments", "judgment", stream=self.stderr._out, disable=options["no_progress"]
         )
         turn = 0
         while made + rejected < judgments and len(exhausted) < len(users):
@@ -153,7 +153,7 @@ class Command(BaseCommand):
                 continue
             made += 1
             per_user[user.username] += 1
-            bar.update(1)
+            bar(made, judgments)
             a, p = _agreement_with_preference(ranking, captions, preference)
             agree, pairs = agree + a, pairs + p
         bar.close()

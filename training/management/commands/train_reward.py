@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -84,7 +86,13 @@ class Command(BaseCommand):
         if seed is not None:
             config.seed = seed
         total = ft.get("epochs", FinetuneConfig.epochs) if ft else config.epochs
-        bar = tqdm(total=total, desc="epochs", unit="epoch", disable=options.get("verbosity", 1) < 1)
+        # A bar only on a terminal: in a log its carriage returns would become one line per refresh.
+        bar = tqdm(
+            total=total,
+            desc="epochs",
+            unit="epoch",
+            disable=options.get("verbosity", 1) < 1 or not sys.stderr.isatty(),
+        )
 
         def progress(epoch: int, total: int, record: dict) -> None:
             bar.update(1)

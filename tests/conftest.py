@@ -161,6 +161,18 @@ def celery_worker_process():
         worker.stop()
 
 
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without root's powers: as root, under ``setpriv`` with every capability dropped, so
+    folder permissions apply (root would write into a read-only folder anyway). Tests that need them
+    skip only where neither is possible."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop capabilities")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", *argv]
+
+
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25, message: str = "condition"):
     """Poll until ``predicate()`` is truthy; fail with ``message`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -207,13 +207,7 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
         report=report,
         loaded=loaded,
         run=run,
-    )
-    model_event(
-        model,
-        "trained",
-        f"accuracy {report['accuracy']:.3f} vs CLIPScore {report['clipscore_accuracy'] or 0:.3f} on "
-        f"{report['n_pairs']} held-out pairs; {loaded.n_judgments} judgments",
-        user,
+        user=user,
     )
     return model
 
@@ -232,7 +226,9 @@ def _cancelled(run: TrainingRun) -> bool:
     return TrainingRun.objects.filter(pk=run.pk, status=RunStatus.CANCELLED).exists()
 
 
-def _register(*, campaign, encoder, config, result, report, loaded, run: TrainingRun) -> RewardModel:
+def _register(
+    *, campaign, encoder, config, result, report, loaded, run: TrainingRun, user=None
+) -> RewardModel:
     """Allocate the next version, write its checkpoint and the row, and mark the run succeeded, in one
     transaction that holds the run's row: a cancel either lands first (nothing is registered) or
     finds the run finished (the model was registered before the cancel arrived)."""
@@ -277,6 +273,14 @@ def _register(*, campaign, encoder, config, result, report, loaded, run: Trainin
                     },
                 )
                 model.save(update_fields=["checkpoint_sha256"])
+                # In the same transaction: whoever sees the run succeeded also sees the model's event.
+                model_event(
+                    model,
+                    "trained",
+                    f"accuracy {report['accuracy']:.3f} vs CLIPScore {report['clipscore_accuracy'] or 0:.3f} "
+                    f"on {report['n_pairs']} held-out pairs; {loaded.n_judgments} judgments",
+                    user,
+                )
                 _run_update(
                     run,
                     status=RunStatus.SUCCEEDED,

@@ -31,6 +31,20 @@ def _media_in_tmp(settings, tmp_path):
     settings.MODEL_DIR = tmp_path / "models"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_broker_keys_removed():
+    """On the Redis broker (LOUPE_TEST_BROKER=redis) the session's keys carry its own prefix: remove them
+    at the end, so a shared Redis does not collect queues of finished test sessions."""
+    yield
+    prefix, url = os.environ.get("LOUPE_BROKER_KEY_PREFIX"), os.environ.get("CELERY_BROKER_URL", "")
+    if prefix and url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
 @pytest.fixture
 def eager_celery():
     """Run tasks in-process for tests of code that enqueues; tests/system use a real worker instead."""

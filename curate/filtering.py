@@ -65,9 +65,9 @@ def rule_reward_check(*, rule: FilterRule, encoder: str, reward_model_version: i
     needs = [
         name
         for name, used in (
-            ("--top-percent (the best k% by reward)", rule.top_percent is not None),
-            ("--reward-min", rule.reward_min is not None),
-            ("--min CRITERION=VALUE (predicted criteria)", bool(rule.criteria_min)),
+            ("Keeping the top k% by reward", rule.top_percent is not None),
+            ("A reward minimum", rule.reward_min is not None),
+            ("Minimums on the predicted criteria", bool(rule.criteria_min)),
         )
         if used
     ]
@@ -75,17 +75,19 @@ def rule_reward_check(*, rule: FilterRule, encoder: str, reward_model_version: i
         return
     if reward_model_version == 0:
         why = f"the scores of {encoder} are CLIPScore only (no reward model)"
-    elif not scored_pairs(encoder=encoder, reward_model_version=reward_model_version).filter(
-        reward__isnull=False
-    ).exists():
+    elif (
+        not scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
+        .filter(reward__isnull=False)
+        .exists()
+    ):
         why = f"no pair of {encoder} has been scored with reward model v{reward_model_version} yet"
     else:
         return
     raise FilterNeedsRewardModel(
-        f"{' and '.join(needs)} needs a reward model, but {why}. Filter by CLIPScore instead "
-        "(--clipscore-min 0.28, or --preset datacomp-0.28: DataComp's image-text cosine threshold), "
-        "or train a reward model on your judgments first (manage.py train_reward --campaign NAME, then "
-        "manage.py score_pool) and filter by reward."
+        f"{' and '.join(needs)} needs a reward model, but {why}. Filter by CLIPScore instead: a "
+        "minimum image-text cosine such as DataComp's 0.28 (the datacomp-0.28 preset; on the command "
+        "line --clipscore-min 0.28). Or train a reward model on your judgments first (the models page, "
+        "or manage.py train_reward --campaign NAME), score the pool with it, then filter by reward."
     )
 
 

@@ -90,7 +90,7 @@ def test_filter_pool_top_percent_without_a_reward_model_says_what_to_do_instead(
         call_command("filter_pool", *clip_only, "--top-percent", "30", stdout=io.StringIO())
     message = str(raised.value)
     assert "needs a reward model" in message and "CLIPScore only" in message
-    assert "--clipscore-min" in message and "train_reward" in message
+    assert "--clipscore-min 0.28" in message and "train_reward" in message
     assert not FilterRun.objects.exists()
     # The suggestion works as given.
     call_command("filter_pool", *clip_only, "--clipscore-min", "0.15", stdout=io.StringIO())

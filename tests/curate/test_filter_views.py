@@ -86,3 +86,15 @@ def test_a_download_outside_the_export_folder_is_refused(client, admin_user, tmp
     client.force_login(admin_user)
     response = client.get(reverse("filters:export_download", args=[export.pk, "pairs.jsonl"]))
     assert response.status_code == 404
+
+
+def test_a_reward_rule_on_clipscore_only_scores_says_what_to_do_instead(client, curator):
+    from django.utils.html import escape
+
+    client.force_login(curator)
+    clip_only = {"version": "0", "top_percent": "30"}
+    preview = client.get(reverse("filters:preview"), clip_only).content.decode()
+    assert escape("needs a reward model") in preview and "datacomp-0.28" in preview
+    response = client.post(reverse("filters:run_create"), clip_only)
+    assert response.status_code == 400 and "needs a reward model" in response.content.decode()
+    assert not FilterRun.objects.exists()

@@ -242,7 +242,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 else:
     # Redis redelivers an unacknowledged task after this long: longer than any one chunk runs.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("LOUPE_BROKER_VISIBILITY_TIMEOUT", "3600"))
+    }
+    if os.environ.get("LOUPE_BROKER_KEY_PREFIX"):
+        # Every key (queues, unacked sets) under a prefix: test sessions sharing one Redis stay apart.
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = os.environ["LOUPE_BROKER_KEY_PREFIX"]
 # No result backend: every task records its outcome on a run row, which is what the pages read.
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

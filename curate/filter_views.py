@@ -16,7 +16,15 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.roles import ADMIN, CURATOR, has_role, role_required
 from annotate.models import Campaign
 from curate.exports import ExportError, export_create, export_file_path
-from curate.filtering import PRESETS, FilterNeedsConfirm, FilterRule, filter_preview, filter_run_create
+from curate.filtering import (
+    PRESETS,
+    FilterNeedsConfirm,
+    FilterNeedsRewardModel,
+    FilterRule,
+    filter_preview,
+    filter_run_create,
+    rule_reward_check,
+)
 from curate.models import Export, FilterRun
 from curate.selectors import filter_run_pairs, score_context_default
 from curate.tasks import export_execute, filter_run_execute
@@ -63,6 +71,13 @@ def _form_state(params) -> dict:
     except ValueError as exc:
         error = f"The rule is not valid: {exc}"
         rule = FilterRule()
+    else:
+        try:
+            rule_reward_check(
+                rule=rule, encoder=context.encoder, reward_model_version=context.reward_model_version
+            )
+        except FilterNeedsRewardModel as exc:
+            error = str(exc)
     return {
         "score_context": context,
         "criteria_keys": keys,

@@ -62,6 +62,42 @@ class FilterNeedsConfirm(ValueError):
     """The rule keeps nothing or everything; running it needs an explicit confirmation."""
 
 
+class FilterNeedsRewardModel(ValueError):
+    """The rule ranks or thresholds by reward, but the scores it would read have no reward."""
+
+
+def rule_reward_check(*, rule: FilterRule, encoder: str, reward_model_version: int) -> None:
+    """Refuse, with what to do instead, a rule that needs rewards from scores that have none: without
+    this a ``--top-percent 30`` on CLIPScore-only scores "keeps nothing" and asks for a confirmation."""
+    needs = [
+        name
+        for name, used in (
+            ("Keeping the top k% by reward", rule.top_percent is not None),
+            ("A reward minimum", rule.reward_min is not None),
+            ("Minimums on the predicted criteria", bool(rule.criteria_min)),
+        )
+        if used
+    ]
+    if not needs:
+        return
+    if reward_model_version == 0:
+        why = f"the scores of {encoder} are CLIPScore only (no reward model)"
+    elif (
+        not scored_pairs(encoder=encoder, reward_model_version=reward_model_version)
+        .filter(reward__isnull=False)
+        .exists()
+    ):
+        why = f"no pair of {encoder} has been scored with reward model v{reward_model_version} yet"
+    else:
+        return
+    raise FilterNeedsRewardModel(
+        f"{' and '.join(needs)} needs a reward model, but {why}. Filter by CLIPScore instead: a "
+        "minimum image-text cosine such as DataComp's 0.28 (the datacomp-0.28 preset; on the command "
+        "line --clipscore-min 0.28). Or train a reward model on your judgments first (the models page, "
+        "or manage.py train_reward --campaign NAME), score the pool with it, then filter by reward."
+    )
+
+
 @dataclass
 class FilterRule:
     top_percent: float | None = 30.0
@@ -511,6 +547,7 @@ def filter_run_create(
     The run records the weights of the scores it reads (the current ones now): it is computed from
     those scores and no others, even if the pool is rescored with other weights before it executes.
     """
+    rule_reward_check(rule=rule, encoder=encoder, reward_model_version=reward_model_version)
     weights = score_weights_current(encoder=encoder, reward_model_version=reward_model_version)
     preview = filter_preview(
         encoder=encoder,

@@ -63,14 +63,23 @@ class Recoverable:
     resume: object
     # Runs another run owns (a loop chain's training run) are left to their owner.
     exclude: dict | None = None
+    # A scoring run is "running" while its chunks wait in the gpu queue, possibly behind another run's
+    # chunks: its silence then means a busy queue, not a dead worker. While any run of the kind is
+    # beating, none of its silent ones is swept.
+    quiet_only_when_all_are: bool = False
 
 
 RECOVERABLE = (
     Recoverable("import", ImportRun, _resume_import),
     Recoverable("cleaning", CleaningRun, _resume_cleaning),
-    Recoverable("scoring", ScoringRun, _resume_scoring),
+    Recoverable("scoring", ScoringRun, _resume_scoring, quiet_only_when_all_are=True),
     Recoverable("training", TrainingRun, _resume_training, exclude={"params__has_key": "loop_run"}),
 )
+
+
+def _some_run_beats(model, older_than: timedelta) -> bool:
+    cutoff = timezone.now() - older_than
+    return model.objects.filter(status=RunStatus.RUNNING, heartbeat_at__gte=cutoff).exists()
 
 
 def max_resumes() -> int:
@@ -86,6 +95,8 @@ def runs_stale_recover(*, older_than: timedelta | None = None) -> list[str]:
         stale = runs_stale(model=kind.model, older_than=older_than)
         if kind.exclude:
             stale = stale.exclude(**kind.exclude)
+        if kind.quiet_only_when_all_are and _some_run_beats(kind.model, older_than):
+            continue
         for run in stale.order_by("id"):
             line = _recover_one(kind, run, minutes)
             if line:

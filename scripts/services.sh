@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts (or stops) a private PostgreSQL cluster and Redis on loopback for tests and benchmarks.
-# Usage: scripts/services.sh start|stop|restart-postgres|env
+# Usage: scripts/services.sh start|stop|stop-postgres|stop-redis|restart-postgres|running|env
 # Prints nothing on `start` but errors; `env` prints the exports to eval.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -45,10 +45,17 @@ case "${1:-start}" in
   stop)
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true ;;
+  stop-postgres) as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true ;;
+  stop-redis) redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true ;;
+  running)
+    # Which of the two answer now (before `start`, tells a caller what it will have to stop).
+    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && echo postgres
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && echo redis
+    true ;;
   restart-postgres) as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w restart >/dev/null ;;
   env)
     echo "export DATABASE_URL=postgres://loupe@127.0.0.1:$PG_PORT/loupe"
     echo "export LOUPE_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
     echo "export LOUPE_PG_DATA=$PG_DATA LOUPE_PG_BIN=$PG_BIN" ;;
-  *) echo "usage: $0 start|stop|restart-postgres|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|stop-postgres|stop-redis|restart-postgres|running|env" >&2; exit 2 ;;
 esac

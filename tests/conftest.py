@@ -31,6 +31,20 @@ def _media_in_tmp(settings, tmp_path):
     settings.MODEL_DIR = tmp_path / "models"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_broker_keys_removed():
+    """On the Redis broker (LOUPE_TEST_BROKER=redis) the session's keys carry its own prefix: remove them
+    at the end, so a shared Redis does not collect queues of finished test sessions."""
+    yield
+    prefix, url = os.environ.get("LOUPE_BROKER_KEY_PREFIX"), os.environ.get("CELERY_BROKER_URL", "")
+    if prefix and url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
 @pytest.fixture
 def eager_celery():
     """Run tasks in-process for tests of code that enqueues; tests/system use a real worker instead."""
@@ -159,6 +173,18 @@ def celery_worker_process():
     yield start
     for worker in workers:
         worker.stop()
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without root's powers: as root, under ``setpriv`` with every capability dropped, so
+    folder permissions apply (root would write into a read-only folder anyway). Tests that need them
+    skip only where neither is possible."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop capabilities")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", *argv]
 
 
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25, message: str = "condition"):

@@ -248,13 +248,7 @@ def _train_locked(*, campaign, encoder, config, user, run, progress) -> RewardMo
         report=report,
         loaded=loaded,
         run=run,
-    )
-    model_event(
-        model,
-        "trained",
-        f"accuracy {report['accuracy']:.3f} vs CLIPScore {report['clipscore_accuracy'] or 0:.3f} on "
-        f"{report['n_pairs']} held-out pairs; {loaded.n_judgments} judgments",
-        user,
+        user=user,
     )
     return model
 
@@ -273,7 +267,9 @@ def _cancelled(run: TrainingRun) -> bool:
     return TrainingRun.objects.filter(pk=run.pk, status=RunStatus.CANCELLED).exists()
 
 
-def _register(*, campaign, encoder, config, result, report, loaded, run: TrainingRun) -> RewardModel:
+def _register(
+    *, campaign, encoder, config, result, report, loaded, run: TrainingRun, user=None
+) -> RewardModel:
     """Register frozen heads trained on ``encoder``'s cached features (see ``_register_model``)."""
     return _register_model(
         campaign=campaign,
@@ -291,11 +287,29 @@ def _register(*, campaign, encoder, config, result, report, loaded, run: Trainin
         run=run,
         epochs=len(result.history),
         summary={"version": None, **_headline(report), "active": report.get("active")},
+        event=(
+            f"accuracy {report['accuracy']:.3f} vs CLIPScore {report['clipscore_accuracy'] or 0:.3f} "
+            f"on {report['n_pairs']} held-out pairs; {loaded.n_judgments} judgments"
+        ),
+        user=user,
     )
 
 
 def _register_model(
-    *, campaign, encoder, fingerprint, net, config, report, loaded, meta, run=None, epochs=0, summary=None
+    *,
+    campaign,
+    encoder,
+    fingerprint,
+    net,
+    config,
+    report,
+    loaded,
+    meta,
+    run=None,
+    epochs=0,
+    summary=None,
+    event: str | None = None,
+    user=None,
 ) -> RewardModel:
     """Allocate the next version, write its checkpoint and the row, and mark the run succeeded, in one
     transaction that holds the run's row: a cancel either lands first (nothing is registered) or
@@ -338,6 +352,9 @@ def _register_model(
                     },
                 )
                 model.save(update_fields=["checkpoint_sha256"])
+                if event is not None:
+                    # In the same transaction: whoever sees the run succeeded also sees the model's event.
+                    model_event(model, "trained", event, user)
                 if run is not None:
                     _run_update(
                         run,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -76,3 +77,21 @@ def test_filter_pool_preset_and_confirmation():
             "--top-percent",
             "100",
         )
+
+
+def test_filter_pool_top_percent_without_a_reward_model_says_what_to_do_instead(db):
+    from tests.curate.conftest import make_caption, make_image, make_score
+
+    for seed in range(4):
+        caption = make_caption(make_image(100 + seed), f"clip-only pair {seed}")
+        make_score(caption, cosine=0.1 * seed, reward_model_version=0)
+    clip_only = ["--encoder", ENCODER, "--reward-model-version", "0"]
+    with pytest.raises(CommandError) as raised:
+        call_command("filter_pool", *clip_only, "--top-percent", "30", stdout=io.StringIO())
+    message = str(raised.value)
+    assert "needs a reward model" in message and "CLIPScore only" in message
+    assert "--clipscore-min 0.28" in message and "train_reward" in message
+    assert not FilterRun.objects.exists()
+    # The suggestion works as given.
+    call_command("filter_pool", *clip_only, "--clipscore-min", "0.15", stdout=io.StringIO())
+    assert FilterRun.objects.get().kept == 2

@@ -133,3 +133,15 @@ def test_a_run_lists_its_kept_and_dropped_pairs_by_keyset_without_counting(clien
     assert seen["kept"] == sorted(seen["kept"])
     html = client.get(url, {"show": "kept"}).content.decode()
     assert "Dropped <span" in html and "Next kept pairs" in html
+
+
+def test_a_reward_rule_on_clipscore_only_scores_says_what_to_do_instead(client, curator):
+    from django.utils.html import escape
+
+    client.force_login(curator)
+    clip_only = {"version": "0", "top_percent": "30"}
+    preview = client.get(reverse("filters:preview"), clip_only).content.decode()
+    assert escape("needs a reward model") in preview and "datacomp-0.28" in preview
+    response = client.post(reverse("filters:run_create"), clip_only)
+    assert response.status_code == 400 and "needs a reward model" in response.content.decode()
+    assert not FilterRun.objects.exists()

@@ -44,11 +44,34 @@ def test_post_endpoints_are_refused_to_curators(client, curator, campaign):
     assert run.status == RunStatus.QUEUED
 
 
-def test_dashboard_shows_pool_counts_judgments_chart_and_the_form(client, admin_user, campaign):
+def test_dashboard_shows_pool_counts_judgments_chart_and_the_form(client, admin_user, campaign, annotator):
+    import re
+    import uuid
+
+    from django.utils import timezone
+
+    from annotate import services
+    from tests.annotate.factories import answer_for
+
+    for _ in range(3):
+        task = services.task_next(campaign=campaign, user=annotator).task
+        ranking, ratings = answer_for(task)
+        services.judgment_submit(
+            user=annotator, task=task, ranking=ranking, ratings=ratings, client_key=uuid.uuid4()
+        )
     client.force_login(admin_user)
     html = client.get(reverse("console:dashboard")).content.decode()
-    assert "24" in html  # 6 images x 4 captions
-    assert 'class="chart"' in html or "No data yet" in html
+    stats = dict(
+        (label.split(" (")[0], value)
+        for value, label in re.findall(
+            r'<div class="stat">([^<]*)</div><div class="stat-label">([^<]*)</div>', html
+        )
+    )
+    assert stats["images in the pool"] == "6" and stats["pairs"] == "24"  # 6 images x 4 captions
+    assert "3 judgments in all" in html
+    # Today's bar of the chart carries today's three judgments (a chart with no data has no bars).
+    today = timezone.localtime().strftime("%m-%d")
+    assert f"<title>{today}: 3</title>" in html
     assert "Retrain and filter now" in html and campaign.name in html
     assert "No schedule installed" in html
 

@@ -93,3 +93,17 @@ def test_install_schedule_adds_the_sweep_every_minute():
     call_command("install_schedule")
     sweep = PeriodicTask.objects.get(task="loop.tasks.runs_stale_recover_task")
     assert sweep.enabled and sweep.interval.every == 1 and sweep.interval.period == "minutes"
+
+
+def test_a_silent_scoring_run_is_left_alone_while_another_scoring_run_beats(
+    django_capture_on_commit_callbacks,
+):
+    from scoring.models import ScoringRun
+
+    # Its chunks wait in the gpu queue behind the busy run's: silence here means a busy queue.
+    waiting = _running(ScoringRun, heartbeat_ago=LONG_AGO, encoder="e")
+    _running(ScoringRun, heartbeat_ago=timedelta(seconds=5), encoder="e")
+    with django_capture_on_commit_callbacks(execute=False):
+        assert runs_stale_recover() == []
+    waiting.refresh_from_db()
+    assert waiting.stale_resumes == 0

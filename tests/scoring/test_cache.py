@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from scoring.cache import CacheError, EmbeddingCache
+from tests.conftest import REPO_ROOT, unprivileged
 
 SHA_A, SHA_B, SHA_C = ("a" * 64, "b" * 64, "c" * 64)
 
@@ -58,16 +60,38 @@ def test_encoders_and_weight_fingerprints_get_separate_folders(tmp_path):
     assert EmbeddingCache("other", root=tmp_path).get_images([SHA_A])[1].tolist() == [False]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+READ_ONLY_WRITER = """
+import sys
+import numpy as np
+from scoring.cache import CacheError, EmbeddingCache
+try:
+    EmbeddingCache("enc", root=sys.argv[1]).put_images([sys.argv[2]], np.ones((1, 2)))
+except CacheError as exc:
+    print("CacheError:", exc)
+    sys.exit(3)
+print("stored")
+"""
+
+
 def test_read_only_cache_folder_is_a_clear_error(tmp_path):
+    # In a child process without root's capabilities (tests run as root in CI containers), so the
+    # folder's permissions apply.
     root = tmp_path / "ro"
     root.mkdir()
     root.chmod(0o500)
     try:
-        with pytest.raises(CacheError, match="Cannot write the embedding cache"):
-            EmbeddingCache("enc", root=root).put_images([SHA_A], np.ones((1, 2)))
+        result = subprocess.run(
+            unprivileged([sys.executable, "-c", READ_ONLY_WRITER, str(root), SHA_A]),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         root.chmod(0o700)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Cannot write the embedding cache" in result.stdout and str(root) in result.stdout
+    assert not any(root.rglob("*.npy"))
 
 
 def test_mismatched_key_and_row_counts_are_refused(tmp_path):

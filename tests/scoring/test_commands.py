@@ -62,3 +62,25 @@ def test_dedupe_captions_dry_run_changes_nothing():
     pool_caption(image, "a cat on a sofa")
     call_command("dedupe_captions", "--dry-run", stdout=io.StringIO())
     assert not Caption.objects.exclude(status=CaptionStatus.OK).exists()
+
+
+def test_score_pool_without_a_worker_says_so_instead_of_waiting(tiny_clip_name):
+    import time
+
+    make_pool(1)
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="No Celery worker answered within 2 s: none is running.*--sync"):
+        call_command("score_pool", "--encoder", tiny_clip_name, stdout=io.StringIO())
+    assert time.monotonic() - started < 30
+    assert not ScoringRun.objects.exists()
+
+
+def test_score_pool_no_wait_queues_the_run_and_warns_that_no_worker_runs(
+    tiny_clip_name, django_capture_on_commit_callbacks
+):
+    make_pool(1)
+    err = io.StringIO()
+    with django_capture_on_commit_callbacks(execute=False):
+        call_command("score_pool", "--encoder", tiny_clip_name, "--no-wait", stdout=io.StringIO(), stderr=err)
+    assert "No Celery worker answered" in err.getvalue() and "queued" in err.getvalue()
+    assert ScoringRun.objects.count() == 1

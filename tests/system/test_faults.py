@@ -31,7 +31,7 @@ from django.db import connection
 from accounts.services import api_token_create
 from annotate.models import Assignment, Judgment, Task
 from tests.annotate.factories import answer_for, campaign_with_tasks
-from tests.conftest import _database_url_for_current_test_db, make_user, wait_for
+from tests.conftest import _database_url_for_current_test_db, make_user, unprivileged, wait_for
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,9 +284,12 @@ print("stored")
 """
 
 
-def _write_cache(root: Path, *, limit: int, rows: int) -> subprocess.CompletedProcess:
+def _write_cache(
+    root: Path, *, limit: int, rows: int, privileged: bool = True
+) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-c", CACHE_WRITER, str(root), str(limit), str(rows)]
     return subprocess.run(
-        [sys.executable, "-c", CACHE_WRITER, str(root), str(limit), str(rows)],
+        argv if privileged else unprivileged(argv),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -325,13 +328,13 @@ def test_small_write_that_fits_the_quota_succeeds(tmp_path):
     assert _write_cache(tmp_path / "cache", limit=1_000_000, rows=10).returncode == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders; the quota test covers root")
 def test_read_only_cache_folder_is_a_clear_error(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()
     root.chmod(0o555)
     try:
-        result = _write_cache(root, limit=10_000_000, rows=10)
+        # Without root's capabilities (CI runs as root), so the folder's permissions apply.
+        result = _write_cache(root, limit=10_000_000, rows=10, privileged=False)
     finally:
         root.chmod(0o755)
     assert result.returncode == 3 and "Cannot write the embedding cache" in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.conf import settings
 from django.db.models import Count
@@ -127,3 +129,59 @@ def test_killed_worker_mid_run_is_resumed_by_the_stale_run_sweep(tiny_clip_name,
     assert done.stale_resumes == 1
     assert (done.done, done.chunks_done, done.chunks_total) == (300, 75, 75)
     _assert_one_score_per_pair(done, caption_ids)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CELERY_BROKER_URL", "").startswith("redis"),
+    reason="Redis redelivery: run with LOUPE_TEST_BROKER=redis (scripts/test.sh does)",
+)
+def test_redis_redelivers_a_killed_workers_chunk_after_the_visibility_timeout(
+    tiny_clip_name, celery_worker_process
+):
+    """No resume and no sweep: the broker itself gives the chunk the killed worker held to another."""
+    caption_ids = _pool(40)
+    first = celery_worker_process(extra_env=_worker_env())
+    run = scoring_run_start(encoder=tiny_clip_name, chunk_size=4)  # 30 chunks
+    wait_for(
+        lambda: _run(run.pk).chunks_done >= 2,
+        timeout=240,
+        interval=0.05,
+        message=f"first chunks; worker log:\n{first.log()[-3000:]}",
+    )
+    first.kill()
+    assert _run(run.pk).status == RunStatus.RUNNING
+    second = celery_worker_process(extra_env=_worker_env())
+    timeout = int(settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]) + 180
+    done = wait_for(
+        lambda: _run(run.pk).is_finished and _run(run.pk),
+        timeout=timeout,
+        message=f"the redelivered chunk; worker log:\n{second.log()[-3000:]}",
+    )
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    assert done.stale_resumes == 0 and (done.chunks_done, done.chunks_total) == (30, 30)
+    _assert_one_score_per_pair(done, caption_ids)
+
+
+def test_score_pool_finds_the_running_worker_and_follows_the_run_to_the_end(
+    tiny_clip_name, celery_worker_process
+):
+    import io
+
+    from django.core.management import call_command
+
+    caption_ids = _pool(10)
+    celery_worker_process(extra_env=_worker_env())
+    out = io.StringIO()
+    # The worker needs a moment to connect; the command's ping waits for its answer, not for its start.
+    wait_for(lambda: _answers_ping(), timeout=60, message="the worker to answer a ping")
+    call_command(
+        "score_pool", "--encoder", tiny_clip_name, "--chunk-size", "16", stdout=out, stderr=io.StringIO()
+    )
+    assert "succeeded: 30/30 pairs" in out.getvalue()
+    _assert_one_score_per_pair(ScoringRun.objects.get(), caption_ids)
+
+
+def _answers_ping() -> bool:
+    from scoring.management.commands.score_pool import workers_queues
+
+    return any("gpu" in queues for queues in workers_queues(timeout=1.0).values())

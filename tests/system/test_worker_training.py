@@ -77,5 +77,14 @@ def test_training_run_through_a_real_worker_registers_a_model(tmp_path, celery_w
     assert Path(model.checkpoint).parent == Path(settings.MODEL_DIR)
     _, meta = load_checkpoint(model.checkpoint)
     assert meta["encoder"] == encoder and meta["version"] == model.version
-    actions = set(ModelEvent.objects.filter(model=model).values_list("action", flat=True))
-    assert "trained" in actions and actions & {"gate_passed", "gate_refused"}
+
+    def actions() -> list[str]:
+        events = ModelEvent.objects.filter(model=model).order_by("created_at", "id")
+        return list(events.values_list("action", flat=True))
+
+    # The run is marked succeeded when the model is registered; the task then gates and promotes.
+    wait_for(
+        lambda: len(actions()) >= 3, timeout=60, message=f"gate and promotion; events so far {actions()}"
+    )
+    # Eight epochs on this seed beat CLIPScore on the held-out pairs: the gate passes, the model is active.
+    assert actions() == ["trained", "gate_passed", "promoted"]

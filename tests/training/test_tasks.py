@@ -37,7 +37,11 @@ def test_task_with_promote_if_better_runs_the_gate(judged):
     run = _run(judged, promote_if_better=True)
     training_run_execute.apply(args=[run.pk])
     model = RewardModel.objects.get()
-    assert model.events.filter(action__in=["gate_passed", "gate_refused"]).count() == 1
+    actions = list(model.events.order_by("created_at", "id").values_list("action", flat=True))
+    # QUICK's two epochs do not beat CLIPScore on this seed's held-out pairs: the gate refuses, and the
+    # task promotes nothing.
+    assert actions == ["trained", "gate_refused"]
+    assert model.status == "candidate"
 
 
 def test_task_finishes_a_run_registered_before_its_worker_died(judged):

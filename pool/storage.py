@@ -74,6 +74,13 @@ def _filesystem_for(protocol: str, pid: int):
     return fsspec.filesystem(protocol)
 
 
+def filesystems_forget() -> None:
+    """Drop the cached filesystems (after a change of fsspec configuration, e.g. a new endpoint)."""
+    _filesystem_for.cache_clear()
+    with _row_groups_lock:
+        _row_groups.clear()
+
+
 def filesystem(uri: str):
     """(fsspec filesystem, path within it) for a remote URI."""
     from fsspec.core import split_protocol

@@ -83,3 +83,84 @@ def table_dir(tmp_path) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return path
+
+
+# --- img2dataset-shaped output, written by hand (fast); tests/pool/test_img2dataset.py runs the real tool
+
+
+def i2d_row(key: str, uid: str | None, caption: str | None, *, status: str = "success", **extra) -> dict:
+    """A row of img2dataset's per-shard Parquet (the columns it writes, save_additional_columns first)."""
+    failed = status != "success"
+    row = {"uid": uid} if uid is not None else {}
+    row.update(extra)
+    row.update(
+        {
+            "caption": caption,
+            "url": f"http://example.test/{key}.jpg",
+            "key": key,
+            "status": status,
+            "error_message": "HTTP Error 404: Not Found" if failed else None,
+            "width": None if failed else 96,
+            "height": None if failed else 80,
+            "original_width": None if failed else 192,
+            "original_height": None if failed else 160,
+            "exif": None if failed else "{}",
+            "sha256": None if failed else "0" * 64,
+        }
+    )
+    return row
+
+
+def write_i2d_webdataset(folder: Path, shard: str, rows: list[dict], images: dict[str, bytes]) -> Path:
+    """``shard``.tar with ``key.jpg``/``key.txt``/``key.json`` for each success row that has an image in
+    ``images``, ``shard``.parquet with every row, as img2dataset writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    members = []
+    for row in rows:
+        key = row["key"]
+        if row["status"] != "success" or key not in images:
+            continue
+        members += [
+            (f"{key}.jpg", images[key]),
+            (f"{key}.txt", (row["caption"] or "").encode()),
+            (f"{key}.json", json.dumps(row).encode()),
+        ]
+    write_tar(folder / f"{shard}.tar", members)
+    pq.write_table(pa.Table.from_pylist(rows), folder / f"{shard}.parquet")
+    return folder / f"{shard}.tar"
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A real S3 endpoint (moto's server mode) on 127.0.0.1, with fsspec pointed at it; yields a boto3
+    client to put objects with."""
+    import socket
+
+    import boto3
+    import fsspec.config
+    from moto.server import ThreadedMotoServer
+
+    from pool import storage
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})
+    storage.filesystems_forget()
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="pools")
+    yield client
+    storage.filesystems_forget()
+    server.stop()

@@ -491,7 +491,13 @@ def _outcome(summary: ImportSummary) -> tuple[str, str]:
             f"{summary.skipped_total} of {seen} samples skipped ({summary.skipped_total / seen:.0%}, over the "
             f"limit of {limit:.0%}): {top}"
         )
-    present = summary.already_present + summary.captions_already_present
+    # Shards met again (changed or missing) are the pool's already: reported as problems, not "nothing".
+    present = (
+        summary.already_present
+        + summary.captions_already_present
+        + summary.shards.get("changed", 0)
+        + summary.shards.get("missing", 0)
+    )
     if summary.captions_imported == 0 and present == 0:
         if summary.shard_notes:
             why = summary.shard_notes[0]["reason"]
@@ -619,6 +625,10 @@ def _index_unit(
         if isinstance(loaded, ImageRejected):
             summary.skip(Skip(item.file, item.row, loaded.code, loaded.message))
             continue
+        if item.column and shard.image_column != item.column:
+            # Parquet shards: the column the images are read back from.
+            shard.image_column = item.column
+            shard.save(update_fields=["image_column"])
         batch.append(_Entry(item, loaded, shard.pk))
         if len(batch) >= batch_size:
             _index_flush(batch, summary, per_shard)

@@ -104,6 +104,7 @@ class Record:
     length: int | None = None  # ... and its size
     row_group: int | None = None  # a Parquet cell
     row_in_group: int | None = None
+    column: str | None = None  # the Parquet column holding the image
     # The source's identity of the sample.
     uid: str | None = None
     sample_key: str = ""

@@ -294,6 +294,8 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
                 elif kind == "other":
                     sample.others = (sample.others or []) + [ext]
         except TarDamaged as exc:
+            if sample is None:
+                raise ShardUnreadable(f"{file} is not a readable tar ({exc})") from exc
             # What was read before the damage still imports; the sample being read is reported with it.
             yield Skip(
                 file,

@@ -164,3 +164,79 @@ def s3_server(monkeypatch):
     yield client
     storage.filesystems_forget()
     server.stop()
+
+
+# --- the real img2dataset, fetching from a local HTTP server --------------------------------------
+
+I2D_SCRIPT = """
+import sys
+from img2dataset import download
+url_list, out, formats = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+for fmt in formats:
+    download(
+        url_list=url_list, input_format="parquet", url_col="url", caption_col="caption",
+        save_additional_columns=["uid", "license"], output_format=fmt, output_folder=f"{out}/{fmt}",
+        processes_count=1, thread_count=4, resize_mode="no", number_sample_per_shard=5,
+        distributor="multiprocessing", timeout=5, retries=0, enable_wandb=False, disable_all_reencoding=True,
+    )
+"""
+
+
+def img2dataset_pool(folder: Path, *, count: int, formats: tuple[str, ...]) -> dict:
+    """Serve ``count`` distinct images over HTTP on 127.0.0.1 and run the real img2dataset on a URL list
+    Parquet holding uid and caption (one caption spans two lines; one URL is missing, so img2dataset
+    records a failed download). Returns {"out": folder of the outputs, "rows": the URL list's rows}."""
+    import functools
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = folder / "www"
+    images.mkdir(parents=True)
+    for i in range(count):
+        (images / f"{i}.jpg").write_bytes(image_bytes(64 + i, 48, seed=1000 + i))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(images)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        rows = [
+            {
+                "url": f"{base}/{i}.jpg",
+                "caption": f"picture {i}\nsecond line" if i == 1 else f"picture {i}",
+                "uid": f"{(i * 7919 + 13):032x}",
+                "license": "cc-by" if i % 2 else "cc0",
+            }
+            for i in range(count)
+        ]
+        rows.append({"url": f"{base}/missing.jpg", "caption": "gone", "uid": "f" * 32, "license": "cc0"})
+        pq.write_table(pa.Table.from_pylist(rows), folder / "urls.parquet")
+        env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                I2D_SCRIPT,
+                str(folder / "urls.parquet"),
+                str(folder / "out"),
+                ",".join(formats),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        server.shutdown()
+    return {"out": folder / "out", "rows": rows}

@@ -138,6 +138,7 @@ def s3_server(monkeypatch):
     """A real S3 endpoint (moto's server mode) on 127.0.0.1, with fsspec pointed at it; yields a boto3
     client to put objects with."""
     import socket
+    import urllib.request
 
     import boto3
     import fsspec.config
@@ -151,6 +152,8 @@ def s3_server(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets in process-wide state, whichever server serves them: start empty.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

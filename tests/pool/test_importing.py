@@ -386,3 +386,17 @@ def test_an_unreachable_object_store_shard_fails_alone_with_its_reason(s3_server
 def test_an_object_store_source_that_cannot_be_reached_fails_the_import_clearly(s3_server):
     with pytest.raises(ImportFailed, match="cannot read s3://no-such-bucket/pool"):
         pool_import(source="s3://no-such-bucket/pool")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shards_indexed_in_parallel_processes_add_up_to_the_same_pool(tmp_path):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("parallel indexing runs on PostgreSQL only (SQLite takes one writer at a time)")
+    for n in range(3):
+        i2d_shard(tmp_path, f"{n:05d}", n=4, start=10 * n)
+    run = pool_import(source=str(tmp_path), processes=2, batch_size=3)
+    assert run.status == RunStatus.SUCCEEDED and run.summary["shards"] == {"indexed": 3}
+    assert Caption.objects.count() == 12 == run.summary["captions_imported"] == run.done
+    assert set(Shard.objects.values_list("samples", flat=True)) == {4}

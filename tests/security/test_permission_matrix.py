@@ -55,6 +55,10 @@ PAGES: dict[str, Rule] = {
     # pool
     "pool/": Rule(CURATOR),
     "pool/images/<int:image_id>/": Rule(CURATOR),
+    # Like media/: any signed-in user (annotators see their tasks' images through it).
+    "pool/images/<int:image_id>/file": Rule(LOGIN),
+    "pool/images/<int:image_id>/thumb": Rule(LOGIN),
+    "pool/shards/": Rule(CURATOR),
     "pool/imports/": Rule(CURATOR),
     "pool/imports/start/": Rule(ADMIN, ("POST",)),
     "pool/imports/<int:run_id>/": Rule(CURATOR, params={"run_id": "import_run_id"}),
@@ -140,6 +144,7 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/me"): Rule(LOGIN),
     ("GET", "/api/images"): Rule(CURATOR),
     ("GET", "/api/images/{image_id}"): Rule(CURATOR),
+    ("GET", "/api/shards"): Rule(CURATOR),
     ("GET", "/api/captions"): Rule(CURATOR),
     ("GET", "/api/scores"): Rule(CURATOR),
     ("GET", "/api/flags"): Rule(CURATOR),

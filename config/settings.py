@@ -180,6 +180,9 @@ LOUPE_MAX_IMAGE_BYTES = int(os.environ.get("LOUPE_MAX_IMAGE_BYTES", str(64 * 102
 # An import that skips more than this share of what it read finishes "with problems" (and the
 # import_pool command exits non-zero): a wrong column or a half-failed download should not pass.
 LOUPE_IMPORT_MAX_SKIPPED_FRACTION = float(os.environ.get("LOUPE_IMPORT_MAX_SKIPPED_FRACTION", "0.1"))
+# Shards indexed at a time by one import (processes, PostgreSQL only; a Celery worker's import uses one:
+# scale out with more workers instead).
+LOUPE_IMPORT_PROCESSES = int(os.environ.get("LOUPE_IMPORT_PROCESSES", "1"))
 # Thumbnails of in-place images are made once and kept here (the only images Loupe writes besides
 # annotation tasks' materialised copies).
 LOUPE_THUMB_SIZE = int(os.environ.get("LOUPE_THUMB_SIZE", "256"))

@@ -12,44 +12,60 @@ import json
 from django.db import IntegrityError, connection, models, transaction
 
 
-def _fields(model: type[models.Model]) -> list[models.Field]:
-    return [f for f in model._meta.concrete_fields if not f.primary_key]
+def _fields(model: type[models.Model], with_pk: bool = False) -> list[models.Field]:
+    return [f for f in model._meta.concrete_fields if with_pk or not f.primary_key]
+
+
+def ids_reserve(model: type[models.Model], count: int) -> list[int] | None:
+    """``count`` primary keys from the table's sequence (PostgreSQL), so rows COPYed with them need no
+    read-back; None elsewhere."""
+    if connection.vendor != "postgresql" or count == 0:
+        return None
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [table, model._meta.pk.column, count],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _copy_rows(cursor, table: str, fields: list[models.Field], rows: list[dict], defaults: dict) -> None:
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
+    names = [f.attname for f in fields]
+    json_names = [f.attname for f in fields if isinstance(f, models.JSONField)]
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
     with cursor.copy(f"COPY {connection.ops.quote_name(table)} ({columns}) FROM STDIN") as copy:
         for row in rows:
-            values = []
-            for f in fields:
-                value = row.get(f.attname, defaults[f.attname])
-                if f.attname in json_fields and value is not None:
-                    value = json.dumps(value, ensure_ascii=False)
-                values.append(value)
-            copy.write_row(values)
+            row = {**defaults, **row}
+            for name in json_names:
+                if row[name] is not None:
+                    row[name] = dumps(row[name])
+            copy.write_row([row[name] for name in names])
 
 
-def rows_insert(model: type[models.Model], rows: list[dict], *, unique: str) -> None:
-    """Insert ``rows``, leaving out those whose ``unique`` field value is already taken.
+def rows_insert(model: type[models.Model], rows: list[dict], *, unique: str) -> bool:
+    """Insert ``rows``, leaving out those whose ``unique`` field value is already taken; True when every
+    row went in as given (ids included, when rows carry them).
 
     On PostgreSQL the rows are COPYed straight into the table; callers have already left out the rows
     they know exist, so a conflict means a concurrent writer: then the batch goes through a temporary
     table and ``INSERT ... ON CONFLICT DO NOTHING``.
     """
     if not rows:
-        return
-    fields = _fields(model)
-    defaults = {f.attname: f.get_default() for f in fields}
+        return True
+    with_pk = model._meta.pk.attname in rows[0]
+    fields = _fields(model, with_pk)
+    defaults = {f.attname: f.get_default() for f in fields if not f.primary_key}
     table = model._meta.db_table
     if connection.vendor != "postgresql":
         objs = [model(**{**defaults, **row}) for row in rows]
         model.objects.bulk_create(objs, ignore_conflicts=True, batch_size=500)
-        return
+        return False  # ids and conflicts unknown: the caller reads back what it needs
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             _copy_rows(cursor, table, fields, rows, defaults)
-        return
+        return True
     except IntegrityError:
         pass
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
@@ -66,3 +82,20 @@ def rows_insert(model: type[models.Model], rows: list[dict], *, unique: str) -> 
             f"INSERT INTO {connection.ops.quote_name(table)} ({columns}) SELECT {columns} FROM {staging} "
             f"ON CONFLICT ({unique_column}) DO NOTHING"
         )
+    return False
+
+
+def rows_where_in(model: type[models.Model], field: str, values: list, columns: list[str]) -> list[tuple]:
+    """``columns`` of the rows whose ``field`` is one of ``values``. On PostgreSQL one array parameter
+    (``= ANY(%s)``): thousands of placeholders cost more to build and parse than the lookup itself."""
+    if not values:
+        return []
+    if connection.vendor != "postgresql":
+        return list(model.objects.filter(**{f"{field}__in": values}).values_list(*columns))
+    quote = connection.ops.quote_name
+    meta = model._meta
+    select = ", ".join(quote(meta.get_field(c).column) for c in columns)
+    sql = f"SELECT {select} FROM {quote(meta.db_table)} WHERE {quote(meta.get_field(field).column)} = ANY(%s)"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(values)])
+        return cursor.fetchall()

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import reset_queries, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from pool import storage
-from pool.bulk import rows_insert
+from pool.bulk import ids_reserve, rows_insert, rows_where_in
 from pool.images import ImageHeader, ImageRejected, image_header
 from pool.models import (
     Caption,
@@ -101,6 +102,24 @@ class ImportSummary:
     shards: Counter = field(default_factory=Counter)  # indexed / unchanged / changed / missing / failed
     shard_notes: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+    def merge(self, other: ImportSummary) -> None:
+        """Add another shard's summary to this one."""
+        for name in (
+            "records",
+            "images_imported",
+            "images_duplicate",
+            "already_present",
+            "more_captions",
+            "captions_imported",
+            "captions_already_present",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("captions_marked", "skipped", "uids", "shards"):
+            getattr(self, name).update(getattr(other, name))
+        self.skips += other.skips[: max(0, MAX_SKIPS_LISTED - len(self.skips))]
+        self.shard_notes += other.shard_notes[: max(0, MAX_PROBLEMS_LISTED - len(self.shard_notes))]
 
     def skip(self, item: Skip) -> None:
         self.skipped[item.code] += 1
@@ -146,8 +165,8 @@ class _Loaded:
     size: int
 
 
-def _inspect_bytes(data: bytes) -> _Loaded:
-    header = image_header(data)
+def _inspect_bytes(data: bytes, max_pixels: int | None = None) -> _Loaded:
+    header = image_header(data, max_pixels=max_pixels)
     return _Loaded(hashlib.sha256(data).hexdigest(), header, len(data))
 
 
@@ -162,6 +181,7 @@ class _ImageLoader:
     def __init__(self, threads: int = IMPORT_THREADS):
         self.by_path: OrderedDict[str, Future] = OrderedDict()
         self.max_bytes = settings.LOUPE_MAX_IMAGE_BYTES
+        self.max_pixels = settings.LOUPE_MAX_IMAGE_PIXELS  # read once: settings lookups cost per image
         self.threads = threads
         self.executor: ThreadPoolExecutor | None = None
 
@@ -177,7 +197,7 @@ class _ImageLoader:
                 result: object = None
             elif item.data is not None:
                 try:
-                    result = _inspect_bytes(item.data)
+                    result = _inspect_bytes(item.data, self.max_pixels)
                 except ImageRejected as exc:
                     result = exc
                 item.data = None  # the bytes are not needed past this point
@@ -220,7 +240,7 @@ class _ImageLoader:
             except storage.StorageError as exc:
                 code = "too_large" if "over the limit" in str(exc) else "missing_file"
                 raise ImageRejected(code, str(exc)) from exc
-            return _inspect_bytes(data)
+            return _inspect_bytes(data, self.max_pixels)
         real, st = path_resolve(path)
         if record.root is not None and not path_within(real, record.root):
             raise ImageRejected("outside_root", f"{record.key} is outside the import root {record.root}")
@@ -237,7 +257,7 @@ class _ImageLoader:
             raise ImageRejected("missing_file", f"cannot read {record.key}: {exc.strerror}") from exc
         # Point the image at the resolved file: what was checked against the root is what is read later.
         record.path = real
-        return _inspect_bytes(data)
+        return _inspect_bytes(data, self.max_pixels)
 
 
 # --- writing rows ---------------------------------------------------------------------------------
@@ -279,8 +299,8 @@ def _index_flush(entries: list[_Entry], summary: ImportSummary, per_shard: Count
     with transaction.atomic():
         before = {
             sha: (pk, shard_id, key)
-            for pk, sha, shard_id, key in Image.objects.filter(sha256__in=shas).values_list(
-                "pk", "sha256", "shard_id", "source_key"
+            for pk, sha, shard_id, key in rows_where_in(
+                Image, "sha256", shas, ["id", "sha256", "shard_id", "source_key"]
             )
         }
         new_images: dict[str, dict] = {}
@@ -288,10 +308,15 @@ def _index_flush(entries: list[_Entry], summary: ImportSummary, per_shard: Count
             sha = entry.loaded.sha256
             if sha not in before and sha not in new_images:
                 new_images[sha] = _image_row(entry, now)
-        rows_insert(Image, list(new_images.values()), unique="sha256")
-        # COPY and ignore_conflicts give no ids back (and a concurrent import may have won a race).
         ids = {sha: pk for sha, (pk, _, _) in before.items()}
-        if new_images:
+        reserved = ids_reserve(Image, len(new_images))
+        if reserved:
+            for row, pk in zip(new_images.values(), reserved, strict=True):
+                row["id"] = pk
+        if rows_insert(Image, list(new_images.values()), unique="sha256") and reserved:
+            ids.update((sha, row["id"]) for sha, row in new_images.items())
+        elif new_images:
+            # ignore_conflicts gives no ids back, and a concurrent import may have won a race.
             ids.update(Image.objects.filter(sha256__in=list(new_images)).values_list("sha256", "pk"))
 
         # Every caption's uid: the source's for the record's first caption, derived for the others and
@@ -309,8 +334,8 @@ def _index_flush(entries: list[_Entry], summary: ImportSummary, per_shard: Count
         uids = [uid for _, items in planned for _, _, uid, _ in items]
         existing = {
             uid: (image_id, digest)
-            for uid, image_id, digest in Caption.objects.filter(uid__in=uids).values_list(
-                "uid", "image_id", "text_sha256"
+            for uid, image_id, digest in rows_where_in(
+                Caption, "uid", uids, ["uid", "image_id", "text_sha256"]
             )
         }
         taken: dict[str, tuple[int, str]] = {}
@@ -491,7 +516,13 @@ def _outcome(summary: ImportSummary) -> tuple[str, str]:
             f"{summary.skipped_total} of {seen} samples skipped ({summary.skipped_total / seen:.0%}, over the "
             f"limit of {limit:.0%}): {top}"
         )
-    present = summary.already_present + summary.captions_already_present
+    # Shards met again (changed or missing) are the pool's already: reported as problems, not "nothing".
+    present = (
+        summary.already_present
+        + summary.captions_already_present
+        + summary.shards.get("changed", 0)
+        + summary.shards.get("missing", 0)
+    )
     if summary.captions_imported == 0 and present == 0:
         if summary.shard_notes:
             why = summary.shard_notes[0]["reason"]
@@ -516,6 +547,7 @@ def pool_import(
     caption_source: str = "alt",
     batch_size: int = DEFAULT_BATCH,
     root: str | None = None,
+    processes: int | None = None,
     run: ImportRun | None = None,
     progress: Progress | None = None,
 ) -> ImportRun:
@@ -526,7 +558,8 @@ def pool_import(
     take ``caption_source``. Bad rows and unreadable shards are skipped and reported on the run; an
     import that imported nothing is failed, one that skipped too much or met changed or missing shards
     finished with problems (``run.outcome``). A problem with the whole source raises ``ImportFailed``
-    after recording it on the run.
+    after recording it on the run. ``processes`` (default LOUPE_IMPORT_PROCESSES) index that many
+    shards at a time, on PostgreSQL.
     """
     params = {
         "format": format,
@@ -549,36 +582,23 @@ def pool_import(
             run.save(update_fields=["format"])
         run_start(run, total=records_estimate(src))
         path_cache_clear()  # links may have changed since the last import in this process
-        reader = READERS[src.format]
-        done = 0
-        loader = _ImageLoader()
-        try:
-            for unit in src.units:
-                try:
-                    fp = reader.fingerprint(unit)
-                except (storage.StorageError, OSError) as exc:
-                    _shard_failed(unit, f"cannot be reached: {exc}", run, summary)
-                    continue
-                shard = _shard_for(unit, fp, run, summary)
-                if shard is None:
-                    continue
-                try:
-                    done = _index_unit(
-                        unit, shard, src, reader, options, loader, run, summary, batch_size, done, progress
-                    )
-                except ShardUnreadable as exc:
-                    _shard_failed(unit, str(exc), run, summary, fp)
-                except ImportSourceError as exc:
-                    if len(src.units) == 1:
-                        raise
-                    _shard_failed(unit, str(exc), run, summary, fp)
-                except _Cancelled:
-                    run_finish(run, status=RunStatus.CANCELLED, summary=summary.as_dict())
-                    return run
-        finally:
-            loader.close()
+        job = _Job(src=src, options=options, run_id=run.pk, batch_size=batch_size)
+        workers = _processes(processes, len(src.units))
+        parts = (
+            _units_in_processes(job, workers, run, progress)
+            if workers > 1
+            else _units_here(job, run, progress)
+        )
+        cancelled = False
+        for part in parts:
+            summary.merge(part)
+            cancelled |= part.cancelled
+        if cancelled:
+            run_finish(run, status=RunStatus.CANCELLED, summary=summary.as_dict())
+            return run
         _vanished(src, summary)
-        run_progress(run, done=done, total=done, progress=progress)
+        run.refresh_from_db(fields=["done"])
+        run_progress(run, done=run.done, total=run.done, progress=progress)
     except ImportSourceError as exc:
         run_finish(run, status=RunStatus.FAILED, summary=summary.as_dict(), error=str(exc))
         raise ImportFailed(str(exc)) from exc
@@ -593,25 +613,130 @@ def pool_import(
     return run
 
 
+@dataclass
+class _Job:
+    """What every shard's indexing needs; plain values, so a worker process can take it."""
+
+    src: ImportSource
+    options: object
+    run_id: int
+    batch_size: int
+
+
+def _processes(asked: int | None, units: int) -> int:
+    import multiprocessing
+
+    from django.db import connection
+
+    wanted = settings.LOUPE_IMPORT_PROCESSES if asked is None else asked
+    # SQLite takes one writer at a time; a daemonic process (a Celery prefork child) may not start
+    # children; one shard needs one process.
+    if connection.vendor != "postgresql" or multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(wanted, units))
+
+
+def _units_here(job: _Job, run: ImportRun, progress: Progress | None) -> Iterator[ImportSummary]:
+    loader = _ImageLoader()
+    try:
+        for unit in job.src.units:
+            part = _unit_import(job, unit, loader, run, progress)
+            yield part
+            if part.cancelled:
+                return
+    finally:
+        loader.close()
+
+
+def _unit_in_child(job: _Job, unit: Unit) -> ImportSummary:
+    """One shard, in a worker process (its own database connection)."""
+    run = ImportRun.objects.get(pk=job.run_id)
+    loader = _ImageLoader()
+    try:
+        return _unit_import(job, unit, loader, run, None)
+    finally:
+        loader.close()
+
+
+def _child_start() -> None:
+    # The parent closed its connections before forking; make sure nothing inherited is reused.
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.connection = None
+    path_cache_clear()
+
+
+def _units_in_processes(job: _Job, workers: int, run: ImportRun, progress: Progress | None):
+    """Shards indexed ``workers`` at a time in forked processes (shards are the unit of distribution:
+    each commits its own rows; the parent merges their summaries and reports progress)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from django.db import connections
+
+    # A forked child must not share the parent's socket to the database.
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_child_start) as pool:
+        pending = {pool.submit(_unit_in_child, job, unit) for unit in job.src.units}
+        while pending:
+            finished, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
+            run.refresh_from_db(fields=["done", "total", "status"])
+            if progress:
+                progress(run.done, max(run.total, run.done))
+            for future in finished:
+                part = future.result()
+                yield part
+                if part.cancelled:
+                    for other in pending:
+                        other.cancel()
+                    pending = set()
+
+
+def _unit_import(
+    job: _Job, unit: Unit, loader: _ImageLoader, run: ImportRun, progress: Progress | None
+) -> ImportSummary:
+    """Fingerprint one shard, decide whether to index it, index it; its summary."""
+    summary = ImportSummary()
+    reader = READERS[job.src.format]
+    try:
+        fp = reader.fingerprint(unit)
+    except (storage.StorageError, OSError) as exc:
+        _shard_failed(unit, f"cannot be reached: {exc}", run, summary)
+        return summary
+    shard = _shard_for(unit, fp, run, summary)
+    if shard is None:
+        return summary
+    try:
+        _index_unit(unit, shard, job, reader, loader, run, summary, progress)
+    except ShardUnreadable as exc:
+        _shard_failed(unit, str(exc), run, summary, fp)
+    except ImportSourceError as exc:
+        if len(job.src.units) == 1:
+            raise
+        _shard_failed(unit, str(exc), run, summary, fp)
+    except _Cancelled:
+        summary.cancelled = True
+    return summary
+
+
 def _index_unit(
     unit: Unit,
     shard: Shard,
-    src: ImportSource,
+    job: _Job,
     reader,
-    options,
     loader: _ImageLoader,
     run: ImportRun,
     summary: ImportSummary,
-    batch_size: int,
-    done: int,
     progress: Progress | None,
-) -> int:
-    """Index one shard; returns the running count of items read. Raises ``ShardUnreadable``."""
+) -> None:
+    """Index one shard. Raises ``ShardUnreadable``, ``_Cancelled``."""
     per_shard: Counter = Counter()
-    skips_before = summary.skipped_total
     batch: list[_Entry] = []
-    for item, loaded in loader.loaded(reader.read(unit, src, options)):
-        done += 1
+    read = 0
+    for item, loaded in loader.loaded(reader.read(unit, job.src, job.options)):
+        read += 1
         if isinstance(item, Skip):
             summary.skip(item)
             continue
@@ -619,17 +744,22 @@ def _index_unit(
         if isinstance(loaded, ImageRejected):
             summary.skip(Skip(item.file, item.row, loaded.code, loaded.message))
             continue
+        if item.column and shard.image_column != item.column:
+            # Parquet shards: the column the images are read back from.
+            shard.image_column = item.column
+            shard.save(update_fields=["image_column"])
         batch.append(_Entry(item, loaded, shard.pk))
-        if len(batch) >= batch_size:
+        if len(batch) >= job.batch_size:
             _index_flush(batch, summary, per_shard)
             batch = []
             # With DEBUG on, Django keeps the last 9000 queries; our bulk inserts are large.
             reset_queries()
-            run_progress(run, done=done, total=run.total, progress=progress)
+            read = _progress_add(run, read, progress)
             if run_cancelled(run):
                 raise _Cancelled
     _index_flush(batch, summary, per_shard)
-    skipped = summary.skipped_total - skips_before
+    _progress_add(run, read, progress)
+    skipped = summary.skipped_total
     shard.samples = per_shard["indexed"] + per_shard["present"]
     shard.status = ShardStatus.INDEXED
     shard.status_reason = f"{skipped} samples skipped (see the import's summary)" if skipped else ""
@@ -637,8 +767,16 @@ def _index_unit(
     shard.import_run = run
     shard.save(update_fields=["samples", "status", "status_reason", "indexed_at", "checked_at", "import_run"])
     summary.shards["indexed"] += 1
-    run_progress(run, done=done, total=run.total, progress=progress)
-    return done
+
+
+def _progress_add(run: ImportRun, count: int, progress: Progress | None) -> int:
+    """Add ``count`` items to the run's progress (an increment: shards may be indexed in parallel)."""
+    if count:
+        ImportRun.objects.filter(pk=run.pk).update(done=F("done") + count)
+        run.done += count
+        if progress:
+            progress(run.done, max(run.total, run.done))
+    return 0
 
 
 # --- starting runs from pages ---------------------------------------------------------------------

@@ -99,8 +99,8 @@ class Image(models.Model):
     length = models.PositiveBigIntegerField(null=True, blank=True)
     row_group = models.PositiveIntegerField(null=True, blank=True)
     row = models.PositiveIntegerField(null=True, blank=True)
-    # Path relative to MEDIA_ROOT of a content-addressed copy (images/ab/abcdef....jpg): legacy
-    # imports, and images materialised for annotation (``pool.materialise``).
+    # Path relative to MEDIA_ROOT of a content-addressed copy (images/ab/abcdef....jpg): images imported
+    # before pools were indexed in place. Empty for images read where they live.
     file = models.CharField(max_length=255, blank=True)
     source = models.CharField(max_length=255, blank=True, help_text="Import source (file or shard).")
     source_key = models.CharField(

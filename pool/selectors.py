@@ -8,7 +8,6 @@ from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Left
-from django.db.models.lookups import Exact
 
 from pool.models import (
     URL_INDEX_CHARS,
@@ -96,10 +95,12 @@ def captions_by_identity(
         )
     if meta:
         name, value = meta
+        # An alias of the key transform: its lookups are the JSON ones (the value is JSON-encoded), and
+        # the name is a parameter, never part of the SQL.
         match = Q()
         for candidate in _json_candidates(value):
-            match |= Q(Exact(KeyTransform(name, "meta"), candidate))
-        captions = captions.filter(match)
+            match |= Q(meta_value=candidate)
+        captions = captions.alias(meta_value=KeyTransform(name, "meta")).filter(match)
     return captions
 
 

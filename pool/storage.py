@@ -71,7 +71,19 @@ def _filesystem_for(protocol: str, pid: int):
     # forked DataLoader worker must not share with its parent.
     import fsspec
 
-    return fsspec.filesystem(protocol)
+    # No listings cache: a long-running worker must see shards added since it last listed a prefix.
+    # Its own instance: fsspec's instance cache would outlive filesystems_forget().
+    options = {"skip_instance_cache": True}
+    if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+        options["use_listings_cache"] = False
+    return fsspec.filesystem(protocol, **options)
+
+
+def filesystems_forget() -> None:
+    """Drop the cached filesystems (after a change of fsspec configuration, e.g. a new endpoint)."""
+    _filesystem_for.cache_clear()
+    with _row_groups_lock:
+        _row_groups.clear()
 
 
 def filesystem(uri: str):

@@ -104,6 +104,7 @@ class Record:
     length: int | None = None  # ... and its size
     row_group: int | None = None  # a Parquet cell
     row_in_group: int | None = None
+    column: str | None = None  # the Parquet column holding the image
     # The source's identity of the sample.
     uid: str | None = None
     sample_key: str = ""
@@ -232,7 +233,9 @@ def caption_columns_parse(spec, *, default_source: str = "alt") -> list[tuple[st
     return columns
 
 
-def captions_from_values(values: list[tuple[object, str]]) -> tuple[list[CaptionIn], list[CaptionProblem]]:
+def captions_from_values(
+    values: list[tuple[object, str]], *, max_chars: int | None = None
+) -> tuple[list[CaptionIn], list[CaptionProblem]]:
     captions, problems = [], []
     for value, source in values:
         items = value if isinstance(value, list | tuple) else [value]
@@ -240,7 +243,7 @@ def captions_from_values(values: list[tuple[object, str]]) -> tuple[list[Caption
             if item is None:
                 continue
             try:
-                captions.append(caption_prepare(item, source=source))
+                captions.append(caption_prepare(item, source=source, max_chars=max_chars))
             except CaptionProblem as problem:
                 problems.append(problem)
     return captions, problems
@@ -283,7 +286,7 @@ def _json_safe(value):
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, str):
-        return value.replace("\x00", "")  # PostgreSQL's text and jsonb refuse NUL
+        return value.replace("\x00", "") if "\x00" in value else value  # PostgreSQL refuses NUL
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, bytes | bytearray | memoryview):
@@ -312,6 +315,9 @@ def uid_check(value) -> str | None:
     return uid
 
 
+_NOT_META = frozenset(IDENTITY_COLUMNS) | {STATUS_COLUMN, ERROR_COLUMN} | set(JSON_CAPTION_KEYS)
+
+
 def identity_apply(record: Record, values: dict, *, exclude: set[str] = frozenset()) -> None:
     """Set the record's uid, key, url and metadata from a metadata row or sidecar object: ``uid``,
     ``key`` and ``url`` go to their fields; every other column except ``exclude`` (the image and caption
@@ -324,8 +330,14 @@ def identity_apply(record: Record, values: dict, *, exclude: set[str] = frozense
     url = values.get("url")
     if isinstance(url, str) and "url" not in exclude:
         record.url = url.replace("\x00", "")
-    skip = set(exclude) | set(IDENTITY_COLUMNS) | {STATUS_COLUMN, ERROR_COLUMN} | set(JSON_CAPTION_KEYS)
-    record.meta = {k: _json_safe(v) for k, v in values.items() if k not in skip and _json_safe(v) is not None}
+    meta = {}
+    for name, value in values.items():
+        if value is None or name in _NOT_META or name in exclude:
+            continue
+        value = _json_safe(value)
+        if value is not None:
+            meta[name] = value
+    record.meta = meta
 
 
 def download_failure(values: dict) -> str | None:

@@ -130,33 +130,37 @@ def _folder_units(uri: str, format: str | None) -> tuple[str, list[Unit]]:
 
 
 def _pattern_units(source: str, format: str | None) -> tuple[str, list[Unit]]:
-    expanded = list(braceexpand(source))
-    if storage.is_local(source):
-        found = sorted(
-            {
-                os.path.realpath(p)
-                for e in expanded
-                for p in glob.glob(os.path.expanduser(storage.local_path(e)))
-            }
-        )
-    else:
-        found = sorted({u for e in expanded for u in storage.glob(e)})
+    """A glob and/or brace pattern. A brace item naming one shard exactly stays in the list even when
+    it is not there: asking for 00000..00099 and silently getting fewer would hide a missing shard
+    (it is reported as unreachable instead)."""
+    found: set[str] = set()
+    for item in braceexpand(source):
+        literal = not any(ch in item for ch in "*?[")
+        if storage.is_local(item):
+            path = os.path.expanduser(storage.local_path(item))
+            found |= {os.path.realpath(path)} if literal else {os.path.realpath(p) for p in glob.glob(path)}
+        else:
+            found |= {item} if literal else set(storage.glob(item))
     if not found:
         raise ImportSourceError(f"no shard matches {source}")
-    fmt = format or _format_of_file(found[0])
+    ordered = sorted(found)
+    fmt = format or _format_of_file(ordered[0])
     if fmt not in ("webdataset", "parquet"):
         raise ImportSourceError(f"patterns are for .tar or .parquet shards, not {fmt}: {source}")
-    wrong = [u for u in found if _format_of_file(u) != fmt]
+    wrong = [u for u in ordered if _format_of_file(u) != fmt]
     if wrong:
         raise ImportSourceError(f"{source} matches files of another format, e.g. {wrong[0]}")
-    for uri in found:
+    for uri in ordered:
         source_check_allowed(uri)
     names_by_parent: dict[str, set[str]] = {}
     units = []
-    for uri in found:
+    for uri in ordered:
         parent = storage.uri_parent(uri)
         if parent not in names_by_parent:
-            names_by_parent[parent] = {storage.uri_name(u) for u, _ in storage.listdir(parent)}
+            try:
+                names_by_parent[parent] = {storage.uri_name(u) for u, _ in storage.listdir(parent)}
+            except storage.StorageError:
+                names_by_parent[parent] = set()  # reported per shard when it is read
         units += _units_of(fmt, [uri], names_by_parent[parent])
     return fmt, units
 

@@ -202,6 +202,7 @@ def _row_record(
         root=root if (path is not None and storage.is_local(table)) else None,
         row_group=cell[0] if (cell and data is not None) else None,
         row_in_group=cell[1] if (cell and data is not None) else None,
+        column=image_column if (cell and data is not None) else None,
     )
     try:
         identity_apply(record, row, exclude={image_column, *(name for name, _ in caption_columns)})

@@ -20,7 +20,6 @@ from pool import storage
 from pool.readers.base import (
     MAX_SIDECAR_BYTES,
     STATUS_COLUMN,
-    STATUS_SUCCESS,
     CaptionProblem,
     ReadOptions,
     Record,
@@ -38,6 +37,7 @@ from pool.readers.sources import ImportSource, unit_fingerprint
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 BLOCK = 512
+ZERO_BLOCK = b"\0" * BLOCK
 CAPTION_COLUMN = "caption"
 
 
@@ -104,7 +104,7 @@ class TarScanner:
             self._seek(self._next)
             header = self.handle.read(BLOCK)
             self.pos += len(header)
-            if not header or header == b"\0" * BLOCK:
+            if not header or header == ZERO_BLOCK:
                 return  # end of archive (two zero blocks, or a tar that just stops after a member)
             if len(header) < BLOCK:
                 raise TarDamaged(f"{self.name} is truncated: a header at offset {self.pos - len(header)}")
@@ -212,19 +212,14 @@ def fingerprint(unit: Unit) -> dict:
 
 
 def estimate(unit: Unit) -> int:
-    """The successful rows of the metadata when there is one (its footer and one column); else unknown."""
+    """The metadata's row count, from its footer (failed downloads included); else unknown."""
     if not unit.metadata_uri:
         return 0
     try:
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         with storage.open_uri(unit.metadata_uri, block_size=1 << 20) as handle:
-            parquet = pq.ParquetFile(handle)
-            if STATUS_COLUMN not in parquet.schema_arrow.names:
-                return parquet.metadata.num_rows
-            status = parquet.read(columns=[STATUS_COLUMN]).column(0)
-            return int(pc.sum(pc.equal(status, STATUS_SUCCESS)).as_py() or 0)
+            return pq.ParquetFile(handle).metadata.num_rows
     except Exception:  # noqa: BLE001 - an estimate only; reading reports the problem properly
         return 0
 
@@ -255,6 +250,7 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
             yield Skip(file, None, "bad_metadata", f"{problem}; using the tar's own .json and .txt instead")
     caption_in_rows = rows is not None and CAPTION_COLUMN in columns
     max_bytes = settings.LOUPE_MAX_IMAGE_BYTES
+    max_chars = settings.LOUPE_MAX_CAPTION_CHARS  # read once: settings lookups cost per sample
     seen: set[str] = set()
     try:
         handle = storage.open_uri(unit.uri)
@@ -268,7 +264,9 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
                 key, ext = tar_key(member.name)
                 if sample is None or key != sample.key:
                     if sample is not None:
-                        yield from _sample_records(unit, sample, rows, caption_in_rows, caption_source)
+                        yield from _sample_records(
+                            unit, sample, rows, caption_in_rows, caption_source, max_chars
+                        )
                         seen.add(sample.key)
                     sample = _Sample(key)
                 kind = _kind(ext)
@@ -294,6 +292,8 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
                 elif kind == "other":
                     sample.others = (sample.others or []) + [ext]
         except TarDamaged as exc:
+            if sample is None:
+                raise ShardUnreadable(f"{file} is not a readable tar ({exc})") from exc
             # What was read before the damage still imports; the sample being read is reported with it.
             yield Skip(
                 file,
@@ -311,7 +311,7 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
             )
             sample = None
         if sample is not None:
-            yield from _sample_records(unit, sample, rows, caption_in_rows, caption_source)
+            yield from _sample_records(unit, sample, rows, caption_in_rows, caption_source, max_chars)
             seen.add(sample.key)
     if rows:
         yield from _metadata_leftovers(unit, rows, seen)
@@ -332,7 +332,7 @@ def _sidecar(scanner: TarScanner, member: TarMember, sample: _Sample, file: str,
 
 
 def _sample_records(
-    unit: Unit, sample: _Sample, rows: dict | None, caption_in_rows: bool, caption_source: str
+    unit: Unit, sample: _Sample, rows: dict | None, caption_in_rows: bool, caption_source: str, max_chars: int
 ) -> Iterator[Record | Skip]:
     file, key = unit.name, sample.key
     if sample.problems:
@@ -395,7 +395,7 @@ def _sample_records(
         image_name = sample.image.name.rsplit("/", 1)[-1]
         yield Skip(file, key, "missing_caption", f"{image_name} has no caption ({key}.txt missing)")
         return
-    captions, more = captions_from_values([(v, caption_source) for v in values])
+    captions, more = captions_from_values([(v, caption_source) for v in values], max_chars=max_chars)
     record.captions = captions
     yield from record_or_skips(record, problems + more, file, key)
 

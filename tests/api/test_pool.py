@@ -70,3 +70,62 @@ def test_flags_filter_open(api_client, pool_rows):
     tc, _ = api_client("curator")
     body = tc.get("/api/flags?is_open=true").json()
     assert [f["caption_id"] for f in body["items"]] == [captions[0].pk]
+
+
+# --- the source's identity ---
+
+
+@pytest.fixture
+def indexed(tmp_path, db):
+    from pool.importing import pool_import
+    from tests.conftest import image_bytes
+    from tests.pool.conftest import i2d_row, write_i2d_webdataset
+
+    rows = [i2d_row(f"{i:09d}", f"{i:032x}", f"caption {i}", extra=f"tag{i % 2}") for i in range(4)]
+    write_i2d_webdataset(tmp_path, "00000", rows, {r["key"]: image_bytes(seed=i) for i, r in enumerate(rows)})
+    return pool_import(source=str(tmp_path))
+
+
+def test_captions_carry_the_source_uid_key_url_and_metadata(api_client, indexed):
+    tc, _ = api_client("curator")
+    (caption,) = tc.get(f"/api/captions?uid={2:032x}").json()["items"]
+    assert caption["uid"] == f"{2:032x}" and caption["uid_source"] == "source"
+    assert caption["key"] == "000000002" and caption["url"] == "http://example.test/000000002.jpg"
+    assert caption["meta"]["extra"] == "tag0" and caption["meta"]["original_height"] == 160
+
+
+def test_captions_and_images_filter_by_key_url_and_metadata(api_client, indexed):
+    tc, _ = api_client("curator")
+    assert [c["key"] for c in tc.get("/api/captions?meta=extra=tag1").json()["items"]] == [
+        "000000001",
+        "000000003",
+    ]
+    assert len(tc.get("/api/captions?url=http://example.test/000000003.jpg").json()["items"]) == 1
+    images = tc.get("/api/images?key=000000001").json()["items"]
+    assert len(images) == 1 and images[0]["shard"].endswith("00000.tar")
+    assert set(images[0]["location"]) == {"offset", "length"}
+    assert tc.get("/api/captions?meta=no-equals-sign").status_code == 400
+
+
+def test_image_url_reads_the_bytes_in_place(api_client, indexed):
+    from django.test import Client
+
+    from tests.conftest import image_bytes, make_user
+
+    tc, _ = api_client("curator")
+    image = tc.get("/api/images?key=000000001").json()["items"][0]
+    browser = Client()
+    browser.force_login(make_user("viewer", "curator"))
+    assert browser.get(image["url"]).content == image_bytes(seed=1)
+
+
+def test_shards_are_listed_with_their_status(api_client, indexed):
+    tc, _ = api_client("curator")
+    (shard,) = tc.get("/api/shards?status=indexed").json()["items"]
+    assert shard["samples"] == 4 and shard["fingerprint"]["shard"]["size"] > 0
+
+
+def test_an_import_run_says_its_outcome_and_problems(api_client, indexed):
+    tc, _ = api_client("admin")
+    run = tc.get(f"/api/imports/{indexed.pk}").json()
+    assert run["outcome"] == "succeeded" and run["problems"] == []

@@ -168,3 +168,71 @@ def test_a_preference_export_manifest_says_what_the_file_covers(tmp_path, annota
     assert lineage["campaign"]["name"] == "Round 1" and lineage["judgments"]["count"] == 2
     assert lineage["reward_models_trained_on_this_campaign"] == []
     assert len((tmp_path / "prefs" / "preferences.jsonl").read_text().splitlines()) == 11
+
+
+# --- pools indexed in place: the source's identity in every export ---
+
+
+@pytest.fixture
+def in_place_run(tmp_path):
+    """An img2dataset-style shard indexed in place, scored, and a filter run keeping half of it."""
+    from curate.filtering import FilterRule, filter_run_create, filter_run_execute
+    from pool.importing import pool_import
+    from tests.conftest import image_bytes
+    from tests.curate.conftest import make_score
+    from tests.pool.conftest import i2d_row, write_i2d_webdataset
+
+    rows = [i2d_row(f"{i:09d}", f"{i:032x}", f"caption {i}", extra=f"tag{i}") for i in range(6)]
+    images = {r["key"]: image_bytes(seed=40 + i) for i, r in enumerate(rows)}
+    write_i2d_webdataset(tmp_path / "source", "00000", rows, images)
+    pool_import(source=str(tmp_path / "source"))
+    for caption in Caption.objects.all():
+        make_score(caption, reward=float(caption.key), cosine=0.2)
+    run = filter_run_create(encoder=ENCODER, reward_model_version=VERSION, rule=FilterRule(top_percent=50))
+    return filter_run_execute(run=run), images
+
+
+def test_parquet_and_jsonl_exports_carry_the_source_identity(in_place_run, tmp_path):
+    run, _ = in_place_run
+    export = _export(run, "parquet", tmp_path / "pq")
+    table = pq.read_table(tmp_path / "pq" / "pairs.parquet").to_pylist()
+    assert sorted(row["uid"] for row in table) == [f"{i:032x}" for i in (3, 4, 5)]
+    row = next(r for r in table if r["key"] == "000000004")
+    assert row["uid_source"] == "source" and row["url"] == "http://example.test/000000004.jpg"
+    assert (
+        json.loads(row["metadata"])["extra"] == "tag4"
+        and json.loads(row["metadata"])["original_width"] == 192
+    )
+    assert row["shard"].endswith("00000.tar") and row["offset"] and row["image_path"] is None
+    assert export.manifest["uid_source"] == "source" and export.manifest["uid_counts"] == {"source": 3}
+    _export(run, "jsonl", tmp_path / "jl")
+    lines = [json.loads(line) for line in (tmp_path / "jl" / "pairs.jsonl").read_text().splitlines()]
+    assert {line["key"]: line["metadata"]["extra"] for line in lines} == {
+        f"{i:09d}": f"tag{i}" for i in (3, 4, 5)
+    }
+
+
+def test_webdataset_export_reads_bytes_in_place_and_keeps_the_source_key(in_place_run, tmp_path):
+    run, images = in_place_run
+    export = _export(run, "webdataset", tmp_path / "wds")
+    samples = list(
+        wds.WebDataset(sorted(str(p) for p in (tmp_path / "wds").glob("*.tar")), shardshuffle=False)
+    )
+    assert {s["__key__"] for s in samples} == {f"{i:032x}" for i in (3, 4, 5)}
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert sample["jpg"] == images[meta["key"]] and meta["uid"] == sample["__key__"]
+        assert meta["metadata"]["extra"] == f"tag{int(meta['key'])}"
+    assert "source's own key" in export.manifest["keys"]
+
+
+def test_npy_export_holds_the_source_uids(in_place_run, tmp_path):
+    run, _ = in_place_run
+    _export(run, "npy", tmp_path / "npy")
+    uids = np.load(tmp_path / "npy" / "uids.npy")
+    assert [f"{int(hi):016x}{int(lo):016x}" for hi, lo in uids.tolist()] == [f"{i:032x}" for i in (3, 4, 5)]
+
+
+def test_a_pool_without_source_uids_says_its_uids_are_derived(run, tmp_path):
+    export = _export(run, "npy", tmp_path / "npy")
+    assert export.manifest["uid_source"] == "derived"

@@ -266,8 +266,8 @@ def test_webdataset_directory_and_brace_pattern(tmp_path):
     src = source_resolve(str(tmp_path / "{00000..00001}.tar"))
     assert [p.name for p in src.paths] == ["00000.tar", "00001.tar"]
     assert [u.metadata_uri for u in src.units] == [str(tmp_path / "00000.parquet"), ""]
-    # From the metadata's status column; a tar without metadata is not scanned twice just to count.
-    assert records_estimate(src) == 1
+    # The metadata's row count (its footer); a tar without metadata is not scanned twice just to count.
+    assert records_estimate(src) == 2
 
 
 def test_webdataset_truncated_shard_keeps_what_was_read(tmp_path):

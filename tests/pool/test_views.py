@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -186,3 +188,92 @@ def test_pages_have_no_inline_scripts_or_handlers(client, admin_user, imported):
     ):
         body = client.get(url).content.decode()
         assert "<script>" not in body and " onclick=" not in body and " onload=" not in body, url
+
+
+# --- images read in place ---
+
+
+def test_image_file_view_serves_the_bytes_from_the_shard(client, annotator, shard, imported):
+    from tests.conftest import image_bytes
+
+    image = Image.objects.get(source_key="000000002")
+    assert image.file == "" and image.url == reverse("pool:image_file", args=[image.pk])
+    # Any signed-in user, like media: annotators see their tasks' images through it.
+    response = login(client, annotator).get(image.url)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    assert response.content == image_bytes(96, 80, seed=2)
+    assert response["ETag"] == f'"{image.sha256}"'
+
+
+def test_image_file_view_needs_login(client, imported):
+    image = Image.objects.first()
+    assert client.get(image.url).status_code == 302
+
+
+def test_image_file_view_refuses_bytes_that_changed_under_it(client, curator, shard, imported):
+    image = Image.objects.get(source_key="000000002")
+    data = bytearray(shard.read_bytes())
+    data[image.offset + 100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    response = login(client, curator).get(image.url)
+    assert response.status_code == 404 and "sha256 differs" in response.content.decode()
+
+
+def test_thumbnails_are_made_once_and_kept_on_disk(client, curator, imported, settings):
+    image = Image.objects.get(source_key="000000001")
+    login(client, curator)
+    response = client.get(image.thumb_url)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    b"".join(response.streaming_content)
+    cached = list((settings.MEDIA_ROOT / "thumbs").rglob("*.jpg"))
+    assert [p.name for p in cached] == [f"{image.sha256}-{settings.LOUPE_THUMB_SIZE}.jpg"]
+    # Nothing else is written: the pool's images are not copied.
+    assert not (settings.MEDIA_ROOT / "images").exists()
+
+
+def test_browser_filters_by_source_identity(client, curator, tmp_path):
+    from tests.conftest import image_bytes
+    from tests.pool.conftest import i2d_row, write_i2d_webdataset
+
+    rows = [i2d_row(f"{i:09d}", f"{i:032x}", f"caption {i}", extra=f"tag{i % 2}") for i in range(4)]
+    write_i2d_webdataset(tmp_path, "00000", rows, {r["key"]: image_bytes(seed=i) for i, r in enumerate(rows)})
+    pool_import(source=str(tmp_path))
+    login(client, curator)
+
+    def shown(**params):
+        body = client.get(reverse("pool:browse"), params).content.decode()
+        return sorted(int(n) for n in re.findall(r"<bdi>caption (\d+)</bdi>", body))
+
+    assert shown(uid=f"{2:032x}") == [2]
+    assert shown(key="000000003") == [3]
+    assert shown(url="http://example.test/000000001.jpg") == [1]
+    assert shown(meta="extra=tag1") == [1, 3]
+    assert shown(meta="original_width=192") == [0, 1, 2, 3]
+
+
+def test_image_detail_shows_the_source_identity_and_where_the_bytes_are(client, curator, imported):
+    image = Image.objects.get(source_key="000000001")
+    body = login(client, curator).get(reverse("pool:image_detail", args=[image.pk])).content.decode()
+    assert image.shard.uri in body and f"bytes {image.offset}" in body
+    assert image.captions.get().uid in body
+
+
+def test_shards_page_lists_shards_with_their_status(client, curator, imported, shard):
+    body = login(client, curator).get(reverse("pool:shards")).content.decode()
+    assert str(shard) in body and "indexed" in body
+
+
+def test_import_form_refuses_every_path_when_no_import_root_is_set(client, admin_user, shard, settings):
+    settings.LOUPE_IMPORT_ROOTS = []
+    response = login(client, admin_user).post(
+        reverse("pool:import_start"), {"source": str(shard), "caption_source": "alt"}
+    )
+    assert response.status_code == 400 and "LOUPE_IMPORT_ROOTS" in response.content.decode()
+    assert ImportRun.objects.count() == 0
+
+
+def test_an_import_with_problems_says_so_on_its_page(client, curator, shard):
+    run = pool_import(source=str(shard))
+    assert run.outcome == "finished_with_problems"
+    body = login(client, curator).get(reverse("pool:import_detail", args=[run.pk])).content.decode()
+    assert "Finished with problems" in body and "samples skipped" in body

@@ -58,7 +58,7 @@ PAGES: dict[str, Rule] = {
     # pool
     "pool/": Rule(CURATOR),
     "pool/images/<int:image_id>/": Rule(CURATOR),
-    # Bytes read in place: any logged-in user, because annotation tasks show the same images.
+    # Like media/: any signed-in user (annotators see their tasks' images through it).
     "pool/images/<int:image_id>/file": Rule(LOGIN),
     "pool/images/<int:image_id>/thumb": Rule(LOGIN),
     "pool/shards/": Rule(CURATOR),
@@ -166,8 +166,8 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/me"): Rule(LOGIN),
     ("GET", "/api/images"): Rule(CURATOR),
     ("GET", "/api/images/{image_id}"): Rule(CURATOR),
-    ("GET", "/api/captions"): Rule(CURATOR),
     ("GET", "/api/shards"): Rule(CURATOR),
+    ("GET", "/api/captions"): Rule(CURATOR),
     ("GET", "/api/scores"): Rule(CURATOR),
     ("GET", "/api/flags"): Rule(CURATOR),
     ("POST", "/api/imports"): Rule(ADMIN, body={"source": "batch"}),

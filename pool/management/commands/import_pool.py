@@ -76,6 +76,12 @@ class Command(BaseCommand):
             "--root", help="image paths in a table must lie below this folder (default: the table's folder)"
         )
         parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="shards indexed at a time (PostgreSQL only; default LOUPE_IMPORT_PROCESSES)",
+        )
 
     def handle(self, *args, **options):
         progress = ProgressBar("import", "rec", stream=self.stderr._out, disable=options["verbosity"] == 0)
@@ -88,6 +94,7 @@ class Command(BaseCommand):
                 caption_source=options["caption_source"],
                 batch_size=options["batch_size"],
                 root=options["root"],
+                processes=options["processes"],
                 progress=progress,
             )
         except ImportFailed as exc:

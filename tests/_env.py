@@ -15,6 +15,8 @@ os.environ.setdefault("LOUPE_TESTING", "1")
 os.environ.setdefault("LOUPE_DATA_DIR", tempfile.mkdtemp(prefix="loupe-test-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# albumentations (pulled in by a dependency) asks PyPI for updates on import: nothing here may phone out.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 if os.environ.get("LOUPE_TEST_BROKER", "filesystem") == "redis":
     if not os.environ.get("LOUPE_TEST_REDIS_URL"):

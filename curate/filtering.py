@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from curate.models import FilterRun
@@ -110,6 +110,10 @@ class FilterRule:
     vlm_scorer: str = ""
     vlm_fingerprint: str = ""
     vlm_unjudged: str = "drop"
+    # Keep at most one caption per image: the best-ranked of those that pass. With model rewrites and
+    # descriptions beside the alt text, an image whose alt text fails stays in with its best caption
+    # instead of being dropped, and no image is counted twice (AITQE's rewrite-instead-of-drop).
+    best_caption_per_image: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> FilterRule:
@@ -131,6 +135,7 @@ class FilterRule:
             vlm_scorer=str(data.get("vlm_scorer") or ""),
             vlm_fingerprint=str(data.get("vlm_fingerprint") or ""),
             vlm_unjudged=str(data.get("vlm_unjudged") or "drop"),
+            best_caption_per_image=bool(data.get("best_caption_per_image")),
         )
         if rule.vlm_min and not rule.vlm_fingerprint:
             rule.vlm_fingerprint, rule.vlm_scorer = vlm_judge_resolve(rule.vlm_scorer)
@@ -169,6 +174,8 @@ class FilterRule:
         parts += [f"{key} ≥ {value:g}" for key, value in self.criteria_min.items()]
         parts += [f"{key.upper()} ≥ {value:g}" for key, value in self.vlm_min.items()]
         text = " AND ".join(parts) or "keep every usable scored pair"
+        if self.best_caption_per_image:
+            text += ", the best caption of each image"
         if self.balance_clusters:
             text += f", balanced over {self.balance_clusters} clusters"
         return f"{self.preset}: {text}" if self.preset else text
@@ -323,6 +330,8 @@ def filter_plan(
         # A rewrite nobody has scored yet: the curator's text is the best judgement available.
         | (undecided & is_rewrite & ~Exists(any_score))
     )
+    if rule.best_caption_per_image:
+        kept = _best_caption_per_image(kept, key=key, rule=rule, cutoff=cutoff)
     overrides = {
         "accepted_against_rule": usable.filter(decision=CuratorDecision.ACCEPT).exclude(Exists(passing)),
         "rejected_against_rule": usable.filter(Exists(passing), decision=CuratorDecision.REJECT),
@@ -340,6 +349,27 @@ def filter_plan(
         rule_passed=usable.filter(Exists(passing)),
         overrides=overrides,
     )
+
+
+def _best_caption_per_image(kept, *, key: dict, rule: FilterRule, cutoff) -> QuerySet[Caption]:
+    """Of each image's kept captions, the one ranked best (reward, else CLIPScore; ties: the oldest).
+
+    A caption is dropped when a sibling of the same image also passes the rule, undecided or accepted,
+    and ranks higher: one EXISTS over the (encoder, fingerprint, version, score) index per caption.
+    A curator's accept still wins over the ranking only if it is the best one: an image yields one pair.
+    """
+    field_name = rank_field(key["reward_model_version"])
+    own = model_scores(**key).filter(caption=OuterRef("pk")).values(field_name)[:1]
+    siblings = _rule_scores(**key, rule=rule, cutoff=cutoff, usable=False).filter(
+        caption__image_id=OuterRef("image_id"),
+        caption__status=CaptionStatus.OK,
+        caption__decision__in=["", CuratorDecision.ACCEPT],
+    )
+    better = siblings.filter(
+        Q(**{f"{field_name}__gt": OuterRef("own_rank")})
+        | Q(**{field_name: OuterRef("own_rank"), "caption_id__lt": OuterRef("pk")})
+    )
+    return kept.annotate(own_rank=Subquery(own)).exclude(Exists(better))
 
 
 def stream_rows(
@@ -540,14 +570,26 @@ def _balanced_ids(plan: FilterPlan, target: int, clusters: int) -> tuple[np.ndar
 
 
 def filter_run_create(
-    *, encoder: str, reward_model_version: int, rule: FilterRule, user=None, confirm: bool = False
+    *,
+    encoder: str,
+    reward_model_version: int,
+    rule: FilterRule,
+    user=None,
+    confirm: bool = False,
+    clipscore_ranking: bool = False,
 ) -> FilterRun:
     """Validate and queue a run; a rule that keeps nothing or everything needs ``confirm=True``.
 
     The run records the weights of the scores it reads (the current ones now): it is computed from
     those scores and no others, even if the pool is rescored with other weights before it executes.
+
+    A reward rule over CLIPScore-only scores is refused with what to do instead, unless the caller
+    asks for ``clipscore_ranking`` (the loop before its first promotion): then "top k%" ranks by
+    CLIPScore and the run's rule text says so.
     """
-    rule_reward_check(rule=rule, encoder=encoder, reward_model_version=reward_model_version)
+    only_top_k = rule.reward_min is None and not rule.criteria_min
+    if not (clipscore_ranking and reward_model_version == 0 and only_top_k):
+        rule_reward_check(rule=rule, encoder=encoder, reward_model_version=reward_model_version)
     weights = score_weights_current(encoder=encoder, reward_model_version=reward_model_version)
     preview = filter_preview(
         encoder=encoder,

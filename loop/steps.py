@@ -211,6 +211,9 @@ def step_filter(run: LoopRun) -> str:
             rule=FilterRule.from_dict(rule_data),
             user=run.created_by,
             confirm=True,
+            # Before the gate has passed a model, the chain's "top k%" ranks by CLIPScore (its rule text
+            # says so) rather than failing the chain: the next promotion's chain filters by reward.
+            clipscore_ranking=True,
         )
         params_update(run, filter_run_id=filter_run.pk)
     # SQL only (counts and a streamed id list): quick enough to run inside the step.

@@ -5,7 +5,9 @@ import pytest
 
 from curate.filtering import (
     FilterNeedsConfirm,
+    FilterNeedsRewardModel,
     FilterRule,
+    filter_plan,
     filter_preview,
     filter_run_create,
     filter_run_execute,
@@ -116,15 +118,43 @@ def test_unknown_preset_and_bad_values_are_refused():
         FilterRule.from_dict({"criteria_min": {"accuracy": 9}})
 
 
-def test_without_a_reward_model_top_k_percent_ranks_by_clipscore(db):
+def test_without_a_reward_model_top_k_percent_is_refused_unless_clipscore_ranking_is_asked(db):
     from tests.curate.conftest import make_image, make_score
 
     image = make_image(0)
     captions = [make_caption(image, f"clipscore only {i}") for i in range(10)]
     for i, caption in enumerate(captions):
         make_score(caption, reward_model_version=0, reward=None, cosine=0.1 + 0.02 * i)
-    run = filter_run_create(encoder=ENCODER, reward_model_version=0, rule=FilterRule(top_percent=30))
+    with pytest.raises(FilterNeedsRewardModel, match="needs a reward model"):
+        filter_run_create(encoder=ENCODER, reward_model_version=0, rule=FilterRule(top_percent=30))
+    # The loop before its first promotion asks for it explicitly.
+    run = filter_run_create(
+        encoder=ENCODER, reward_model_version=0, rule=FilterRule(top_percent=30), clipscore_ranking=True
+    )
     run = filter_run_execute(run=run)
     kept = set(np.load(run.kept_file).tolist())
     assert kept == {c.id for c in captions[-3:]}
     assert run.params["rule_text"] == "top 30% by CLIPScore (no reward model yet)"
+
+
+def test_best_caption_per_image_keeps_one_pair_per_image_the_best_passing_one():
+    from pool.models import CaptionSource
+    from tests.curate.conftest import make_caption, make_image, make_score
+
+    image, other = make_image(1), make_image(2)
+    alt = make_caption(image, "img_0042.jpg")
+    rewrite = make_caption(image, "a red bicycle leaning on a brick wall", source=CaptionSource.MODEL)
+    described = make_caption(image, "a bicycle", source=CaptionSource.MODEL)
+    lone = make_caption(other, "a cat on a sofa")
+    for caption, reward in ((alt, 0.1), (rewrite, 0.9), (described, 0.6), (lone, 0.5)):
+        make_score(caption, reward=reward, cosine=0.3)
+    both = FilterRule.from_dict({"top_percent": None, "reward_min": 0.4})
+    best = FilterRule.from_dict({"top_percent": None, "reward_min": 0.4, "best_caption_per_image": True})
+    assert set(filter_plan(encoder=ENCODER, reward_model_version=VERSION, rule=both).kept) == {
+        rewrite,
+        described,
+        lone,
+    }
+    # The alt text fails; of the image's two passing model captions the better one stays: one pair per image.
+    assert set(filter_plan(encoder=ENCODER, reward_model_version=VERSION, rule=best).kept) == {rewrite, lone}
+    assert "the best caption of each image" in best.describe()

@@ -214,8 +214,18 @@ def promotion_comparison(*, model: RewardModel) -> dict | None:
 def rescore_after_activation(*, model: RewardModel, user=None):
     """Queue a scoring run of the whole pool with the model that just became active, so the review
     queue, flags and filters use its rewards. Returns the run (the worker runs it)."""
+    from scoring.models import ScoringRun
     from scoring.services import scoring_run_start
 
+    # Idempotent: promoting a fine-tuned model already queued its re-encoding, and a double click or
+    # a retried task must not score the pool twice.
+    pending = ScoringRun.objects.filter(
+        encoder=model.encoder,
+        reward_model_version=model.version,
+        status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
+    ).first()
+    if pending is not None:
+        return pending
     return scoring_run_start(encoder=model.encoder, reward_model_version=model.version, user=user)
 
 

@@ -5,7 +5,8 @@
 Generates (once, cached under benchmarks/out/index_pool/) a pool as img2dataset writes it: WebDataset
 shards of 10,000 samples (``key.jpg``, ``key.txt``, ``key.json``) with a Parquet of metadata beside each
 (uid, key, url, caption, status, sizes, sha256, an extra column). Every image is a distinct file made
-cheaply: one small JPEG with a counter in a comment segment (distinct bytes and sha256, same picture).
+cheaply: one JPEG (``--image-size``, default 64 px; img2dataset's default is 256) with a counter in a
+comment segment (distinct bytes and sha256, same picture).
 
 Then, each in its own child process (so its peak RSS, ``ru_maxrss``, is its own) and on a fresh
 PostgreSQL database (recreated by this script; point DATABASE_URL at a database you can drop):
@@ -75,13 +76,13 @@ def django_setup() -> None:
 # --- data -------------------------------------------------------------------------------------------
 
 
-def base_jpeg() -> bytes:
+def base_jpeg(size: int) -> bytes:
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).resize((64, 64)).save(
+    Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).resize((size, size)).save(
         buffer, format="JPEG", quality=85
     )
     return buffer.getvalue()
@@ -100,14 +101,14 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def pool_build(pairs: int) -> Path:
+def pool_build(pairs: int, image_size: int = 64) -> Path:
     """``pairs`` samples in shards of SHARD_SIZE, reused when they exist."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = OUT / "pool"
+    folder = OUT / ("pool" if image_size == 64 else f"pool-{image_size}px")
     folder.mkdir(parents=True, exist_ok=True)
-    base = base_jpeg()
+    base = base_jpeg(image_size)
     started = time.perf_counter()
     shards = (pairs + SHARD_SIZE - 1) // SHARD_SIZE
     for shard in range(shards):
@@ -128,10 +129,10 @@ def pool_build(pairs: int) -> Path:
                     "caption": caption,
                     "status": "success",
                     "error_message": None,
-                    "width": 64,
-                    "height": 64,
-                    "original_width": 128,
-                    "original_height": 128,
+                    "width": image_size,
+                    "height": image_size,
+                    "original_width": 2 * image_size,
+                    "original_height": 2 * image_size,
                     "exif": "{}",
                     "sha256": hashlib.sha256(image).hexdigest(),
                     "aesthetic": round((i % 100) / 10, 1),
@@ -151,7 +152,7 @@ def pool_build(pairs: int) -> Path:
 
 def subset_folder(pool: Path, pairs: int) -> Path:
     """The first shards holding ``pairs`` samples, linked into their own folder."""
-    folder = OUT / f"subset-{pairs}"
+    folder = OUT / f"subset-{pairs}" if pool.name == "pool" else OUT / f"subset-{pairs}-{pool.name}"
     folder.mkdir(parents=True, exist_ok=True)
     for shard in range((pairs + SHARD_SIZE - 1) // SHARD_SIZE):
         for suffix in (".tar", ".parquet"):
@@ -165,6 +166,12 @@ def subset_folder(pool: Path, pairs: int) -> Path:
 
 
 def rss_peak_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that over exec, so a child
+    would report its parent's peak when the parent was larger."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -213,7 +220,8 @@ def measure(phase: str, source: str) -> dict:
         "skipped": run.summary.get("skipped_total"),
         "seconds": round(seconds, 2),
         "rss_peak_mib": round(rss_peak_mib(), 1),
-        # Shards indexed in worker processes: their own peak (the largest of them).
+        # Shards indexed in worker processes (forked, no exec): the largest one's peak. For the copying
+        # import there are none and this is the `git show` that loaded its code.
         "rss_workers_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "captions_in_db": Caption.objects.count(),
         "images_in_db": Image.objects.count(),
@@ -265,6 +273,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--subset", type=int, default=20_000)
     parser.add_argument(
+        "--image-size", type=int, default=64, help="side of the square JPEGs (img2dataset: 256)"
+    )
+    parser.add_argument(
         "--processes", type=int, default=os.cpu_count() or 1, help="shards indexed at a time (in place)"
     )
     parser.add_argument("--child", choices=["in_place", "copying"])
@@ -277,11 +288,13 @@ def main() -> None:
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
         raise SystemExit("Set DATABASE_URL to a PostgreSQL database this script may drop and recreate.")
-    pool = pool_build(args.pairs)
+    pool = pool_build(args.pairs, args.image_size)
     subset = subset_folder(pool, args.subset)
     media = OUT / "media"
     results: dict = {
         "pairs": args.pairs,
+        "image_size": args.image_size,
+        "image_bytes": len(distinct_jpeg(base_jpeg(args.image_size), 0)),
         "subset": args.subset,
         "cpus": os.cpu_count(),
         "processes": args.processes,
@@ -308,7 +321,8 @@ def main() -> None:
     copying = results["copying_subset"]["pairs_per_s"]
     results["speedup_subset"] = round(results["in_place_subset"]["pairs_per_s"] / copying, 1)
     results["speedup_full"] = round(results["in_place_full"]["pairs_per_s"] / copying, 1)
-    (OUT.parent / "index_pool.json").write_text(json.dumps(results, indent=2))
+    name = "index_pool.json" if args.image_size == 64 else f"index_pool-{args.image_size}px.json"
+    (OUT.parent / name).write_text(json.dumps(results, indent=2))
     results["load_average_at_end"] = os.getloadavg()[0]
     print("| run | pairs | seconds | pairs/s | peak RSS (MiB), main / per worker | images copied |")
     print("|---|---:|---:|---:|---:|---:|")

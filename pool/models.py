@@ -80,10 +80,12 @@ class ImageStatus(models.TextChoices):
 class Image(models.Model):
     # Of the exact bytes where the image lives: the content key (duplicates, embedding cache) and the
     # check every read makes, so a shard rewritten in place is never read as the indexed image.
-    sha256 = models.CharField(max_length=64, unique=True)
+    # (Unique and indexed through Meta, not unique=True/db_index=True: on PostgreSQL those add a second,
+    # pattern-matching index per hash column, which nothing queries and every insert pays for.)
+    sha256 = models.CharField(max_length=64)
     # 64-bit perceptual hash as 16 hex digits; near duplicates are within a small Hamming radius.
     # Empty until the image is first fully decoded (``inspected_at``).
-    phash = models.CharField(max_length=16, db_index=True, blank=True)
+    phash = models.CharField(max_length=16, blank=True)
     # From the image header (read at indexing), confirmed by the full decode.
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
@@ -114,7 +116,12 @@ class Image(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["status"]), models.Index(fields=["source"])]
+        constraints = [models.UniqueConstraint(fields=["sha256"], name="image_sha256_unique")]
+        indexes = [
+            models.Index(fields=["status"]),
+            models.Index(fields=["source"]),
+            models.Index(fields=["phash"], name="image_phash"),
+        ]
 
     def __str__(self) -> str:
         return f"Image {self.pk} ({self.sha256[:10]})"
@@ -171,7 +178,7 @@ class CuratorDecision(models.TextChoices):
 class Caption(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions")
     text = models.TextField()
-    text_sha256 = models.CharField(max_length=64, db_index=True)
+    text_sha256 = models.CharField(max_length=64)
     source = models.CharField(max_length=16, choices=CaptionSource.choices, default=CaptionSource.ALT)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rewrites"
@@ -185,19 +192,22 @@ class Caption(models.Model):
     # digits, as img2dataset and DataComp write it) or, when the source has none, ``pair_uid_derive``
     # (``uid_derived``). Unique: importing the same pair twice adds nothing. Null only for rows written
     # in bulk by code that predates it; readers fall back to the derived value.
-    uid = models.CharField(max_length=32, null=True, blank=True, unique=True)
+    uid = models.CharField(max_length=32, null=True, blank=True)
     uid_derived = models.BooleanField(default=False)
     # The source's own description of the sample: its key, its URL, and every other metadata column
     # (original_width/height, the source's sha256, status, exif, extra columns) in ``meta``.
-    key = models.CharField(max_length=255, blank=True, db_index=True)
+    key = models.CharField(max_length=255, blank=True)
     url = models.TextField(blank=True)
     meta = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["uid"], name="caption_uid_unique")]
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["decision"]),
+            models.Index(fields=["text_sha256"], name="caption_text_sha256"),
+            models.Index(fields=["key"], name="caption_key"),
             # URLs can be longer than a B-tree entry may be: the index holds their head, and
             # ``selectors.captions_with_url`` filters on the head and then the whole URL.
             models.Index(Left("url", URL_INDEX_CHARS), name="caption_url_head"),

@@ -55,6 +55,10 @@ def _form_state(params) -> dict:
     keys = _criteria_keys(context)
     error = ""
     data: dict = {"preset": params.get("preset", "")}
+    if not params and context.reward_model_version == 0:
+        # First visit before any reward model: open on DataComp's CLIPScore filter rather than on a
+        # "top 30% by reward" the page would have to refuse.
+        data["preset"] = "datacomp-0.28"
     try:
         if data["preset"]:
             # A preset is the whole score rule; criteria minimums and balancing still combine with it.
@@ -82,7 +86,8 @@ def _form_state(params) -> dict:
         "score_context": context,
         "criteria_keys": keys,
         "rule": rule,
-        "params": params,
+        # What the form shows: the request's fields, or the rule the first visit opened on.
+        "params": params or {"preset": data["preset"], "top_percent": ""},
         "rule_error": error,
     }
 

@@ -3,7 +3,8 @@
 Indexing in place reads each image's header only (``image_header``: format, size, the pixel limit),
 which costs microseconds; the full decode (``image_inspect``: a real, fully decodable raster image,
 with its perceptual hash) happens once per image later (``pool.inspection``). ``image_store`` writes a
-content-addressed copy, for the images that are materialised (annotation tasks, legacy imports).
+content-addressed copy (how images were stored before pools were indexed in place; kept for
+tools that materialise an image).
 """
 
 from __future__ import annotations

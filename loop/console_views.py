@@ -178,7 +178,11 @@ def dashboard_context() -> dict:
 def _schedule():
     from django_celery_beat.models import PeriodicTask
 
-    return PeriodicTask.objects.filter(task="loop.tasks.loop_tick_task").select_related("interval").first()
+    return (
+        PeriodicTask.objects.filter(task="loop.tasks.loop_tick_task")
+        .select_related("interval")
+        .first()
+    )
 
 
 # --- cancel and retry per run type ----------------------------------------------------------------

@@ -49,9 +49,7 @@ def upward_imports(root: Path = ROOT) -> list[str]:
             for line, other in _imported_apps(path):
                 if other != app and FLOORS[other] >= floor and app != "config":
                     rel = path.relative_to(root)
-                    problems.append(
-                        f"{rel}:{line} imports {other} (floor {FLOORS[other]}) from {app} (floor {floor})"
-                    )
+                    problems.append(f"{rel}:{line} imports {other} (floor {FLOORS[other]}) from {app} (floor {floor})")
     return problems
 
 

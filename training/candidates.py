@@ -294,9 +294,7 @@ def reward_model_gate(*, candidate: RewardModel, tolerance: float | None = None,
     return passed
 
 
-def _reevaluateactive_reward_model(
-    *, candidate: RewardModel, active: RewardModel
-) -> tuple[float | None, dict]:
+def _reevaluateactive_reward_model(*, candidate: RewardModel, active: RewardModel) -> tuple[float | None, dict]:
     """The active model changed since the candidate was trained: measure both on the candidate's
     campaign's current held-out pairs so the comparison stays like for like."""
     if candidate.campaign is None:

@@ -14,6 +14,11 @@ whatever DATABASE_URL says; PostgreSQL recommended), measures:
 
 Each measurement runs in its own child process so its peak RSS (``ru_maxrss``) is its own. Prints a
 markdown snippet to stdout.
+
+Since pools are indexed in place, ``pool_import`` no longer decodes or copies images (it records the
+paths and hashes the bytes); the naive importer still decodes and stores every image, so the two do
+different work. ``benchmarks/index_pool.py`` compares indexing in place with the copying import it
+replaced, on img2dataset-style shards.
 """
 
 from __future__ import annotations
@@ -338,9 +343,9 @@ def main() -> None:
         f"""### Pool import ({vendor}, {cpu} cores, load average {load:.1f} at the end)
 
 Generated Parquet table: {args.pairs:,} pairs over {args.pairs // args.captions_per_image:,} JPEGs of 64x64 \
-({args.captions_per_image} caption(s) per image{", like COCO" if args.captions_per_image == 5 else ""}). Every image is validated (full decode, plus `verify()` for formats that have a structural check such as PNG), \
-hashed (sha256 + pHash) and stored content-addressed by both importers; the files are read once beforehand so \
-both read from the page cache.
+({args.captions_per_image} caption(s) per image{", like COCO" if args.captions_per_image == 5 else ""}). `pool_import` \
+indexes them in place (sha256 and header, no decode, no copy); the naive importer decodes, hashes (sha256 + pHash) \
+and stores every image; the files are read once beforehand so both read from the page cache.
 
 | importer | pairs | images | time | pairs/s | peak RSS | peak RSS minus RSS before the import |
 |---|---:|---:|---:|---:|---:|---:|

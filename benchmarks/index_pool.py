@@ -42,36 +42,9 @@ OUT = REPO / "benchmarks" / "out" / "index_pool"
 SHARD_SIZE = 10_000
 # The commit the in-place work branched from: its pool import is the copying one measured here.
 COPYING_COMMIT = "f397504"
-WORDS = [
-    "a",
-    "the",
-    "dog",
-    "cat",
-    "bird",
-    "tree",
-    "red",
-    "blue",
-    "green",
-    "small",
-    "large",
-    "old",
-    "man",
-    "woman",
-    "car",
-    "street",
-    "beach",
-    "sky",
-    "house",
-]
 
-
-def django_setup() -> None:
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-
+sys.path.insert(0, str(REPO))
+from benchmarks.import_pool import WORDS, django_setup  # noqa: E402 - needs the repository on sys.path
 
 # --- data -------------------------------------------------------------------------------------------
 

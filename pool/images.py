@@ -3,7 +3,8 @@
 Indexing in place reads each image's header only (``image_header``: format, size, the pixel limit),
 which costs microseconds; the full decode (``image_inspect``: a real, fully decodable raster image,
 with its perceptual hash) happens once per image later (``pool.inspection``). ``image_store`` writes a
-content-addressed copy, for the images that are materialised (annotation tasks, legacy imports).
+content-addressed copy (how images were stored before pools were indexed in place; kept for
+tools that materialise an image).
 """
 
 from __future__ import annotations
@@ -122,13 +123,10 @@ def image_header(data: bytes, *, max_pixels: int | None = None) -> ImageHeader:
     not a raster image of an accepted format, or claim too many pixels (a decompression bomb costs
     nothing here). Truncated or corrupt data passes: only a full decode finds it."""
     limit = settings.LOUPE_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if not data:
-        raise ImageRejected("not_an_image", "empty file")
+    _refuse_empty(data)
     header = _fast_header(data)
     if header is None:
-        markup = _sniff_markup(data)
-        if markup:
-            raise ImageRejected("not_an_image", f"not a raster image ({markup} text)")
+        _refuse_markup(data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
@@ -155,6 +153,17 @@ def image_header(data: bytes, *, max_pixels: int | None = None) -> ImageHeader:
     return header
 
 
+def _refuse_empty(data: bytes) -> None:
+    if not data:
+        raise ImageRejected("not_an_image", "empty file")
+
+
+def _refuse_markup(data: bytes) -> None:
+    markup = _sniff_markup(data)
+    if markup:
+        raise ImageRejected("not_an_image", f"not a raster image ({markup} text)")
+
+
 def _sniff_markup(data: bytes) -> str | None:
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith(b"<?xml") or head.startswith(b"<svg") or b"<svg" in head:
@@ -173,11 +182,8 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None) -> ImageInfo:
     costs nothing; ``verify()`` catches broken structure and a full decode catches truncated data.
     """
     limit = settings.LOUPE_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if not data:
-        raise ImageRejected("not_an_image", "empty file")
-    markup = _sniff_markup(data)
-    if markup:
-        raise ImageRejected("not_an_image", f"not a raster image ({markup} text)")
+    _refuse_empty(data)
+    _refuse_markup(data)
     try:
         with warnings.catch_warnings():
             # Our own limit decides; Pillow's warning would only be noise here.

@@ -291,24 +291,11 @@ def read_shard(unit: Unit, *, caption_source: str = "alt") -> Iterator[Record | 
                     sample.json = _sidecar(scanner, member, sample, file, key)
                 elif kind == "other":
                     sample.others = (sample.others or []) + [ext]
-        except TarDamaged as exc:
+        except (TarDamaged, storage.StorageError) as exc:
             if sample is None:
                 raise ShardUnreadable(f"{file} is not a readable tar ({exc})") from exc
             # What was read before the damage still imports; the sample being read is reported with it.
-            yield Skip(
-                file,
-                sample.key if sample else None,
-                "corrupt_shard",
-                f"{exc}; the rest of the shard is not read",
-            )
-            sample = None
-        except storage.StorageError as exc:
-            yield Skip(
-                file,
-                sample.key if sample else None,
-                "corrupt_shard",
-                f"{exc}; the rest of the shard is not read",
-            )
+            yield Skip(file, sample.key, "corrupt_shard", f"{exc}; the rest of the shard is not read")
             sample = None
         if sample is not None:
             yield from _sample_records(unit, sample, rows, caption_in_rows, caption_source, max_chars)

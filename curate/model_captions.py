@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from curate.models import RewriteRun
-from curate.rewrite import RewriteRefused, rewrite_send_to_annotation, rewrite_validate
+from curate.rewrite import RewriteRefused, rewrite_caption_create, rewrite_send_to_annotation
 from pool.locate import image_locator
 from pool.models import Caption, CaptionSource, CaptionStatus, ImageStatus, RunStatus, text_sha256
 from scoring.encoder_names import vlm_name_check
@@ -91,19 +91,7 @@ def rewrite_candidates(*, run: RewriteRun, fingerprint: str):
 
 def model_caption_create(*, original: Caption, text: str) -> Caption:
     """A model-written caption of ``original``'s image (source ``model``, parent = the original)."""
-    cleaned = rewrite_validate(original=original, text=text)
-    try:
-        with transaction.atomic():
-            return Caption.objects.create(
-                image_id=original.image_id,
-                text=cleaned,
-                text_sha256=text_sha256(cleaned),
-                source=CaptionSource.MODEL,
-                parent=original,
-                status=CaptionStatus.OK,
-            )
-    except IntegrityError as exc:
-        raise RewriteRefused("This image already has a caption with exactly this text.") from exc
+    return rewrite_caption_create(original=original, text=text, source=CaptionSource.MODEL)
 
 
 def _cancelled(run: RewriteRun) -> bool:

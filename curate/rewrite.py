@@ -104,8 +104,9 @@ def rewrite_validate(*, original: Caption, text: str) -> str:
     return cleaned
 
 
-def rewrite_caption_create(*, original: Caption, text: str) -> Caption:
-    """Create the rewritten caption (same image, parent = original). The original is not modified."""
+def rewrite_caption_create(*, original: Caption, text: str, source: str = CaptionSource.REWRITE) -> Caption:
+    """Create the rewritten caption (same image, parent = original). The original is not modified.
+    ``source`` says who wrote it: a curator (``rewrite``) or the multimodal judge (``model``)."""
     cleaned = rewrite_validate(original=original, text=text)
     try:
         with transaction.atomic():
@@ -113,7 +114,7 @@ def rewrite_caption_create(*, original: Caption, text: str) -> Caption:
                 image_id=original.image_id,
                 text=cleaned,
                 text_sha256=text_sha256(cleaned),
-                source=CaptionSource.REWRITE,
+                source=source,
                 parent=original,
                 status=CaptionStatus.OK,
             )

@@ -142,9 +142,11 @@ def reward_model_promote(
             ),
             encoder=model.encoder,
         )
-        if rescore is not None:
-            # From now on the loop trains heads on, scores with and flags by the fine-tuned encoder.
+        if rescore is not None or action == "rolled_back":
+            # From now on the loop trains heads on, scores with and flags by this model's encoder: the
+            # fine-tuned one just promoted, or (a person rolling back) the encoder of the model restored.
             loop_encoder_set(encoder=model.encoder)
+        if rescore is not None:
             from scoring.tasks import scoring_run_execute
 
             run_id = rescore.pk
@@ -153,13 +155,18 @@ def reward_model_promote(
 
 
 def reward_model_rollback(*, user, to_version: int | None = None, encoder: str | None = None) -> RewardModel:
-    """Reactivate an earlier model: ``to_version``, or the one active before the current one."""
+    """Reactivate an earlier model: ``to_version``, or the one active before the current one.
+
+    After a fine-tuned encoder's model was promoted, the base encoder's model is still active for its
+    own encoder; rolling back then means pointing the loop at the base encoder again (its features and
+    scores are still there), which is what this does when the target is already active for its encoder.
+    """
     if to_version is not None:
         target = RewardModel.objects.filter(version=to_version).first()
         if target is None:
             raise RegistryError(f"There is no reward model v{to_version}.")
         encoder = target.encoder
-    encoder = encoder or settings.LOUPE_DEFAULT_ENCODER
+    encoder = encoder or loop_encoder_get()
     current = active_reward_model(encoder)
     if to_version is None:
         earlier = RewardModel.objects.filter(encoder=encoder, promoted_at__isnull=False).exclude(
@@ -168,10 +175,22 @@ def reward_model_rollback(*, user, to_version: int | None = None, encoder: str |
         if current is not None and current.promoted_at is not None:
             earlier = earlier.filter(promoted_at__lt=current.promoted_at)
         target = earlier.order_by("-promoted_at").first()
+        base = finetune_base_encoder(current) if current is not None else None
+        if target is None and base:
+            # The fine-tuned encoder has no earlier model of its own: back to its base encoder's model.
+            target = active_reward_model(base)
         if target is None:
             raise RegistryError(f"No earlier active model of {encoder!r} to roll back to.")
-    if current is not None and current.pk == target.pk:
-        raise RegistryError(f"Reward model v{target.version} is already active.")
+    loop_encoder = loop_encoder_get()
+    if target.status == ModelStatus.ACTIVE:
+        if target.encoder == loop_encoder:
+            raise RegistryError(f"Reward model v{target.version} is already active.")
+        with transaction.atomic():
+            loop_encoder_set(encoder=target.encoder)
+            model_event(
+                target, "rolled_back", f"the loop goes back from {loop_encoder} to {target.encoder}", user
+            )
+        return target
     note = f"rolled back from v{current.version}" if current else "rolled back"
     return reward_model_promote(model=target, user=user, note=note, action="rolled_back")
 

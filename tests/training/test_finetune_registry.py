@@ -23,7 +23,7 @@ from training.candidates import reward_model_finetune, reward_model_gate, reward
 from training.config import TrainConfig
 from training.finetune import FinetuneError, TrainingCancelled
 from training.models import ModelEvent, ModelStatus, RewardModel, TrainingRun
-from training.services import reward_model_promote, training_run_create
+from training.services import RegistryError, reward_model_promote, training_run_create
 
 # One epoch, two small heads: the tests are about the registry, not about learning.
 FT = {"mode": "last_blocks", "blocks": 1, "epochs": 1, "batch_size": 64, "n_heads": 2, "hidden": 16}
@@ -226,3 +226,22 @@ def test_train_reward_refuses_finetune_options_that_cannot_work(db):
             finetune="lora",
             towers="image",
         )
+
+
+def test_rolling_back_a_promoted_finetune_points_the_loop_at_the_base_encoder_again(
+    finetuned, tiny, active_base
+):
+    from training.services import reward_model_rollback
+
+    reward_model_promote(model=finetuned)
+    assert loop_encoder_get() == finetuned.encoder
+    restored = reward_model_rollback(
+        user=None
+    )  # the loop's encoder (the fine-tuned one) has no earlier model
+    assert restored.pk == active_base.pk and loop_encoder_get() == active_base.encoder
+    assert ModelEvent.objects.filter(model=active_base, action="rolled_back").exists()
+    with pytest.raises(RegistryError, match="already active"):
+        reward_model_rollback(user=None, to_version=active_base.version)
+    # And forward again by version: the fine-tuned model is still active for its own encoder.
+    reward_model_rollback(user=None, to_version=finetuned.version)
+    assert loop_encoder_get() == finetuned.encoder

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 
 from annotate.models import Campaign
+from scoring.active_model import loop_encoder_get
 from scoring.encoder_names import EncoderError, vlm_name_check
 
 
@@ -31,7 +32,7 @@ class JudgeRunForm(forms.Form):
         return _clean_judge(self.cleaned_data["scorer"])
 
     def clean_encoder(self) -> str:
-        return self.cleaned_data["encoder"].strip() or settings.LOUPE_DEFAULT_ENCODER
+        return self.cleaned_data["encoder"].strip() or loop_encoder_get()
 
     def clean(self):
         data = super().clean()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
@@ -25,6 +24,7 @@ from curate.models import RewriteRun
 from curate.rewrite import RewriteRefused, rewrite_caption_create, rewrite_send_to_annotation
 from pool.locate import image_locator
 from pool.models import Caption, CaptionSource, CaptionStatus, ImageStatus, RunStatus, text_sha256
+from scoring.active_model import loop_encoder_get
 from scoring.encoder_names import vlm_name_check
 from scoring.models import VLM_METRICS, VlmScore
 
@@ -179,7 +179,7 @@ def rewrite_run_execute(*, run: RewriteRun, scorer=None, score_new: bool = True)
     if score_new and created_ids:
         from scoring.services import scoring_run_start
 
-        scoring = scoring_run_start(encoder=settings.LOUPE_DEFAULT_ENCODER, caption_ids=created_ids)
+        scoring = scoring_run_start(encoder=loop_encoder_get(), caption_ids=created_ids)
         summary["scoring_run_id"] = scoring.pk
     status = RunStatus.CANCELLED if _cancelled(run) else RunStatus.SUCCEEDED
     RewriteRun.objects.filter(pk=run.pk).exclude(status=RunStatus.CANCELLED).update(

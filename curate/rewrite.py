@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 
 from pool.locate import image_locator
 from pool.models import Caption, CaptionSource, CaptionStatus, text_sha256
+from scoring.active_model import loop_encoder_get
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _content_labels(caption: Caption, k: int) -> list[str]:
         from scoring.features import caption_features
     except ImportError:
         return []
-    encoder_name = getattr(settings, "LOUPE_DEFAULT_ENCODER", "offline:effnet-minilm")
+    encoder_name = loop_encoder_get()
     try:
         features = caption_features(encoder=encoder_name, caption_ids=[caption.id])
         image_features = features[0] if isinstance(features, tuple) else features["image"]

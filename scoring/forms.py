@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django import forms
-from django.conf import settings
 
+from scoring.active_model import loop_encoder_get
 from scoring.encoder_names import EncoderError, encoder_name_check
 
 
@@ -21,10 +21,10 @@ class ScoringRunForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["encoder"].widget.attrs["placeholder"] = settings.LOUPE_DEFAULT_ENCODER
+        self.fields["encoder"].widget.attrs["placeholder"] = loop_encoder_get()
 
     def clean_encoder(self) -> str:
-        name = self.cleaned_data["encoder"].strip() or settings.LOUPE_DEFAULT_ENCODER
+        name = self.cleaned_data["encoder"].strip() or loop_encoder_get()
         try:
             encoder_name_check(name)
         except EncoderError as exc:

@@ -15,13 +15,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from pool.models import Caption, CaptionStatus, ImageStatus, RunStatus
-from scoring.active_model import active_model_get
+from scoring.active_model import active_model_get, loop_encoder_get
 from scoring.checkpoint_meta import checkpoint_meta_read
 from scoring.encoder_names import encoder_fingerprint, encoder_name_check
 from scoring.models import Score, ScoringChunk, ScoringRun
@@ -129,7 +128,7 @@ def scoring_run_start(
 ) -> ScoringRun:
     """Create a run and enqueue its planning task (on commit). Checks the encoder name and the reward
     model before anything is queued; a bad one raises ``ValueError`` with the reason."""
-    encoder = encoder or settings.LOUPE_DEFAULT_ENCODER
+    encoder = encoder or loop_encoder_get()
     encoder_name_check(encoder)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1.")

@@ -225,6 +225,6 @@ def workers_queues(*, timeout: float) -> dict[str, set[str]]:
 
 
 def _default_encoder() -> str:
-    from django.conf import settings
+    from scoring.active_model import loop_encoder_get
 
-    return settings.LOUPE_DEFAULT_ENCODER
+    return loop_encoder_get()

@@ -99,3 +99,31 @@ def rows_where_in(model: type[models.Model], field: str, values: list, columns: 
     with connection.cursor() as cursor:
         cursor.execute(sql, [list(values)])
         return cursor.fetchall()
+
+
+def rows_update(model: type[models.Model], rows: list[dict], fields: list[str]) -> int:
+    """Set ``fields`` of each row (a dict with the pk and those fields) in one statement: on PostgreSQL an
+    ``UPDATE ... FROM unnest(arrays)``, one parameter per column; ``bulk_update`` elsewhere (its ``CASE
+    WHEN`` per row is what costs minutes at a million rows). Returns the number of rows given."""
+    if not rows:
+        return 0
+    meta = model._meta
+    pk = meta.pk.attname
+    if connection.vendor != "postgresql":
+        objs = [model(**{pk: row[pk], **{f: row[f] for f in fields}}) for row in rows]
+        model.objects.bulk_update(objs, [meta.get_field(f).name for f in fields], batch_size=1000)
+        return len(rows)
+    quote = connection.ops.quote_name
+    columns = [meta.pk, *(meta.get_field(f) for f in fields)]
+    # A foreign key's db_type is its target's column type; arrays of varchar(n) cast like varchar(n).
+    arrays = ", ".join(f"%s::{c.cast_db_type(connection)}[]" for c in columns)
+    names = ", ".join(quote(c.column) for c in columns)
+    sets = ", ".join(f"{quote(c.column)} = v.{quote(c.column)}" for c in columns[1:])
+    table = quote(meta.db_table)
+    sql = (
+        f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) "
+        f"WHERE {table}.{quote(meta.pk.column)} = v.{quote(meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [[row[c.attname] for row in rows] for c in columns])
+    return len(rows)

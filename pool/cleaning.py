@@ -407,15 +407,24 @@ _FILE_NAME = re.compile(
 MIN_CAPTION_CHARS = 3
 
 
+# ASCII captions (most of a web pool) take a table lookup instead of a Unicode category per character:
+# for ASCII, NFKC is the identity, casefold is lower(), and the categories P, S, Z and C are exactly the
+# characters that are neither letters nor digits.
+_ASCII_SPACES = bytes(c if chr(c).isalnum() else 32 for c in range(256))
+
+
 def caption_normalise(text: str) -> str:
     """Case, accents' composition, punctuation and spacing removed: what makes two captions "the same"."""
+    if text.isascii():
+        return " ".join(text.encode("ascii").lower().translate(_ASCII_SPACES).decode("ascii").split())
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" else ch for ch in text)
     return " ".join(text.split())
 
 
-def caption_check(text: str) -> tuple[str, str]:
-    """(status, reason) for one caption's own text: ``empty``, ``trivial`` or ``ok``."""
+def caption_check(text: str, normalised: str | None = None) -> tuple[str, str]:
+    """(status, reason) for one caption's own text: ``empty``, ``trivial`` or ``ok``. ``normalised`` is
+    ``caption_normalise(text)`` when the caller has it already."""
     stripped = text.strip()
     if not stripped:
         return "empty", "empty caption"
@@ -425,6 +434,6 @@ def caption_check(text: str) -> tuple[str, str]:
         return "trivial", "no letters (only digits, punctuation or symbols)"
     if _FILE_NAME.match(stripped):
         return "trivial", "looks like a file name"
-    if caption_normalise(stripped) in BOILERPLATE:
+    if (caption_normalise(stripped) if normalised is None else normalised) in BOILERPLATE:
         return "trivial", f"boilerplate text ({stripped[:40]!r})"
     return "ok", ""

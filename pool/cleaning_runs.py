@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from pool import cleaning
+from pool.bulk import rows_update
 from pool.inspection import images_inspect
 from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, RunStatus
 from pool.runs import Progress, run_finish, run_progress, run_start
@@ -34,8 +35,8 @@ CLEANING_CAPTION_STATUSES = {
     CaptionStatus.TRIVIAL,
     CaptionStatus.DUPLICATE,
 }
-PAGE = 5000
-CHUNK = 1000
+PAGE = 20000
+CHUNK = 5000
 
 
 @dataclass
@@ -115,15 +116,17 @@ def _image_status(index: int, arrays: _PoolArrays, marks: dict, min_side: int) -
 
 
 def _images_write(arrays: _PoolArrays, marks: dict, *, min_side: int, counts: Counter, tick) -> int:
+    """Write the images whose mark changed. Reads the current marks by pk range (the arrays are in pk
+    order), one query per chunk, and writes the changes with one ``UPDATE`` per chunk."""
     changed = 0
     n = len(arrays.ids)
     for start in range(0, n, CHUNK):
         chunk_ids = arrays.ids[start : start + CHUNK].tolist()
         current = {
             pk: (status, reason, dup)
-            for pk, status, reason, dup in Image.objects.filter(pk__in=chunk_ids).values_list(
-                "pk", "status", "status_reason", "duplicate_of_id"
-            )
+            for pk, status, reason, dup in Image.objects.filter(
+                pk__gte=chunk_ids[0], pk__lte=chunk_ids[-1]
+            ).values_list("pk", "status", "status_reason", "duplicate_of_id")
         }
         updates = []
         for offset, pk in enumerate(chunk_ids):
@@ -135,10 +138,8 @@ def _images_write(arrays: _PoolArrays, marks: dict, *, min_side: int, counts: Co
             status, reason, dup = _image_status(index, arrays, marks, min_side)
             counts[status] += 1
             if current[pk] != (status, reason, dup):
-                updates.append(Image(pk=pk, status=status, status_reason=reason, duplicate_of_id=dup))
-        if updates:
-            Image.objects.bulk_update(updates, ["status", "status_reason", "duplicate_of"])
-            changed += len(updates)
+                updates.append({"id": pk, "status": status, "status_reason": reason, "duplicate_of_id": dup})
+        changed += rows_update(Image, updates, ["status", "status_reason", "duplicate_of_id"])
         tick(len(chunk_ids))
     return changed
 
@@ -187,26 +188,30 @@ def _captions_write(arrays: _PoolArrays, keeper: np.ndarray, *, counts: Counter,
     ids = arrays.ids.tolist()
     for start in range(0, len(ids), CHUNK):
         chunk_ids = ids[start : start + CHUNK]
+        in_chunk = set(chunk_ids)
+        # By image id range (the arrays are in pk order): one index range scan instead of an IN list.
         rows = (
-            Caption.objects.filter(image_id__in=chunk_ids)
+            Caption.objects.filter(image_id__gte=chunk_ids[0], image_id__lte=chunk_ids[-1])
             .order_by("image_id", "pk")
             .values_list("pk", "image_id", "text", "status", "status_reason")
         )
         updates = []
         seen: dict[str, int] = {}
         current_image = None
-        for pk, image_id, text, status, old_reason in rows.iterator(chunk_size=2000):
+        for pk, image_id, text, status, old_reason in rows.iterator(chunk_size=5000):
+            if image_id not in in_chunk:  # an image added since the arrays were read: the next run's
+                continue
             if image_id != current_image:
                 current_image, seen = image_id, {}
             if status not in CLEANING_CAPTION_STATUSES:
                 counts[status] += 1
                 continue
-            new_status, reason = cleaning.caption_check(text)
+            norm = cleaning.caption_normalise(text)
+            new_status, reason = cleaning.caption_check(text, norm)
             if new_status == "ok":
                 if pk in group_dups:
                     new_status, reason = CaptionStatus.DUPLICATE, group_dups[pk]
                 elif image_id not in grouped_ids:
-                    norm = cleaning.caption_normalise(text)
                     if norm in seen:
                         new_status, reason = (
                             CaptionStatus.DUPLICATE,
@@ -216,10 +221,8 @@ def _captions_write(arrays: _PoolArrays, keeper: np.ndarray, *, counts: Counter,
                         seen[norm] = pk
             counts[new_status] += 1
             if (status, old_reason) != (new_status, reason):
-                updates.append(Caption(pk=pk, status=new_status, status_reason=reason))
-        if updates:
-            Caption.objects.bulk_update(updates, ["status", "status_reason"], batch_size=CHUNK)
-            changed += len(updates)
+                updates.append({"id": pk, "status": new_status, "status_reason": reason})
+        changed += rows_update(Caption, updates, ["status", "status_reason"])
         tick(len(chunk_ids))
     return changed
 

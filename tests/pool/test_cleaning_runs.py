@@ -153,3 +153,44 @@ def test_import_then_clean_end_to_end(tmp_path):
         "c": "low_res",
     }
     assert Caption.objects.get(image__source_key="a").status == "duplicate"
+
+
+def test_rows_update_sets_only_the_given_rows_and_fields():
+    from pool.bulk import rows_update
+
+    a = make_image(seed=901, width=80, height=80)
+    b = make_image(seed=902, width=80, height=80)
+    c = make_image(seed=903, width=80, height=80)
+    reason = "près d'une autre, 'quoted' ; -- not SQL"
+    rows = [
+        {"id": a.pk, "status": ImageStatus.NEAR_DUPLICATE, "status_reason": reason, "duplicate_of_id": c.pk},
+        {"id": b.pk, "status": ImageStatus.LOW_RES, "status_reason": "", "duplicate_of_id": None},
+    ]
+    assert rows_update(Image, rows, ["status", "status_reason", "duplicate_of_id"]) == 2
+    assert rows_update(Image, [], ["status"]) == 0
+    a.refresh_from_db(), b.refresh_from_db(), c.refresh_from_db()
+    assert (a.status, a.status_reason, a.duplicate_of_id, a.width) == (
+        ImageStatus.NEAR_DUPLICATE,
+        reason,
+        c.pk,
+        80,
+    )
+    assert (b.status, b.duplicate_of_id) == (ImageStatus.LOW_RES, None)
+    assert c.status == ImageStatus.OK
+
+
+def test_caption_normalise_ascii_fast_path_matches_the_unicode_rules():
+    import random
+    import unicodedata
+
+    from pool.cleaning import caption_normalise
+
+    def by_category(text):
+        text = unicodedata.normalize("NFKC", text).casefold()
+        return " ".join("".join(" " if unicodedata.category(ch)[0] in "PSZC" else ch for ch in text).split())
+
+    rng = random.Random(0)
+    alphabet = [chr(i) for i in range(128)]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert caption_normalise(text) == by_category(text)

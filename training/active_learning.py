@@ -26,7 +26,7 @@ Strategies (keys of a selection mix):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -205,6 +205,13 @@ BATCH_INFORMATIVENESS: dict[str, float] = {"bald": 0.5, "margin": 0.3, "disagree
 # labelled count as ``L / (L + BATCH_WARMUP_LABELS)`` unless the caller knows the model's held-out
 # accuracy (``skill``), which then sets it directly.
 BATCH_WARMUP_LABELS = 100.0
+# Scale: above this many tasks, batch_select measures distances in a seeded Gaussian random projection
+# to BATCH_PROJECTED_DIM dimensions (Johnson-Lindenstrauss: distances kept within ~15%, plenty for a
+# sampling weight) and uses at most BATCH_MAX_CENTRES labelled tasks (a seeded sample) as centres, so
+# 100k tasks x 5k labelled stay seconds, not minutes. Smaller pools (the benchmark's) are exact.
+BATCH_EXACT_UP_TO = 20_000
+BATCH_PROJECTED_DIM = 64
+BATCH_MAX_CENTRES = 2_000
 # How strongly the batch strategy concentrates on informative tasks once warm (see batch_select).
 BATCH_SHARPNESS = 12.0
 SKILL_CHANCE, SKILL_TRUSTED = 0.58, 0.68
@@ -355,6 +362,17 @@ def batch_select(
     """
     x = _unit_rows(embeddings)
     t = len(x)
+    rng = np.random.default_rng(seed)
+    lab = None
+    if labelled_embeddings is not None and len(labelled_embeddings):
+        lab = _unit_rows(labelled_embeddings)
+        if t > BATCH_EXACT_UP_TO and len(lab) > BATCH_MAX_CENTRES:
+            lab = lab[np.sort(rng.choice(len(lab), BATCH_MAX_CENTRES, replace=False))]
+    if t > BATCH_EXACT_UP_TO and x.shape[1] > BATCH_PROJECTED_DIM:
+        proj = rng.standard_normal((x.shape[1], BATCH_PROJECTED_DIM)).astype(np.float32)
+        proj /= np.float32(np.sqrt(BATCH_PROJECTED_DIM))
+        x = x @ proj
+        lab = lab @ proj if lab is not None else None
     warm = float(np.clip(warm, 0.0, 1.0))
     tau = BATCH_SHARPNESS if sharpness is None else float(sharpness)
     info = np.zeros(t)
@@ -379,13 +397,11 @@ def batch_select(
         d = sq + float(center.astype(np.float64) @ center) - 2.0 * (x @ center).astype(np.float64)
         np.minimum(d2, np.maximum(d, 0.0), out=d2)
 
-    if warm > 0 and labelled_embeddings is not None and len(labelled_embeddings):
-        lab = _unit_rows(labelled_embeddings)
+    if warm > 0 and lab is not None:
         for start in range(0, len(lab), 1024):  # blocks: O(T * 1024) memory whatever the count
             block = lab[start : start + 1024]
             d = sq[:, None] + (block.astype(np.float64) ** 2).sum(1)[None, :] - 2.0 * (x @ block.T)
             np.minimum(d2, np.maximum(d.min(axis=1), 0.0), out=d2)
-    rng = np.random.default_rng(seed)
     picked: list[int] = []
     taken = np.zeros(t, dtype=bool)
     while len(picked) < min(k, t):
@@ -534,6 +550,7 @@ def strategy_scores(
     seed: int = 0,
     labelled: Sequence[int] | None = None,
     skill: float | None = None,
+    strategies: Collection[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every strategy's scores that the inputs allow (no model -> no model-based strategies).
 
@@ -541,7 +558,10 @@ def strategy_scores(
     (``labelled``: tasks that already have judgments, k-center's and the batch strategy's starting
     centres). Scores cover the model-scored tasks when there are any, else every embedding row.
     ``skill`` is the model's held-out pairwise accuracy if known (the batch strategy's warm share).
+    ``strategies`` limits the work to those (e.g. a campaign's mix plus the default mix it falls back
+    to): on a big campaign k-center over thousands of labelled centres is the expensive part.
     """
+    wanted = set(STRATEGIES if strategies is None else strategies)
     out: dict[str, np.ndarray] = {}
     t = None
     info = base = None
@@ -550,19 +570,23 @@ def strategy_scores(
         t = len(mr)
         # Padded captions are NaN in every member, so the plain mean keeps them NaN (= absent).
         mean = mr.mean(axis=1)
-        out["uncertainty"] = ensemble_disagreement(mr)
-        out["margin"] = bt_margin(mean)
+        if "uncertainty" in wanted:
+            out["uncertainty"] = ensemble_disagreement(mr)
+        if "margin" in wanted:
+            out["margin"] = bt_margin(mean)
         clip = np.asarray(clipscores, dtype=np.float64) if clipscores is not None else None
-        if clip is not None:
+        if clip is not None and "disagreement" in wanted:
             out["disagreement"] = reward_clip_disagreement(mean, clip)
-        info = informativeness(mr, clip)
-        base = pair_share(mean)
+        if "batch" in wanted:
+            info = informativeness(mr, clip)
+            base = pair_share(mean)
     if embeddings is not None and len(embeddings):
         emb = np.asarray(embeddings)
         lab = sorted({int(i) for i in (labelled if labelled is not None else [])})
         if lab and (lab[0] < 0 or lab[-1] >= len(emb)):
             raise ValueError(f"labelled indices must lie in [0, {len(emb)}), got {lab[0]}..{lab[-1]}")
-        out["diversity"] = diversity_scores(emb, batch_size, seed=seed, already_selected=lab)
+        if "diversity" in wanted:
+            out["diversity"] = diversity_scores(emb, batch_size, seed=seed, already_selected=lab)
         n_open = t if t is not None else len(emb)
         lab_set = set(lab)
         open_idx = np.asarray([i for i in range(n_open) if i not in lab_set], dtype=np.int64)
@@ -572,17 +596,18 @@ def strategy_scores(
                 raise ValueError(f"{n_open} model-scored tasks but only {len(emb)} embeddings")
             open_info, open_base = info[open_idx], base[open_idx]
         warm = warm_share(labelled_count=len(lab), skill=skill) if info is not None else 0.0
-        batch = np.zeros(len(emb))
-        batch[open_idx] = batch_scores(
-            emb[open_idx],
-            open_info,
-            batch_size,
-            warm=warm,
-            labelled_embeddings=emb[lab] if lab else None,
-            seed=seed,
-            base=open_base,
-        )
-        out["batch"] = batch
+        if "batch" in wanted:
+            batch = np.zeros(len(emb))
+            batch[open_idx] = batch_scores(
+                emb[open_idx],
+                open_info,
+                batch_size,
+                warm=warm,
+                labelled_embeddings=emb[lab] if lab else None,
+                seed=seed,
+                base=open_base,
+            )
+            out["batch"] = batch
         if t is not None:
             out = {k: v[:t] for k, v in out.items()}
         else:

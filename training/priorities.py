@@ -147,6 +147,7 @@ def task_priorities_refresh(
         seed=seed,
         labelled=labelled_idx,
         skill=_held_out_accuracy(pointer),
+        strategies={*mix, *DEFAULT_MIX, "random"},  # what the mix (or its fallback) can use
     )
     scores = {k: v[: len(scored)] for k, v in scores.items()}
     priorities = priorities_mix(scores, mix, batch, seed=seed)

@@ -203,3 +203,30 @@ def test_default_mix_is_served_by_strategy_scores():
     assert set(DEFAULT_MIX) <= set(out)
     prio = priorities_mix(out, DEFAULT_MIX, 5, seed=0)
     assert (prio > 0.5).sum() == 5
+
+
+def test_strategy_scores_computes_only_the_strategies_asked_for():
+    rng = np.random.default_rng(0)
+    out = strategy_scores(
+        member_rewards=rng.standard_normal((10, 3, 3)),
+        clipscores=rng.random((10, 3)),
+        embeddings=rng.standard_normal((10, 4)),
+        batch_size=2,
+        strategies={"batch"},
+    )
+    assert set(out) == {"batch", "random"}
+
+
+def test_batch_select_on_a_big_pool_projects_and_samples_centres(monkeypatch):
+    import training.active_learning as al
+
+    monkeypatch.setattr(al, "BATCH_EXACT_UP_TO", 100)
+    monkeypatch.setattr(al, "BATCH_MAX_CENTRES", 10)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((500, 128)).astype(np.float32)
+    labelled = rng.standard_normal((50, 128)).astype(np.float32)
+    info = rng.random(500)
+    a, w = batch_select(emb, info, 20, warm=1.0, labelled_embeddings=labelled, seed=5)
+    b, _ = batch_select(emb, info, 20, warm=1.0, labelled_embeddings=labelled, seed=5)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 20
+    assert np.mean(info[a]) > 0.75  # still informative picks after the projection

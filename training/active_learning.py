@@ -208,7 +208,7 @@ BATCH_WARMUP_LABELS = 100.0
 # Scale: above this many tasks, batch_select measures distances in a seeded Gaussian random projection
 # to BATCH_PROJECTED_DIM dimensions (Johnson-Lindenstrauss: distances kept within ~15%, plenty for a
 # sampling weight) and uses at most BATCH_MAX_CENTRES labelled tasks (a seeded sample) as centres, so
-# 100k tasks x 5k labelled stay seconds, not minutes. Smaller pools (the benchmark's) are exact.
+# 100k tasks x 5k labelled stay seconds, not minutes. Smaller pools (the benchmark's) are exact, float64.
 BATCH_EXACT_UP_TO = 20_000
 BATCH_PROJECTED_DIM = 64
 BATCH_MAX_CENTRES = 2_000
@@ -398,10 +398,21 @@ def batch_select(
         np.minimum(d2, np.maximum(d, 0.0), out=d2)
 
     if warm > 0 and lab is not None:
-        for start in range(0, len(lab), 1024):  # blocks: O(T * 1024) memory whatever the count
-            block = lab[start : start + 1024]
-            d = sq[:, None] + (block.astype(np.float64) ** 2).sum(1)[None, :] - 2.0 * (x @ block.T)
-            np.minimum(d2, np.maximum(d.min(axis=1), 0.0), out=d2)
+        if t <= BATCH_EXACT_UP_TO:
+            for start in range(0, len(lab), 1024):
+                block = lab[start : start + 1024]
+                d = sq[:, None] + (block.astype(np.float64) ** 2).sum(1)[None, :] - 2.0 * (x @ block.T)
+                np.minimum(d2, np.maximum(d.min(axis=1), 0.0), out=d2)
+        else:
+            # float32 blocks of about 4M distances (16 MB) at a time, whatever T and L are.
+            block_size = max(1, 4_000_000 // t)
+            sq32 = sq.astype(np.float32)
+            for start in range(0, len(lab), block_size):
+                block = lab[start : start + block_size]
+                d = x @ block.T
+                d *= -2.0
+                d += (block * block).sum(axis=1)[None, :]
+                np.minimum(d2, np.maximum(d.min(axis=1) + sq32, 0.0), out=d2)
     picked: list[int] = []
     taken = np.zeros(t, dtype=bool)
     while len(picked) < min(k, t):

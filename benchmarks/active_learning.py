@@ -486,13 +486,14 @@ def plot(reports: list[dict], out: str) -> None:
                 style = {"linewidth": 2.6, "color": "black"}
             elif name == "random":
                 style = {"linewidth": 2.0, "color": "grey", "linestyle": "--"}
-            row[0].plot(labels, mean, marker="o", markersize=3, label=name, **style)
-            row[0].fill_between(labels, mean - std, mean + std, alpha=0.12, color=style.get("color"))
+            (line,) = row[0].plot(labels, mean, marker="o", markersize=3, label=name, **style)
+            style["color"] = line.get_color()  # the shading and the right panel match the line
+            row[0].fill_between(labels, mean - std, mean + std, alpha=0.12, color=style["color"])
             if "vs_random" in report and name != "random":
                 d = np.asarray(report["vs_random"][name]["mean"])
                 ds = np.asarray(report["vs_random"][name]["std"])
                 row[1].plot(labels, d, marker="o", markersize=3, label=name, **style)
-                row[1].fill_between(labels, d - ds, d + ds, alpha=0.12, color=style.get("color"))
+                row[1].fill_between(labels, d - ds, d + ds, alpha=0.12, color=style["color"])
         if report.get("random_final") is not None:
             row[0].axhline(report["random_final"], color="grey", linewidth=0.8, linestyle=":")
         row[1].axhline(0.0, color="grey", linewidth=1.0, linestyle="--")

@@ -14,6 +14,12 @@ tasks with 3 and 4 captions is one array and every strategy is vectorised over t
 
 Strategies (keys of a selection mix):
 
+- ``batch`` (the default): a whole batch drawn at once, task by task, with probability
+  ``exp(warm * (sharpness * informativeness + log d^2 + log pair share))``: informativeness blends the
+  ensemble's epistemic uncertainty (BALD over caption pairs), small predicted gaps and
+  reward-vs-CLIPScore disagreement; ``d`` is the distance to the nearest task already judged or drawn
+  (coverage, k-means++/BAL-PM style); ``warm`` grows with the model's held-out accuracy, and at 0 the
+  draw is uniform random (a model near chance has nothing to say). See ``batch_select``.
 - ``uncertainty``: ensemble disagreement about the order of the captions: for each caption pair, the
   share of members that order it against the majority (0 .. 0.5), doubled and averaged over pairs.
 - ``margin``: the Bradley-Terry probability that the top caption beats the runner-up is near 0.5:

@@ -1,6 +1,8 @@
 """Active learning vs random selection, with simulated annotators over the demo pool.
 
-    python benchmarks/active_learning.py [--clipart 600] [--seeds 3] [--rounds 10] [--batch 20]
+    python benchmarks/active_learning.py [--pool demo|synthetic] [--seeds 5] [--rounds 10] [--batch 20]
+    python benchmarks/active_learning.py --combine demo.json synthetic.json   # redraw the figure
+    python benchmarks/active_learning.py --scale 100000   # time the default mix on a big campaign
 
 Pool: the demo pool's sources (pool/demo.py: openclipart drawings + packaged photos; captions = title,
 description, "clip art of <keywords>", and a hard negative taken from another drawing of the same
@@ -14,14 +16,19 @@ are split once into a selection pool (70%) and a held-out test set (30%). Each r
 random ``--initial`` labelled tasks; each round trains the reward model (training/train.py, the code
 the product trains with), scores the unlabelled pool, lets the strategy pick ``--batch`` tasks, has
 the simulated annotator judge them, and measures held-out pairwise accuracy against the hidden order.
-Reports, per strategy, the labels needed to reach random selection's final accuracy, writes
-docs/active_learning.png and prints a Markdown table for docs/loop.md.
+The batch strategy is told the model's skill as its prequential accuracy: each judged batch against
+the model that picked it, pooled over the batches so far (``--skill none``: the label count instead).
+Reports, per strategy, accuracy by budget (mean ± std over seeds), the labels needed to reach random
+selection's final accuracy (from the mean curves and per seed), and the paired difference to random
+at every budget; writes a figure (``--out``; ``--combine`` redraws docs/active_learning.png from the
+JSON of a demo and a synthetic run) and the numbers as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.active_learning import DEFAULT_MIX, pad_ragged, priorities_mix, strategy_scores  # noqa: E402
+from training.active_learning import DEFAULT_MIX, PREVIOUS_MIX, pad_ragged, priorities_mix, strategy_scores  # noqa: E402
 from training.simulate import AnnotatorConfig, CaptionInfo, judgment_simulate  # noqa: E402
 
 ENCODER = "offline:effnet-minilm"
@@ -42,6 +49,8 @@ STRATEGY_MIXES: dict[str, dict[str, float]] = {
     "margin": {"margin": 1.0},
     "disagreement": {"disagreement": 1.0},
     "diversity": {"diversity": 1.0},
+    "old mix": dict(PREVIOUS_MIX),
+    "batch": {"batch": 1.0},
     "default mix": dict(DEFAULT_MIX),
 }
 
@@ -208,6 +217,12 @@ def run_strategy(
     for task in labelled:
         judge(task)
     curve = []
+    # Prequential skill: each batch's judgments against the model that picked it (trained before
+    # they existed, so they are held out from it), pooled over the batches so far: the benchmark's
+    # stand-in for the held-out accuracy the product's model carries. None until a batch is judged.
+    skill = None
+    skills: list[float | None] = []
+    judged_pairs = [0, 0]  # (agreeing, all) over every batch so far, each against the model that picked it
     tconfig = TrainConfig(epochs=args.epochs, hidden=64, n_heads=5, seed=seed, patience=args.epochs)
     for round_index in range(args.rounds + 1):
         model = train(tconfig, training_data(pool, judgments)).model
@@ -226,26 +241,47 @@ def run_strategy(
             [pool.image_feats[pool.task_image[t], : pool.embed_dim] for t in unlabelled + labelled]
         )
         round_seed = int(rng.integers(1 << 31))
+        # One call, as training/priorities.py makes it: the model's outputs for the unlabelled tasks,
+        # image embeddings for them followed by the labelled ones (starting centres).
         scores = strategy_scores(
-            member_rewards=None,
-            clipscores=None,
+            member_rewards=member,
+            clipscores=clip,
             embeddings=embeddings,
             batch_size=args.batch,
             seed=round_seed,
             labelled=list(range(len(unlabelled), len(embeddings))),
+            skill=skill if args.skill == "prequential" else None,
         )
-        scores = {k: v[: len(unlabelled)] for k, v in scores.items()}
-        model_scores = strategy_scores(
-            member_rewards=member, clipscores=clip, embeddings=None, batch_size=args.batch, seed=round_seed
-        )
-        model_scores.pop("random")
-        scores.update(model_scores)
         priorities = priorities_mix(scores, mix, args.batch, seed=round_seed)
-        chosen = [unlabelled[i] for i in np.argsort(-priorities, kind="stable")[: args.batch]]
+        picks = np.argsort(-priorities, kind="stable")[: args.batch]
+        chosen = [unlabelled[i] for i in picks]
+        predicted = {}
+        for i, task in zip(picks, chosen, strict=True):
+            mean = flat[:, bounds[i] : bounds[i + 1]].mean(axis=0)
+            predicted.update({int(r): float(v) for r, v in zip(pool.tasks[task], mean, strict=True)})
         for task in chosen:
             judge(task)
+        agree, total = ranking_agreement(judgments[-len(chosen) :], predicted)
+        judged_pairs[0] += agree
+        judged_pairs[1] += total
+        skill = judged_pairs[0] / judged_pairs[1] if judged_pairs[1] else None
+        skills.append(skill)
         labelled.extend(chosen)
-    return curve
+    return curve, skills
+
+
+def ranking_agreement(judgments: list, predicted: dict[int, float]) -> tuple[int, int]:
+    """(pairs ``predicted`` orders like the annotator did, judged pairs), tied pairs left out."""
+    agree = total = 0
+    for j in judgments:
+        groups = [[int(c) for c in group] for group in j.ranking]
+        for gi, better in enumerate(groups):
+            for worse in groups[gi + 1 :]:
+                for a in better:
+                    for b in worse:
+                        total += 1
+                        agree += predicted[a] > predicted[b]
+    return agree, total
 
 
 def _clipscore(pool: Pool, rows: list[int]) -> np.ndarray:
@@ -273,16 +309,40 @@ def main() -> None:
     parser.add_argument("--pool", choices=["demo", "synthetic"], default="demo")
     parser.add_argument("--clipart", type=int, default=600, help="Drawings in the demo pool.")
     parser.add_argument("--images", type=int, default=600, help="Images in the synthetic pool.")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--noise", type=float, default=0.1)
-    parser.add_argument("--strategies", default=",".join(STRATEGY_MIXES))
+    parser.add_argument(
+        "--skill",
+        choices=["prequential", "none"],
+        default="prequential",
+        help="What the batch strategy is told about the model's accuracy: its accuracy on the "
+        "last batch's judgments (judged after it was trained), or nothing (warm-up by label count).",
+    )
+    parser.add_argument("--verbose", action="store_true", help="Also print the prequential skill per round.")
+    parser.add_argument(
+        "--strategies",
+        default="random,default mix,old mix",
+        help=f"Comma-separated, from: {', '.join(STRATEGY_MIXES)}.",
+    )
+    parser.add_argument(
+        "--scale", type=int, metavar="TASKS", help="Only time the default mix on this many random tasks."
+    )
+    parser.add_argument(
+        "--combine", nargs="+", metavar="JSON", help="Only redraw --out from these runs' JSON files."
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "active_learning.png"))
     parser.add_argument("--json", default=str(ROOT / "var" / "benchmarks" / "active_learning.json"))
     args = parser.parse_args()
+    if args.combine:
+        combine(args.combine, args.out)
+        return
+    if args.scale:
+        scale_check(args.scale)
+        return
 
     import torch
 
@@ -304,11 +364,14 @@ def main() -> None:
         flush=True,
     )
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STRATEGY_MIXES]
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGY_MIXES)}")
     curves: dict[str, list[list[tuple[int, float]]]] = {name: [] for name in names}
     started = time.monotonic()
     for seed in range(args.seeds):
         for name in names:
-            curve = run_strategy(
+            curve, skills = run_strategy(
                 pool,
                 STRATEGY_MIXES[name],
                 train_tasks=train_tasks,
@@ -320,65 +383,187 @@ def main() -> None:
             print(
                 f"seed {seed} {name:>13}: "
                 + " ".join(f"{acc:.3f}" for _, acc in curve)
-                + f"  ({time.monotonic() - started:.0f}s)",
+                + f"  ({time.monotonic() - started:.0f}s)"
+                + (
+                    "  skill " + " ".join(f"{v:.2f}" for v in skills if v is not None) if args.verbose else ""
+                ),
                 flush=True,
             )
     labels = [n for n, _ in curves[names[0]][0]]
-    mean = {name: np.mean([[a for _, a in c] for c in runs], axis=0) for name, runs in curves.items()}
-    std = {name: np.std([[a for _, a in c] for c in runs], axis=0) for name, runs in curves.items()}
-    report = {
-        "labels": labels,
-        "mean": {k: v.tolist() for k, v in mean.items()},
-        "std": {k: v.tolist() for k, v in std.items()},
-    }
-    if "random" in mean:
-        target = float(mean["random"][-1])
-        budget = labels[-1]
-        random_first = labels_to_reach(list(zip(labels, mean["random"], strict=True)), target)
-        report["random_final"] = target
-        report["labels_to_reach_random_final"] = {}
-        print(f"\nrandom's final accuracy: {target:.3f} at {budget} labels (first reached at {random_first})")
-        print("\n| strategy | final accuracy | labels to reach random's final | share of random's labels |")
-        print("|---|---|---|---|")
-        for name in names:
-            needed = labels_to_reach(list(zip(labels, mean[name], strict=True)), target)
-            report["labels_to_reach_random_final"][name] = needed
-            share = f"{needed / budget:.0%}" if needed is not None else "not reached"
-            print(
-                f"| {name} | {mean[name][-1]:.3f} ± {std[name][-1]:.3f} | "
-                f"{needed if needed is not None else 'not reached'} | {share} |"
-            )
+    report = summarise(labels, {k: [[a for _, a in c] for c in runs] for k, runs in curves.items()})
+    report.update(
+        {
+            "pool": args.pool,
+            "pool_size": {"tasks": len(pool.tasks), "selectable": len(train_tasks)},
+            "seeds": args.seeds,
+            "noise": args.noise,
+            "skill_mode": args.skill,
+            "seconds": round(time.monotonic() - started),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
+    )
+    print_report(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    plot(labels, mean, std, args, report.get("random_final"))
+    plot([report], args.out)
     print(f"\nplot: {args.out}; numbers: {args.json}; {time.monotonic() - started:.0f}s in all")
 
 
-def plot(labels, mean, std, args, random_final) -> None:
+def summarise(labels: list[int], acc: dict[str, list[list[float]]]) -> dict:
+    """Mean, spread and the comparison with random (paired by seed) of each strategy's curves."""
+    runs = {k: np.asarray(v, dtype=np.float64) for k, v in acc.items()}  # [seeds, budgets]
+    report: dict = {
+        "labels": labels,
+        "runs": {k: v.tolist() for k, v in runs.items()},
+        "mean": {k: v.mean(axis=0).tolist() for k, v in runs.items()},
+        "std": {k: v.std(axis=0).tolist() for k, v in runs.items()},
+    }
+    if "random" not in runs:
+        return report
+    rand = runs["random"].mean(axis=0)
+    target = float(rand[-1])
+    report["random_final"] = target
+    report["labels_to_reach_random_final"] = {}
+    report["vs_random"] = {}
+    for name, v in runs.items():
+        mean = v.mean(axis=0)
+        report["labels_to_reach_random_final"][name] = labels_to_reach(
+            list(zip(labels, mean, strict=True)), target
+        )
+        diff = v - runs["random"]  # paired: same seed, same initial labels, same test set
+        report["vs_random"][name] = {
+            "mean": diff.mean(axis=0).tolist(),
+            "std": diff.std(axis=0).tolist(),
+            # Budgets after the shared initial set at which the mean curve is at least random's.
+            "at_least_random_everywhere": bool(np.all(mean[1:] >= rand[1:] - 1e-12)),
+            # Per seed: labels to reach that seed's own random final accuracy.
+            "labels_to_reach_per_seed": [
+                labels_to_reach(list(zip(labels, v[s], strict=True)), float(runs["random"][s, -1]))
+                for s in range(len(v))
+            ],
+        }
+    return report
+
+
+def print_report(report: dict) -> None:
+    labels, mean, std = report["labels"], report["mean"], report["std"]
+    print("\naccuracy by labels (mean ± std over seeds):\n")
+    print("| strategy | " + " | ".join(str(n) for n in labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for name in mean:
+        print(
+            f"| {name} | "
+            + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[name], std[name], strict=True))
+            + " |"
+        )
+    if "random_final" not in report:
+        return
+    budget = labels[-1]
+    target = report["random_final"]
+    print(f"\nrandom's final accuracy: {target:.3f} at {budget} labels")
+    print(
+        "\n| strategy | final accuracy | labels to reach random's final | share of random's labels "
+        "| per seed (own random's final) | ≥ random at every budget | worst budget vs random |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in mean:
+        needed = report["labels_to_reach_random_final"][name]
+        vs = report["vs_random"][name]
+        share = f"{needed / budget:.0%}" if needed is not None else "not reached"
+        per_seed = ", ".join(str(x) if x is not None else "–" for x in vs["labels_to_reach_per_seed"])
+        diffs = np.asarray(vs["mean"][1:])
+        worst = int(np.argmin(diffs)) + 1 if len(diffs) else 0
+        print(
+            f"| {name} | {mean[name][-1]:.3f} ± {std[name][-1]:.3f} | {needed if needed is not None else '–'} "
+            f"| {share} | {per_seed} | {'yes' if vs['at_least_random_everywhere'] else 'no'} "
+            f"| {vs['mean'][worst]:+.3f} ± {vs['std'][worst]:.3f} at {labels[worst]} |"
+        )
+
+
+def plot(reports: list[dict], out: str) -> None:
+    """One row per pool: accuracy curves (mean ± std over seeds), and each strategy minus random,
+    paired by seed (mean ± std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for name, values in mean.items():
-        style = {"linewidth": 2.6, "color": "black"} if name == "default mix" else {"linewidth": 1.4}
-        if name == "random":
-            style = {"linewidth": 2.0, "color": "grey", "linestyle": "--"}
-        ax.plot(labels, values, marker="o", markersize=3, label=name, **style)
-        ax.fill_between(labels, values - std[name], values + std[name], alpha=0.08, color=style.get("color"))
-    if random_final is not None:
-        ax.axhline(random_final, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("labels (judged tasks)")
-    ax.set_ylabel("held-out pairwise accuracy vs hidden preference")
-    ax.set_title(
-        f"Active learning on the {args.pool} pool ({args.seeds} seeds, annotator noise {args.noise})"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    fig, axes = plt.subplots(len(reports), 2, figsize=(12, 4.2 * len(reports)), dpi=110, squeeze=False)
+    for row, report in zip(axes, reports, strict=True):
+        labels = np.asarray(report["labels"])
+        for name in report["mean"]:
+            mean, std = np.asarray(report["mean"][name]), np.asarray(report["std"][name])
+            style = {"linewidth": 1.4}
+            if name == "default mix":
+                style = {"linewidth": 2.6, "color": "black"}
+            elif name == "random":
+                style = {"linewidth": 2.0, "color": "grey", "linestyle": "--"}
+            (line,) = row[0].plot(labels, mean, marker="o", markersize=3, label=name, **style)
+            style["color"] = line.get_color()  # the shading and the right panel match the line
+            row[0].fill_between(labels, mean - std, mean + std, alpha=0.12, color=style["color"])
+            if "vs_random" in report and name != "random":
+                d = np.asarray(report["vs_random"][name]["mean"])
+                ds = np.asarray(report["vs_random"][name]["std"])
+                row[1].plot(labels, d, marker="o", markersize=3, label=name, **style)
+                row[1].fill_between(labels, d - ds, d + ds, alpha=0.12, color=style["color"])
+        if report.get("random_final") is not None:
+            row[0].axhline(report["random_final"], color="grey", linewidth=0.8, linestyle=":")
+        row[1].axhline(0.0, color="grey", linewidth=1.0, linestyle="--")
+        title = f"{report.get('pool', '')} pool, {len(next(iter(report['runs'].values())))} seeds"
+        row[0].set_title(f"Held-out pairwise accuracy: {title}")
+        row[1].set_title("Minus random, paired by seed (mean ± std)")
+        for ax in row:
+            ax.set_xlabel("labels (judged tasks)")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right", fontsize=8)
+        row[0].set_ylabel("accuracy vs hidden preference")
+        row[1].set_ylabel("accuracy − random's")
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
+def scale_check(tasks: int, labelled: int = 5000, dim: int = 384, batch: int = 100) -> None:
+    """Time the default strategy on a campaign-sized candidate set of random inputs (a third of the
+    tasks with 3 captions, the rest 4; 5 ensemble members)."""
+    import resource
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((tasks + labelled, dim)).astype(np.float32)
+    member = rng.standard_normal((tasks, 5, 4))
+    member[::3, :, 3] = np.nan
+    clip = rng.random((tasks, 4))
+    clip[::3, 3] = np.nan
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    scores = strategy_scores(
+        member_rewards=member,
+        clipscores=clip,
+        embeddings=emb,
+        batch_size=batch,
+        seed=0,
+        labelled=list(range(tasks, tasks + labelled)),
+        skill=0.8,
+        strategies=set(DEFAULT_MIX) | {"random"},
+    )
+    priorities_mix({k: v[:tasks] for k, v in scores.items()}, DEFAULT_MIX, batch)
+    print(
+        f"{tasks:,} open + {labelled:,} labelled tasks, {dim}-dim embeddings, batch {batch}: default mix "
+        f"{time.perf_counter() - started:.1f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
+        f"({before:.0f} MiB with the inputs alone); load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+def combine(paths: list[str], out: str) -> None:
+    """Redraw the figure from the JSON of earlier runs (e.g. the demo and the synthetic pool)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    for report in reports:
+        print(
+            f"\n## {report.get('pool')} pool ({report.get('seconds')} s, load {report.get('load_average')})"
+        )
+        print_report(report)
+    plot(reports, out)
+    print(f"\nplot: {out}")
 
 
 if __name__ == "__main__":

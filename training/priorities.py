@@ -39,6 +39,17 @@ def _features(encoder: str, caption_ids: list[int]) -> dict[int, tuple[np.ndarra
     return {int(cid): (img[i], txt[i]) for i, cid in enumerate(ids)}
 
 
+def _held_out_accuracy(pointer) -> float | None:
+    """The active model's accuracy on its held-out judgments (the batch strategy's warm share)."""
+    if pointer is None:
+        return None
+    from training.models import RewardModel
+
+    metrics = RewardModel.objects.filter(version=pointer.version).values_list("metrics", flat=True).first()
+    value = (metrics or {}).get("accuracy")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def task_priorities_refresh(
     *, campaign: Campaign, encoder: str | None = None, seed: int = 0, chunk: int = 2000
 ) -> dict:
@@ -126,22 +137,19 @@ def task_priorities_refresh(
         clip = pad_ragged([clip_rows[t] for t in scored])
     mix = campaign.selection_mix or DEFAULT_MIX
     batch = int((campaign.selection_mix or {}).get("batch_size", DEFAULT_BATCH_SIZE))
-    # k-center runs over open and labelled tasks together; only the open tasks' scores are used.
+    # One call: the model's outputs cover the open tasks, the embeddings the open tasks and then the
+    # labelled ones (k-center's and the batch strategy's starting centres); scores cover the open tasks.
     scores = strategy_scores(
-        member_rewards=None,
-        clipscores=None,
+        member_rewards=member,
+        clipscores=clip,
         embeddings=embeddings,
         batch_size=batch,
         seed=seed,
         labelled=labelled_idx,
+        skill=_held_out_accuracy(pointer),
+        strategies={*mix, *DEFAULT_MIX, "random"},  # what the mix (or its fallback) can use
     )
     scores = {k: v[: len(scored)] for k, v in scores.items()}
-    if member is not None:
-        model_scores = strategy_scores(
-            member_rewards=member, clipscores=clip, embeddings=None, batch_size=batch, seed=seed
-        )
-        model_scores.pop("random", None)  # already drawn above, over the same tasks
-        scores.update(model_scores)
     priorities = priorities_mix(scores, mix, batch, seed=seed)
     new = {tid: round(float(priorities[index[tid]]), 6) for tid in scored}
     task_priorities_set(priorities=new)

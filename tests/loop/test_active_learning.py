@@ -143,6 +143,6 @@ def test_strategy_scores_rank_uncertain_task_first_with_padding():
     member = pad_ragged([np.array([[2.0, 1.0], [2.0, 1.0]]), np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0]])])
     clip = pad_ragged([[0.3, 0.1], [0.1, 0.3, 0.2]])
     out = strategy_scores(member_rewards=member, clipscores=clip, embeddings=np.eye(2), batch_size=1)
-    assert set(out) == {"uncertainty", "margin", "disagreement", "diversity", "random"}
+    assert set(out) == {"batch", "uncertainty", "margin", "disagreement", "diversity", "random"}
     assert out["uncertainty"][1] > out["uncertainty"][0]
     assert out["margin"][1] > out["margin"][0]

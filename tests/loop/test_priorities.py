@@ -26,12 +26,12 @@ def _activate_random_model(encoder: str, path) -> None:
     active_model_set(model=ActiveModel(encoder, 7, str(path), sha), encoder=encoder)
 
 
-def test_cold_start_uses_diversity_and_random_and_sets_a_batch(campaign, tiny_encoder):
+def test_cold_start_uses_the_default_batch_strategy_and_sets_a_batch(campaign, tiny_encoder):
     campaign.selection_mix = {"batch_size": 2}
     campaign.save()
     summary = task_priorities_refresh(campaign=campaign, encoder=tiny_encoder, seed=1)
     assert summary["tasks"] == 6 and summary["model_version"] is None
-    assert set(summary["strategies"]) == {"diversity", "random"}
+    assert set(summary["strategies"]) == {"batch"}  # the default mix; cold: a random draw
     priorities = sorted(
         Task.objects.filter(campaign=campaign).values_list("priority", flat=True), reverse=True
     )
@@ -54,6 +54,16 @@ def test_with_an_active_model_every_strategy_contributes(campaign, tiny_encoder,
     assert summary["model_version"] == 7
     assert set(summary["strategies"]) == {"uncertainty", "margin", "disagreement", "diversity", "random"}
     assert Task.objects.filter(campaign=campaign, priority__gt=0.5).count() == 5
+
+
+def test_default_mix_with_an_active_model_uses_the_batch_strategy(campaign, tiny_encoder, tmp_path):
+    _activate_random_model(tiny_encoder, tmp_path / "model.pt")
+    campaign.selection_mix = {"batch_size": 3}
+    campaign.save()
+    summary = task_priorities_refresh(campaign=campaign, encoder=tiny_encoder, seed=1)
+    assert summary["model_version"] == 7
+    assert set(summary["strategies"]) == {"batch"}
+    assert Task.objects.filter(campaign=campaign, priority__gt=0.5).count() == 3
 
 
 def test_refresh_is_deterministic_for_a_seed(campaign, tiny_encoder):

@@ -683,6 +683,8 @@ class FinetuneResult:
     gradient_checkpointing: bool  # whether it was applied
     seconds: float = 0.0
     test_report: dict | None = None  # reward_model_evaluate on the held-out pairs, new encoder's features
+    # Those features (TrainingData; only the test rows are filled), for breakdowns of the report.
+    test_data: TrainingData | None = None
 
     @property
     def train_losses(self) -> list[float]:
@@ -744,12 +746,15 @@ def _heads_build(config: FinetuneConfig, encoder: Encoder, data: FinetuneData, f
 
 
 @torch.no_grad()
-def _test_report(heads, feats: _Features, data: FinetuneData, encoder: Encoder, name: str) -> dict | None:
+def _test_report(
+    heads, feats: _Features, data: FinetuneData, encoder: Encoder, name: str
+) -> tuple[dict | None, TrainingData | None]:
     """The held-out report on the fine-tuned encoder's features: the numbers the gate compares with the
-    active frozen-head model's on the same pairs. Rows outside the test split stay zero (never read)."""
+    active frozen-head model's on the same pairs, and those features (rows outside the test split stay
+    zero, never read), so a caller can break the report down without encoding again."""
     test = data.pairs.test
     if test is None or test.n_pairs == 0:
-        return None
+        return None, None
     rows = np.unique(np.concatenate([test.a, test.b, test.rated_rows]))
     images = np.unique(data.pairs.image_of_row[rows])
     img = np.zeros((len(data.images), encoder.image_feature_dim), np.float32)
@@ -757,7 +762,7 @@ def _test_report(heads, feats: _Features, data: FinetuneData, encoder: Encoder, 
     img[images] = feats.images(images, grad=False).cpu().numpy()
     txt[rows] = feats.rows(rows, grad=False).cpu().numpy()
     td = replace(data.pairs, image_feats=img, text_feats=txt, embed_dim=encoder.embed_dim, encoder=name)
-    return reward_model_evaluate(heads.cpu(), td, test)
+    return reward_model_evaluate(heads.cpu(), td, test), td
 
 
 def finetune(
@@ -947,7 +952,9 @@ def finetune(
     new_name, path = _save_encoder(config, encoder, tuned)
     fingerprint = encoder_fingerprint(new_name)
 
-    test_report = _test_report(heads, feats, data, encoder, new_name) if config.evaluate_test else None
+    test_report, test_data = (
+        _test_report(heads, feats, data, encoder, new_name) if config.evaluate_test else (None, None)
+    )
     heads = heads.cpu()
     meta = {
         "encoder": new_name,
@@ -982,4 +989,5 @@ def finetune(
         gradient_checkpointing=checkpointing,
         seconds=time.perf_counter() - started,
         test_report=test_report,
+        test_data=test_data,
     )

@@ -452,9 +452,46 @@ def _open_clip_text_forward(encoder: OpenClipEncoder, texts: list[str]) -> torch
     return F.normalize(x.float(), dim=-1)
 
 
+class _EffnetSplit:
+    """The offline encoder's image tower cut before its first trainable MBConv block: the part below the
+    cut is frozen and, without augmentation, sees the same pixels every epoch, so its output is computed
+    once per image and kept (``prefix``); only ``tail`` (the trainable blocks, the head conv, the
+    classifier and the label-space embedding) runs in each step. ``tail(prefix(x))`` is exactly
+    ``OfflineEncoder._image_forward(x)`` (a test checks it)."""
+
+    def __init__(self, encoder: OfflineEncoder, trainable_blocks: int):
+        self.encoder, self.cnn = encoder, encoder.cnn
+        self.first = len(self.cnn._blocks) - trainable_blocks
+
+    def _block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        # As EfficientNet.extract_features calls each block (drop connect only acts in train mode).
+        rate = self.cnn._global_params.drop_connect_rate
+        if rate:
+            rate *= float(idx) / len(self.cnn._blocks)
+        return self.cnn._blocks[idx](x, drop_connect_rate=rate)
+
+    def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        cnn = self.cnn
+        x = cnn._swish(cnn._bn0(cnn._conv_stem(pixels)))
+        for idx in range(self.first):
+            x = self._block(idx, x)
+        return x
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        cnn = self.cnn
+        for idx in range(self.first, len(cnn._blocks)):
+            x = self._block(idx, x)
+        pooled = cnn._swish(cnn._bn1(cnn._conv_head(x))).mean(dim=(2, 3)).float()
+        probs = cnn._fc(pooled).float().softmax(dim=-1)
+        shared = F.normalize(probs @ self.encoder.label_embeddings, dim=-1)
+        return torch.cat([shared, pooled], dim=1)
+
+
 class _Features:
     """Encoder features of images and caption rows: in the graph for the towers being tuned, computed
-    once (and kept) for a frozen tower, whose features never change."""
+    once (and kept) for a frozen tower, whose features never change. With ``cache_frozen_prefix`` and
+    ``last_blocks`` on the offline encoder's image tower, the frozen blocks below the trained ones run
+    once per image too (``_EffnetSplit``)."""
 
     def __init__(self, encoder: Encoder, crops: torch.Tensor, texts: list[str], config: FinetuneConfig):
         self.encoder, self.crops, self.texts, self.config = encoder, crops, texts, config
@@ -462,11 +499,44 @@ class _Features:
         self.tuned = set(config.towers)
         self._frozen: dict[str, torch.Tensor] = {}
         self._done: dict[str, np.ndarray] = {}
+        self.split: _EffnetSplit | None = None
+        if (
+            config.cache_frozen_prefix
+            and config.mode == "last_blocks"
+            and "image" in self.tuned
+            and isinstance(encoder, OfflineEncoder)
+        ):
+            self.split = _EffnetSplit(encoder, config.blocks)
+        self._prefix: torch.Tensor | None = None
+        self._prefix_done = np.zeros(len(crops), bool)
+
+    def _pixels(self, idx: np.ndarray) -> torch.Tensor:
+        pixels = self.encoder.preprocess.normalize(self.crops[torch.as_tensor(idx)].to(self.device))
+        return pixels.contiguous(memory_format=torch.channels_last)
+
+    def _prefixes(self, idx: np.ndarray, chunk: int = 32) -> torch.Tensor:
+        missing = idx[~self._prefix_done[idx]]
+        if len(missing):
+            with torch.no_grad(), _autocast(self.config, self.device):
+                out = torch.cat(
+                    [
+                        self.split.prefix(self._pixels(missing[s : s + chunk]))
+                        for s in range(0, len(missing), chunk)
+                    ]
+                ).float()
+            if self._prefix is None:
+                self._prefix = torch.zeros((len(self.crops), *out.shape[1:]), device=self.device)
+            self._prefix[torch.as_tensor(missing, device=self.device)] = out
+            self._prefix_done[missing] = True
+        return self._prefix[torch.as_tensor(idx, device=self.device)]
 
     def _image_forward(self, idx: np.ndarray) -> torch.Tensor:
-        pixels = self.encoder.preprocess.normalize(self.crops[torch.as_tensor(idx)].to(self.device))
+        if self.split is not None:
+            x = self._prefixes(idx)
+            with _autocast(self.config, self.device):
+                return self.split.tail(x.contiguous(memory_format=torch.channels_last)).float()
         with _autocast(self.config, self.device):
-            return self.encoder._image_forward(pixels.contiguous(memory_format=torch.channels_last)).float()
+            return self.encoder._image_forward(self._pixels(idx)).float()
 
     def _text_forward(self, rows: np.ndarray) -> torch.Tensor:
         texts = [self.texts[int(r)] for r in rows]

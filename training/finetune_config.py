@@ -61,6 +61,10 @@ class FinetuneConfig:
     device: str | None = None  # None: CUDA when available
     mixed_precision: bool = True  # bf16 autocast on CUDA; always off on the CPU
     gradient_checkpointing: bool = False  # where the model supports it (open_clip, transformers)
+    # last_blocks on the offline encoder's image tower: run the frozen blocks below the trained ones once
+    # per image and keep their output (about 37 KB per image for the last 2 blocks), instead of in every
+    # step. Same results; several times faster epochs (docs/finetune.md). No effect elsewhere.
+    cache_frozen_prefix: bool = True
     # The heads, as in TrainConfig.
     n_heads: int = 5
     hidden: int = 64

@@ -329,3 +329,56 @@ def test_offline_encoder_fine_tunes_its_last_blocks_and_reloads_under_its_new_na
         tuned["_blocks.15._project_conv.weight"], packaged["_blocks.15._project_conv.weight"]
     )
     assert torch.equal(tuned["_blocks.14._project_conv.weight"], packaged["_blocks.14._project_conv.weight"])
+
+
+def _two_photos():
+    photos = {"cat": skimage.data.chelsea(), "rocket": skimage.data.rocket()}
+    captions = {"cat": ["a photo of a cat", "a photo of a rocket"], "rocket": ["a photo of a rocket", "a cat"]}
+    row_images, texts, keys, judgments = [], [], [], []
+    for i, (key, photo) in enumerate(photos.items()):
+        img = PILImage.fromarray(photo)
+        ids = [2 * i + 1, 2 * i + 2]
+        row_images += [img, img]
+        texts += captions[key]
+        keys += [key, key]
+        judgments.append(JudgmentRecord(i + 1, 1, [[ids[0]], [ids[1]]], {}, key))
+    return finetune_data_build(
+        judgments=judgments,
+        caption_ids=[1, 2, 3, 4],
+        row_image_keys=keys,
+        row_images=row_images,
+        texts=texts,
+        criteria=[],
+        validation_fraction=0.0,
+        test_fraction=0.0,
+        min_judgments=1,
+        require_held_out=False,
+    )
+
+
+def test_offline_frozen_prefix_cache_gives_the_same_features_and_training(tmp_path):
+    data = _two_photos()
+    encoder = encoder_load("offline:effnet-minilm")
+    crops = torch.stack([encoder.preprocess.to_uint8(img) for img in data.images])
+    pixels = encoder.preprocess.normalize(crops).contiguous(memory_format=torch.channels_last)
+    split = ft._EffnetSplit(encoder, trainable_blocks=2)
+    with torch.no_grad():
+        torch.testing.assert_close(split.tail(split.prefix(pixels)), encoder._image_forward(pixels))
+
+    def run(cache: bool):
+        config = FinetuneConfig(
+            encoder="offline:effnet-minilm",
+            output_dir=str(tmp_path / str(cache)),
+            towers=("image",),
+            blocks=2,
+            epochs=2,
+            n_heads=2,
+            hidden=16,
+            cache_frozen_prefix=cache,
+        )
+        return finetune(config, data)
+
+    cached, plain = run(True), run(False)
+    np.testing.assert_allclose(cached.train_losses, plain.train_losses, rtol=1e-4)
+    for key, value in cached.model.state_dict().items():
+        torch.testing.assert_close(value, plain.model.state_dict()[key], rtol=1e-4, atol=1e-5)

@@ -123,14 +123,20 @@ def finetune_data_build(
             f"{who} has {len(judgments)} judgments; fine-tuning the encoder needs at least {min_judgments}. "
             f"Collect {min_judgments - len(judgments)} more."
         )
-    if require_held_out and not any(
-        image_split(j.image_key, validation_fraction, test_fraction) == "test" for j in judgments
-    ):
-        images = len({j.image_key for j in judgments})
+    split_of = {
+        key: image_split(key, validation_fraction, test_fraction) for key in {j.image_key for j in judgments}
+    }
+    if require_held_out and "test" not in split_of.values():
+        if test_fraction <= 0:
+            raise FinetuneError(
+                f"{who} has no held-out images: the test fraction is 0, so no image is ever held out and the "
+                "model cannot be evaluated. Set a test fraction above 0 (LOUPE_REWARD_TEST_FRACTION)."
+            )
         raise FinetuneError(
-            f"{who} has no held-out images: all {images} judged images fell into the training split "
-            f"({test_fraction:.0%} of images are held out by hash). Judge tasks on more images so the "
-            "model can be evaluated."
+            f"{who} has no held-out images: all {len(split_of)} judged images fell into the training and "
+            f"validation splits. {test_fraction:.0%} of images are held out, chosen by a hash of the image, "
+            f"so judge tasks on about {_images_for_one(test_fraction)} more images (new ones) to expect one "
+            "held-out image; more to measure anything reliably."
         )
     if not (len(caption_ids) == len(row_image_keys) == len(row_images) == len(texts)):
         raise FinetuneError("caption_ids, row_image_keys, row_images and texts must have one entry per row.")
@@ -148,9 +154,22 @@ def finetune_data_build(
         test_fraction=test_fraction,
     )
     if pairs.train.n_pairs == 0:
+        if "train" not in split_of.values():
+            train_fraction = 1.0 - validation_fraction - test_fraction
+            raise FinetuneError(
+                f"{who} has no training pairs: all {len(split_of)} judged images fell into the held-out "
+                f"splits (validation {validation_fraction:.0%}, test {test_fraction:.0%}, by a hash of the "
+                f"image). Judge tasks on about {_images_for_one(train_fraction)} more images (new ones) to "
+                "expect one training image; far more to train anything."
+            )
         raise FinetuneError(f"{who} has no training pairs: every judgment needs at least two captions.")
     first_row = np.unique(pairs.image_of_row, return_index=True)[1]
     return FinetuneData(images=[row_images[i] for i in first_row], texts=list(texts), pairs=pairs)
+
+
+def _images_for_one(fraction: float) -> int:
+    """How many more images to judge to expect one in a split that takes ``fraction`` of the images."""
+    return math.ceil(1.0 / fraction) if fraction > 0 else 0
 
 
 def _crops(encoder: Encoder, images: Sequence[ImageInput]) -> torch.Tensor:

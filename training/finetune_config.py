@@ -105,6 +105,12 @@ def finetune_config_check(config: FinetuneConfig) -> None:
         raise FinetuneError("output_dir is required: the fine-tuned encoder is saved there.")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", config.run_name):
         raise FinetuneError(f"run_name {config.run_name!r} may only hold letters, digits, '.', '_' and '-'.")
+    if config.encoder.startswith("vlm:"):
+        raise FinetuneError(
+            f"{config.encoder!r} is a multimodal judge (scoring/vlm.py), not an image-text encoder: it has no "
+            "embeddings for the reward heads and cannot be fine-tuned here. Fine-tune an encoder: "
+            f"open_clip:<arch>:<weights file>, hf:<local dir> or {OFFLINE_DEFAULT}."
+        )
     try:
         encoder_name_check(config.encoder)
     except EncoderError as exc:

@@ -22,6 +22,12 @@ cached under benchmarks/out/), simulated annotators from ``training/simulate.py`
 truth table (description > title > keywords > negative) with noise, three annotators per image. It
 reports held-out accuracy of the reward model, CLIPScore's on the same pairs, and the human ceiling.
 
+``--finetune`` instead measures fine-tuning's cost: seconds per epoch and peak memory for the offline
+encoder (last 2 blocks) and a ViT-B-32-sized open_clip with random weights (last 2 blocks, LoRA), with
+frozen heads measured in the same run, each case in its own process. It is ``benchmarks/finetune.py``
+(same code, same ``--ft-images``, ``--ft-epochs``, ``--ft-batch-size``, ``--ft-cases`` options;
+``--threads`` and ``--seed`` are shared).
+
 The measurement runs in a child process so ``ru_maxrss`` is the training's own peak. Prints JSON and a
 markdown snippet.
 """
@@ -339,7 +345,32 @@ def main() -> None:
         "--demo", type=int, default=0, help="quality on the demo pool with this many drawings"
     )
     parser.add_argument("--annotator-noise", type=float, default=0.1, help="demo: Bradley-Terry temperature")
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help="instead: seconds per epoch and peak memory of fine-tuning (offline encoder, ViT-B-32-sized "
+        "open_clip with random weights) against frozen heads, each in its own process (benchmarks/finetune.py)",
+    )
+    from benchmarks import finetune as finetune_bench
+
+    finetune_bench.add_arguments(parser, prefix="ft-")
     args = parser.parse_args()
+    if args.finetune:
+        try:
+            report = finetune_bench.run(
+                cases=[c for c in args.ft_cases.split(",") if c],
+                images=args.ft_images,
+                epochs=args.ft_epochs,
+                batch_size=args.ft_batch_size,
+                threads=args.threads,
+                seed=args.seed,
+                out=args.ft_out,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        print()
+        print(finetune_bench.table(report))
+        return
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure_demo if args.demo else _measure, args=(args, queue))

@@ -12,6 +12,9 @@ Cases, each in its own child process:
 - ``a``: frozen heads on precomputed features (``training.train.train``, default config). The features
   come from the offline encoder; encoding them is timed apart, since the cache pays it once per pool.
 - ``b``: fine-tuning the offline encoder (EfficientNet-Lite0 + MiniLM), last 2 blocks of both towers.
+- ``b-image`` / ``b-image-nocache``: the offline encoder's image tower only, last 2 blocks, with and
+  without ``cache_frozen_prefix`` (the frozen EfficientNet blocks below them run once per image, or in
+  every step); the text features are then computed once.
 - ``c-last``: a ViT-B-32-sized open_clip with random weights, last 2 blocks of both towers.
 - ``c-lora``: the same model, LoRA (r 8, alpha 16) on every block of both towers.
 
@@ -41,6 +44,8 @@ sys.path.insert(0, str(REPO))
 CASES = {
     "a": "frozen heads on precomputed features (offline encoder)",
     "b": "fine-tune offline encoder, last 2 blocks, both towers",
+    "b-image": "fine-tune offline encoder, last 2 blocks, image tower (frozen prefix cached)",
+    "b-image-nocache": "fine-tune offline encoder, last 2 blocks, image tower, no prefix cache",
     "c-last": "fine-tune ViT-B-32 (random weights), last 2 blocks, both towers",
     "c-lora": "fine-tune ViT-B-32 (random weights), LoRA r8 on every block, both towers",
 }
@@ -119,9 +124,11 @@ def _finetune(args, case: str, out: dict, tmp: Path) -> None:
     from training.finetune import FinetuneConfig, finetune
 
     _, data = _data(args)
-    if case == "b":
+    if case.startswith("b"):
         name = "offline:effnet-minilm"
         extra = {"mode": "last_blocks", "blocks": 2}
+        if case.startswith("b-image"):
+            extra.update(towers=("image",), cache_frozen_prefix=case == "b-image")
     else:
         import open_clip
 

@@ -179,7 +179,7 @@ def _one_run(args, budget: int, seed: int, ctx: dict, tmp: Path) -> dict:
     }
     run["clipscore"] = report["clipscore_accuracy"]
 
-    if not args.no_finetune:
+    if not args.no_finetune and seed < (args.ft_seeds or args.seeds):
         fdata = finetune_data_build(
             row_images=ctx["row_images"], texts=ctx["texts"], min_judgments=30, campaign="demo", **common
         )
@@ -297,6 +297,12 @@ def main() -> None:
     parser.add_argument("--annotator-noise", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-finetune", action="store_true", help="frozen heads and baselines only")
+    parser.add_argument(
+        "--ft-seeds",
+        type=int,
+        default=0,
+        help="fine-tune only the first N seeds (0: all); frozen heads run all",
+    )
     parser.add_argument("--ft-mode", default="last_blocks")
     parser.add_argument("--ft-towers", default="image,text")
     parser.add_argument("--ft-blocks", type=int, default=2)

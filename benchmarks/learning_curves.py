@@ -252,7 +252,7 @@ def _plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    budgets = sorted(int(b) for b in report["summary"]["frozen"])
+    budgets = sorted(int(b) for b in report["summary"]["frozen"])  # str keys after a JSON round trip
     for key, label, style in (
         ("finetuned", "fine-tuned encoder + heads", "o-"),
         ("frozen", "frozen heads (cached features)", "s-"),
@@ -274,12 +274,21 @@ def _plot(report: dict, path: Path) -> None:
         label="text-only oracle (cannot tell title from negative)",
     )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(budgets)
     ax.set_xticklabels([f"{b:,}" for b in budgets])
     ax.set_xlabel("training judgments (simulated annotators)")
     ax.set_ylabel("held-out pairwise accuracy")
     ax.set_ylim(0.4, 1.0)
-    ax.set_title(f"Reward model learning curves, demo pool ({report['seeds']} seeds, mean ± std)")
+    seeds = {
+        key: max((v["n"] for v in (report["summary"].get(key) or {}).values()), default=0)
+        for key in ("frozen", "finetuned")
+    }
+    ax.set_title(
+        f"Reward model learning curves, demo pool (mean ± std over seeds: frozen {seeds['frozen']}, "
+        f"fine-tuned {seeds['finetuned']})",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
@@ -313,7 +322,11 @@ def main() -> None:
     parser.add_argument("--ft-patience", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "learning_curves.json"))
     parser.add_argument("--plot", default=str(REPO / "docs" / "learning_curves.png"))
+    parser.add_argument("--replot", default="", help="only draw the plot again from this JSON report")
     args = parser.parse_args()
+    if args.replot:
+        _plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
+        return
 
     import numpy as np
     import torch

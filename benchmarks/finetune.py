@@ -12,6 +12,9 @@ Cases, each in its own child process:
 - ``a``: frozen heads on precomputed features (``training.train.train``, default config). The features
   come from the offline encoder; encoding them is timed apart, since the cache pays it once per pool.
 - ``b``: fine-tuning the offline encoder (EfficientNet-Lite0 + MiniLM), last 2 blocks of both towers.
+- ``b-image`` / ``b-image-nocache``: the offline encoder's image tower only, last 2 blocks, with and
+  without ``cache_frozen_prefix`` (the frozen EfficientNet blocks below them run once per image, or in
+  every step); the text features are then computed once.
 - ``c-last``: a ViT-B-32-sized open_clip with random weights, last 2 blocks of both towers.
 - ``c-lora``: the same model, LoRA (r 8, alpha 16) on every block of both towers.
 
@@ -41,6 +44,8 @@ sys.path.insert(0, str(REPO))
 CASES = {
     "a": "frozen heads on precomputed features (offline encoder)",
     "b": "fine-tune offline encoder, last 2 blocks, both towers",
+    "b-image": "fine-tune offline encoder, last 2 blocks, image tower (frozen prefix cached)",
+    "b-image-nocache": "fine-tune offline encoder, last 2 blocks, image tower, no prefix cache",
     "c-last": "fine-tune ViT-B-32 (random weights), last 2 blocks, both towers",
     "c-lora": "fine-tune ViT-B-32 (random weights), LoRA r8 on every block, both towers",
 }
@@ -119,9 +124,11 @@ def _finetune(args, case: str, out: dict, tmp: Path) -> None:
     from training.finetune import FinetuneConfig, finetune
 
     _, data = _data(args)
-    if case == "b":
+    if case.startswith("b"):
         name = "offline:effnet-minilm"
         extra = {"mode": "last_blocks", "blocks": 2}
+        if case.startswith("b-image"):
+            extra.update(towers=("image",), cache_frozen_prefix=case == "b-image")
     else:
         import open_clip
 
@@ -182,22 +189,27 @@ def _load_average() -> str:
         return "?"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """This benchmark's options (``benchmarks/training.py --finetune`` offers them with a prefix)."""
+    parser.add_argument(
+        f"--{prefix}images", type=int, default=43, help="Pictures (4 captions, 6 pairs each)."
     )
-    parser.add_argument("--images", type=int, default=43, help="Pictures (4 captions, 6 pairs each).")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64, help="Pairs per fine-tuning step.")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "finetune.json"))
-    args = parser.parse_args()
-    cases = [c for c in args.cases.split(",") if c]
+    parser.add_argument(f"--{prefix}epochs", type=int, default=2)
+    parser.add_argument(f"--{prefix}batch-size", type=int, default=64, help="Pairs per fine-tuning step.")
+    parser.add_argument(f"--{prefix}cases", default=",".join(CASES))
+    parser.add_argument(
+        f"--{prefix}out", default=str(REPO / "benchmarks" / "out" / "finetune.json"), help="JSON report"
+    )
+
+
+def run(
+    *, cases: list[str], images: int, epochs: int, batch_size: int, threads: int, seed: int, out: str
+) -> dict:
+    """Every case in its own child process, one after the other; writes and returns the report."""
     unknown = [c for c in cases if c not in CASES]
     if unknown:
-        parser.error(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
+        raise ValueError(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
+    args = argparse.Namespace(images=images, epochs=epochs, batch_size=batch_size, threads=threads, seed=seed)
     ctx = mp.get_context("spawn")
     started = datetime.now(UTC)
     rows = []
@@ -217,30 +229,61 @@ def main() -> None:
     report = {
         "date": started.isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {mp.cpu_count()} CPU cores (shared), {platform.python_version()}",
-        "images": args.images,
-        "epochs": args.epochs,
+        "images": images,
+        "epochs": epochs,
         "memory": "ru_maxrss of each case's own child process (peak RSS of the whole case)",
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print()
-    print(f"Measured {report['date']} on {report['machine']}; {args.images} images, {args.epochs} epochs.")
-    print()
-    print(
-        "| case | pairs | trainable params (encoder) | s / epoch | epochs (s) | peak RSS (ru_maxrss) | RSS before training | load avg |"
-    )
-    print("|---|---:|---:|---:|---|---:|---:|---|")
-    for r in rows:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def table(report: dict) -> str:
+    """The report as the markdown table of docs/finetune.md."""
+    lines = [
+        f"Measured {report['date']} on {report['machine']}; {report['images']} images, {report['epochs']} epochs.",
+        "",
+        "| case | pairs | trainable params (encoder) | s / epoch | epochs (s) | peak RSS (ru_maxrss) "
+        "| RSS before training | load avg |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for r in report["rows"]:
         if "error" in r:
-            print(f"| {r['what']} | | | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['what']} | | | failed: {r['error']} | | | | |")
             continue
         note = f" (+ {r['encode_once_s']} s to encode once)" if "encode_once_s" in r else ""
-        print(
+        lines.append(
             f"| {r['what']} | {r['pairs']} | {r['trainable_parameters']:,} ({r['encoder_trainable_parameters']:,}) "
-            f"| {r['s_per_epoch']}{note} | {', '.join(str(s) for s in r['epoch_s']) or 'average only'} | {r['peak_rss_mb']:,} MB "
-            f"| {r['rss_mb_before_training']:,} MB | {r['load_average_before']} -> {r['load_average_after']} |"
+            f"| {r['s_per_epoch']}{note} | {', '.join(str(s) for s in r['epoch_s']) or 'average only'} "
+            f"| {r['peak_rss_mb']:,} MB | {r['rss_mb_before_training']:,} MB "
+            f"| {r['load_average_before']} -> {r['load_average_after']} |"
         )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        report = run(
+            cases=[c for c in args.cases.split(",") if c],
+            images=args.images,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            seed=args.seed,
+            out=args.out,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    print()
+    print(table(report))
 
 
 if __name__ == "__main__":

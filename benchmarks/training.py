@@ -22,6 +22,12 @@ cached under benchmarks/out/), simulated annotators from ``training/simulate.py`
 truth table (description > title > keywords > negative) with noise, three annotators per image. It
 reports held-out accuracy of the reward model, CLIPScore's on the same pairs, and the human ceiling.
 
+``--finetune`` instead measures fine-tuning's cost: seconds per epoch and peak memory for the offline
+encoder (last 2 blocks) and a ViT-B-32-sized open_clip with random weights (last 2 blocks, LoRA), with
+frozen heads measured in the same run, each case in its own process. It is ``benchmarks/finetune.py``
+(same code, same ``--ft-images``, ``--ft-epochs``, ``--ft-batch-size``, ``--ft-cases`` options;
+``--threads`` and ``--seed`` are shared).
+
 The measurement runs in a child process so ``ru_maxrss`` is the training's own peak. Prints JSON and a
 markdown snippet.
 """
@@ -208,15 +214,64 @@ def _demo_features(n: int, out_root: Path):
     )
 
 
-def _measure_demo(args: argparse.Namespace, queue) -> None:
+DEMO_CRITERIA = ("accuracy", "completeness")
+
+
+def demo_images(keys: list[str]) -> dict[str, list[int]]:
+    """Caption rows of each demo image (by sha256), images in a stable order."""
     from collections import defaultdict
 
+    by_image: dict[str, list[int]] = defaultdict(list)
+    for row, key in enumerate(keys):
+        by_image[key].append(row)
+    return dict(sorted(by_image.items()))
+
+
+def demo_judgments(
+    by_image: dict[str, list[int]],
+    qualities: list[float],
+    *,
+    noise: float,
+    rounds: int,
+    rng,
+    images: list[str] | None = None,
+    budget: int | None = None,
+    first_user: int = 1,
+) -> list:
+    """Simulated judgments (``training.simulate``: Bradley-Terry temperature ``noise`` on the demo's
+    truth) of the demo's images with at least two captions: ``rounds`` annotators per image, or, with
+    ``budget``, passes over ``images`` in their given order, one judgment per image per pass, until
+    ``budget`` judgments. A caption's id is its row + 1; a task is an image (its index + 1)."""
+    from training.pairs import JudgmentRecord
+    from training.simulate import AnnotatorConfig, ranking_sample, ratings_sample
+
+    config = AnnotatorConfig(noise=noise, tie_margin=0.02)
+    task_of = {key: n for n, key in enumerate(by_image, start=1)}
+    pool = [k for k in (images if images is not None else list(by_image)) if len(by_image[k]) >= 2]
+    if budget is None:
+        order = [k for k in pool for _ in range(rounds)]
+    else:
+        order = [pool[n % len(pool)] for n in range(budget)] if pool else []
+    seen: dict[str, int] = {}
+    out = []
+    for key in order:
+        rows = by_image[key]
+        q = [qualities[r] for r in rows]
+        ids = [r + 1 for r in rows]
+        user = first_user + seen.get(key, 0)
+        seen[key] = seen.get(key, 0) + 1
+        ranking = ranking_sample(q, ids, config, rng)
+        ratings = ratings_sample(q, ids, list(DEMO_CRITERIA), config, rng)
+        out.append(JudgmentRecord(task_of[key], user, ranking, ratings, key))
+    return out
+
+
+def _measure_demo(args: argparse.Namespace, queue) -> None:
     import numpy as np
 
     from training.config import TrainConfig
     from training.evaluate import reward_model_evaluate
-    from training.pairs import JudgmentRecord, human_agreement, image_split, training_data_build
-    from training.simulate import AnnotatorConfig, ranking_sample, ratings_sample
+    from training.pairs import human_agreement, image_split, training_data_build
     from training.train import train
 
     t0 = time.perf_counter()
@@ -224,25 +279,12 @@ def _measure_demo(args: argparse.Namespace, queue) -> None:
         args.demo, REPO / "benchmarks" / "out"
     )
     prep_s = time.perf_counter() - t0
-    by_image = defaultdict(list)
-    for row, key in enumerate(keys):
-        by_image[key].append(row)
-    criteria = ["accuracy", "completeness"]
+    by_image = demo_images(keys)
+    criteria = list(DEMO_CRITERIA)
     rng = np.random.default_rng(args.seed)
 
     def judgments(noise: float, annotators: int):
-        config = AnnotatorConfig(noise=noise, tie_margin=0.02)
-        out = []
-        for task_id, (key, rows) in enumerate(sorted(by_image.items()), start=1):
-            if len(rows) < 2:
-                continue
-            q = [qualities[r] for r in rows]
-            ids = [r + 1 for r in rows]
-            for user in range(1, annotators + 1):
-                ranking = ranking_sample(q, ids, config, rng)
-                ratings = ratings_sample(q, ids, criteria, config, rng)
-                out.append(JudgmentRecord(task_id, user, ranking, ratings, key))
-        return out
+        return demo_judgments(by_image, qualities, noise=noise, rounds=annotators, rng=rng)
 
     def build(records):
         return training_data_build(
@@ -303,7 +345,32 @@ def main() -> None:
         "--demo", type=int, default=0, help="quality on the demo pool with this many drawings"
     )
     parser.add_argument("--annotator-noise", type=float, default=0.1, help="demo: Bradley-Terry temperature")
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help="instead: seconds per epoch and peak memory of fine-tuning (offline encoder, ViT-B-32-sized "
+        "open_clip with random weights) against frozen heads, each in its own process (benchmarks/finetune.py)",
+    )
+    from benchmarks import finetune as finetune_bench
+
+    finetune_bench.add_arguments(parser, prefix="ft-")
     args = parser.parse_args()
+    if args.finetune:
+        try:
+            report = finetune_bench.run(
+                cases=[c for c in args.ft_cases.split(",") if c],
+                images=args.ft_images,
+                epochs=args.ft_epochs,
+                batch_size=args.ft_batch_size,
+                threads=args.threads,
+                seed=args.seed,
+                out=args.ft_out,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        print()
+        print(finetune_bench.table(report))
+        return
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure_demo if args.demo else _measure, args=(args, queue))

@@ -123,14 +123,20 @@ def finetune_data_build(
             f"{who} has {len(judgments)} judgments; fine-tuning the encoder needs at least {min_judgments}. "
             f"Collect {min_judgments - len(judgments)} more."
         )
-    if require_held_out and not any(
-        image_split(j.image_key, validation_fraction, test_fraction) == "test" for j in judgments
-    ):
-        images = len({j.image_key for j in judgments})
+    split_of = {
+        key: image_split(key, validation_fraction, test_fraction) for key in {j.image_key for j in judgments}
+    }
+    if require_held_out and "test" not in split_of.values():
+        if test_fraction <= 0:
+            raise FinetuneError(
+                f"{who} has no held-out images: the test fraction is 0, so no image is ever held out and the "
+                "model cannot be evaluated. Set a test fraction above 0 (LOUPE_REWARD_TEST_FRACTION)."
+            )
         raise FinetuneError(
-            f"{who} has no held-out images: all {images} judged images fell into the training split "
-            f"({test_fraction:.0%} of images are held out by hash). Judge tasks on more images so the "
-            "model can be evaluated."
+            f"{who} has no held-out images: all {len(split_of)} judged images fell into the training and "
+            f"validation splits. {test_fraction:.0%} of images are held out, chosen by a hash of the image, "
+            f"so judge tasks on about {_images_for_one(test_fraction)} more images (new ones) to expect one "
+            "held-out image; more to measure anything reliably."
         )
     if not (len(caption_ids) == len(row_image_keys) == len(row_images) == len(texts)):
         raise FinetuneError("caption_ids, row_image_keys, row_images and texts must have one entry per row.")
@@ -148,9 +154,22 @@ def finetune_data_build(
         test_fraction=test_fraction,
     )
     if pairs.train.n_pairs == 0:
+        if "train" not in split_of.values():
+            train_fraction = 1.0 - validation_fraction - test_fraction
+            raise FinetuneError(
+                f"{who} has no training pairs: all {len(split_of)} judged images fell into the held-out "
+                f"splits (validation {validation_fraction:.0%}, test {test_fraction:.0%}, by a hash of the "
+                f"image). Judge tasks on about {_images_for_one(train_fraction)} more images (new ones) to "
+                "expect one training image; far more to train anything."
+            )
         raise FinetuneError(f"{who} has no training pairs: every judgment needs at least two captions.")
     first_row = np.unique(pairs.image_of_row, return_index=True)[1]
     return FinetuneData(images=[row_images[i] for i in first_row], texts=list(texts), pairs=pairs)
+
+
+def _images_for_one(fraction: float) -> int:
+    """How many more images to judge to expect one in a split that takes ``fraction`` of the images."""
+    return math.ceil(1.0 / fraction) if fraction > 0 else 0
 
 
 def _crops(encoder: Encoder, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -452,9 +471,46 @@ def _open_clip_text_forward(encoder: OpenClipEncoder, texts: list[str]) -> torch
     return F.normalize(x.float(), dim=-1)
 
 
+class _EffnetSplit:
+    """The offline encoder's image tower cut before its first trainable MBConv block: the part below the
+    cut is frozen and, without augmentation, sees the same pixels every epoch, so its output is computed
+    once per image and kept (``prefix``); only ``tail`` (the trainable blocks, the head conv, the
+    classifier and the label-space embedding) runs in each step. ``tail(prefix(x))`` is exactly
+    ``OfflineEncoder._image_forward(x)`` (a test checks it)."""
+
+    def __init__(self, encoder: OfflineEncoder, trainable_blocks: int):
+        self.encoder, self.cnn = encoder, encoder.cnn
+        self.first = len(self.cnn._blocks) - trainable_blocks
+
+    def _block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        # As EfficientNet.extract_features calls each block (drop connect only acts in train mode).
+        rate = self.cnn._global_params.drop_connect_rate
+        if rate:
+            rate *= float(idx) / len(self.cnn._blocks)
+        return self.cnn._blocks[idx](x, drop_connect_rate=rate)
+
+    def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        cnn = self.cnn
+        x = cnn._swish(cnn._bn0(cnn._conv_stem(pixels)))
+        for idx in range(self.first):
+            x = self._block(idx, x)
+        return x
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        cnn = self.cnn
+        for idx in range(self.first, len(cnn._blocks)):
+            x = self._block(idx, x)
+        pooled = cnn._swish(cnn._bn1(cnn._conv_head(x))).mean(dim=(2, 3)).float()
+        probs = cnn._fc(pooled).float().softmax(dim=-1)
+        shared = F.normalize(probs @ self.encoder.label_embeddings, dim=-1)
+        return torch.cat([shared, pooled], dim=1)
+
+
 class _Features:
     """Encoder features of images and caption rows: in the graph for the towers being tuned, computed
-    once (and kept) for a frozen tower, whose features never change."""
+    once (and kept) for a frozen tower, whose features never change. With ``cache_frozen_prefix`` and
+    ``last_blocks`` on the offline encoder's image tower, the frozen blocks below the trained ones run
+    once per image too (``_EffnetSplit``)."""
 
     def __init__(self, encoder: Encoder, crops: torch.Tensor, texts: list[str], config: FinetuneConfig):
         self.encoder, self.crops, self.texts, self.config = encoder, crops, texts, config
@@ -462,11 +518,44 @@ class _Features:
         self.tuned = set(config.towers)
         self._frozen: dict[str, torch.Tensor] = {}
         self._done: dict[str, np.ndarray] = {}
+        self.split: _EffnetSplit | None = None
+        if (
+            config.cache_frozen_prefix
+            and config.mode == "last_blocks"
+            and "image" in self.tuned
+            and isinstance(encoder, OfflineEncoder)
+        ):
+            self.split = _EffnetSplit(encoder, config.blocks)
+        self._prefix: torch.Tensor | None = None
+        self._prefix_done = np.zeros(len(crops), bool)
+
+    def _pixels(self, idx: np.ndarray) -> torch.Tensor:
+        pixels = self.encoder.preprocess.normalize(self.crops[torch.as_tensor(idx)].to(self.device))
+        return pixels.contiguous(memory_format=torch.channels_last)
+
+    def _prefixes(self, idx: np.ndarray, chunk: int = 32) -> torch.Tensor:
+        missing = idx[~self._prefix_done[idx]]
+        if len(missing):
+            with torch.no_grad(), _autocast(self.config, self.device):
+                out = torch.cat(
+                    [
+                        self.split.prefix(self._pixels(missing[s : s + chunk]))
+                        for s in range(0, len(missing), chunk)
+                    ]
+                ).float()
+            if self._prefix is None:
+                self._prefix = torch.zeros((len(self.crops), *out.shape[1:]), device=self.device)
+            self._prefix[torch.as_tensor(missing, device=self.device)] = out
+            self._prefix_done[missing] = True
+        return self._prefix[torch.as_tensor(idx, device=self.device)]
 
     def _image_forward(self, idx: np.ndarray) -> torch.Tensor:
-        pixels = self.encoder.preprocess.normalize(self.crops[torch.as_tensor(idx)].to(self.device))
+        if self.split is not None:
+            x = self._prefixes(idx)
+            with _autocast(self.config, self.device):
+                return self.split.tail(x.contiguous(memory_format=torch.channels_last)).float()
         with _autocast(self.config, self.device):
-            return self.encoder._image_forward(pixels.contiguous(memory_format=torch.channels_last)).float()
+            return self.encoder._image_forward(self._pixels(idx)).float()
 
     def _text_forward(self, rows: np.ndarray) -> torch.Tensor:
         texts = [self.texts[int(r)] for r in rows]
@@ -683,6 +772,8 @@ class FinetuneResult:
     gradient_checkpointing: bool  # whether it was applied
     seconds: float = 0.0
     test_report: dict | None = None  # reward_model_evaluate on the held-out pairs, new encoder's features
+    # Those features (TrainingData; only the test rows are filled), for breakdowns of the report.
+    test_data: TrainingData | None = None
 
     @property
     def train_losses(self) -> list[float]:
@@ -744,12 +835,15 @@ def _heads_build(config: FinetuneConfig, encoder: Encoder, data: FinetuneData, f
 
 
 @torch.no_grad()
-def _test_report(heads, feats: _Features, data: FinetuneData, encoder: Encoder, name: str) -> dict | None:
+def _test_report(
+    heads, feats: _Features, data: FinetuneData, encoder: Encoder, name: str
+) -> tuple[dict | None, TrainingData | None]:
     """The held-out report on the fine-tuned encoder's features: the numbers the gate compares with the
-    active frozen-head model's on the same pairs. Rows outside the test split stay zero (never read)."""
+    active frozen-head model's on the same pairs, and those features (rows outside the test split stay
+    zero, never read), so a caller can break the report down without encoding again."""
     test = data.pairs.test
     if test is None or test.n_pairs == 0:
-        return None
+        return None, None
     rows = np.unique(np.concatenate([test.a, test.b, test.rated_rows]))
     images = np.unique(data.pairs.image_of_row[rows])
     img = np.zeros((len(data.images), encoder.image_feature_dim), np.float32)
@@ -757,7 +851,7 @@ def _test_report(heads, feats: _Features, data: FinetuneData, encoder: Encoder, 
     img[images] = feats.images(images, grad=False).cpu().numpy()
     txt[rows] = feats.rows(rows, grad=False).cpu().numpy()
     td = replace(data.pairs, image_feats=img, text_feats=txt, embed_dim=encoder.embed_dim, encoder=name)
-    return reward_model_evaluate(heads.cpu(), td, test)
+    return reward_model_evaluate(heads.cpu(), td, test), td
 
 
 def finetune(
@@ -947,7 +1041,9 @@ def finetune(
     new_name, path = _save_encoder(config, encoder, tuned)
     fingerprint = encoder_fingerprint(new_name)
 
-    test_report = _test_report(heads, feats, data, encoder, new_name) if config.evaluate_test else None
+    test_report, test_data = (
+        _test_report(heads, feats, data, encoder, new_name) if config.evaluate_test else (None, None)
+    )
     heads = heads.cpu()
     meta = {
         "encoder": new_name,
@@ -982,4 +1078,5 @@ def finetune(
         gradient_checkpointing=checkpointing,
         seconds=time.perf_counter() - started,
         test_report=test_report,
+        test_data=test_data,
     )

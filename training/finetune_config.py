@@ -61,6 +61,10 @@ class FinetuneConfig:
     device: str | None = None  # None: CUDA when available
     mixed_precision: bool = True  # bf16 autocast on CUDA; always off on the CPU
     gradient_checkpointing: bool = False  # where the model supports it (open_clip, transformers)
+    # last_blocks on the offline encoder's image tower: run the frozen blocks below the trained ones once
+    # per image and keep their output (about 37 KB per image for the last 2 blocks), instead of in every
+    # step. Same results; several times faster epochs (docs/finetune.md). No effect elsewhere.
+    cache_frozen_prefix: bool = True
     # The heads, as in TrainConfig.
     n_heads: int = 5
     hidden: int = 64
@@ -101,6 +105,12 @@ def finetune_config_check(config: FinetuneConfig) -> None:
         raise FinetuneError("output_dir is required: the fine-tuned encoder is saved there.")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", config.run_name):
         raise FinetuneError(f"run_name {config.run_name!r} may only hold letters, digits, '.', '_' and '-'.")
+    if config.encoder.startswith("vlm:"):
+        raise FinetuneError(
+            f"{config.encoder!r} is a multimodal judge (scoring/vlm.py), not an image-text encoder: it has no "
+            "embeddings for the reward heads and cannot be fine-tuned here. Fine-tune an encoder: "
+            f"open_clip:<arch>:<weights file>, hf:<local dir> or {OFFLINE_DEFAULT}."
+        )
     try:
         encoder_name_check(config.encoder)
     except EncoderError as exc:

@@ -329,3 +329,125 @@ def test_offline_encoder_fine_tunes_its_last_blocks_and_reloads_under_its_new_na
         tuned["_blocks.15._project_conv.weight"], packaged["_blocks.15._project_conv.weight"]
     )
     assert torch.equal(tuned["_blocks.14._project_conv.weight"], packaged["_blocks.14._project_conv.weight"])
+
+
+def _two_photos():
+    photos = {"cat": skimage.data.chelsea(), "rocket": skimage.data.rocket()}
+    captions = {
+        "cat": ["a photo of a cat", "a photo of a rocket"],
+        "rocket": ["a photo of a rocket", "a cat"],
+    }
+    row_images, texts, keys, judgments = [], [], [], []
+    for i, (key, photo) in enumerate(photos.items()):
+        img = PILImage.fromarray(photo)
+        ids = [2 * i + 1, 2 * i + 2]
+        row_images += [img, img]
+        texts += captions[key]
+        keys += [key, key]
+        judgments.append(JudgmentRecord(i + 1, 1, [[ids[0]], [ids[1]]], {}, key))
+    return finetune_data_build(
+        judgments=judgments,
+        caption_ids=[1, 2, 3, 4],
+        row_image_keys=keys,
+        row_images=row_images,
+        texts=texts,
+        criteria=[],
+        validation_fraction=0.0,
+        test_fraction=0.0,
+        min_judgments=1,
+        require_held_out=False,
+    )
+
+
+def test_offline_frozen_prefix_cache_gives_the_same_features_and_training(tmp_path):
+    data = _two_photos()
+    encoder = encoder_load("offline:effnet-minilm")
+    crops = torch.stack([encoder.preprocess.to_uint8(img) for img in data.images])
+    pixels = encoder.preprocess.normalize(crops).contiguous(memory_format=torch.channels_last)
+    split = ft._EffnetSplit(encoder, trainable_blocks=2)
+    with torch.no_grad():
+        torch.testing.assert_close(split.tail(split.prefix(pixels)), encoder._image_forward(pixels))
+
+    def run(cache: bool):
+        config = FinetuneConfig(
+            encoder="offline:effnet-minilm",
+            output_dir=str(tmp_path / str(cache)),
+            towers=("image",),
+            blocks=2,
+            epochs=2,
+            n_heads=2,
+            hidden=16,
+            cache_frozen_prefix=cache,
+        )
+        return finetune(config, data)
+
+    cached, plain = run(True), run(False)
+    np.testing.assert_allclose(cached.train_losses, plain.train_losses, rtol=1e-4)
+    for key, value in cached.model.state_dict().items():
+        torch.testing.assert_close(value, plain.model.state_dict()[key], rtol=1e-4, atol=1e-5)
+
+
+def test_an_encoder_that_cannot_be_fine_tuned_is_refused_with_what_to_do_instead(
+    shapes, tmp_path, monkeypatch
+):
+    _, data = shapes
+    with pytest.raises(
+        FinetuneError, match="multimodal judge .* cannot be fine-tuned here. Fine-tune an encoder"
+    ):
+        finetune(FinetuneConfig(encoder="vlm:/models/mlm-filter", output_dir=str(tmp_path)), data)
+
+    # An open_clip model whose image tower is a ResNet has no transformer blocks to unfreeze.
+    import json
+
+    import open_clip
+
+    config_path = tmp_path / "loupe-tiny-rn.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+            }
+        )
+    )
+    open_clip.add_model_config(config_path)
+    weights = tmp_path / "tiny-rn.pt"
+    torch.save(open_clip.create_model("loupe-tiny-rn", pretrained=None).state_dict(), weights)
+    with pytest.raises(FinetuneError, match=r"has no transformer blocks; fine-tune the text tower only"):
+        finetune(_config(f"open_clip:loupe-tiny-rn:{weights}", tmp_path, towers=("image",)), data)
+
+    # An encoder kind the fine-tuner does not know.
+    class Unknown(ft.Encoder):
+        name = "custom:thing"
+
+        def __init__(self):
+            self.device = torch.device("cpu")
+
+    monkeypatch.setattr(ft, "encoder_build", lambda name, device=None: Unknown())
+    with pytest.raises(FinetuneError, match=r"\(Unknown\) cannot be fine-tuned"):
+        finetune(_config("offline:effnet-minilm", tmp_path / "x", mode="last_blocks"), data)
+
+
+def test_too_few_judged_images_for_the_split_says_how_many_more(shapes):
+    pool, _ = shapes
+    args = dict(
+        caption_ids=pool.caption_ids,
+        row_image_keys=pool.row_image_keys,
+        row_images=pool.row_images,
+        texts=pool.texts,
+        criteria=pool.criteria,
+        min_judgments=1,
+    )
+    from training.pairs import image_split
+
+    train_only = [j for j in pool.judgments if image_split(j.image_key) != "test"]
+    with pytest.raises(FinetuneError, match=r"20% of images are held out.*about 5 more images"):
+        finetune_data_build(judgments=train_only, **args)
+    held_out_only = [j for j in pool.judgments if image_split(j.image_key) != "train"]
+    with pytest.raises(
+        FinetuneError, match=r"no training pairs: all \d+ judged images fell into the held-out"
+    ):
+        finetune_data_build(judgments=held_out_only, **args)
+    with pytest.raises(FinetuneError, match="the test fraction is 0"):
+        finetune_data_build(judgments=pool.judgments, test_fraction=0.0, **args)

@@ -393,6 +393,7 @@ def shard_pass_shard(
     started = time.monotonic()
     beat = Heartbeat(model=ShardPassRun, run_id=run.pk)
     beat()
+    logger.info("shard pass %s: shard %s started", run.pk, shard_id)
 
     shard = row.shard
     rows = list(Image.objects.filter(shard_id=shard_id).values_list("pk", "status", *LOCATOR_FIELDS))

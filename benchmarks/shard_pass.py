@@ -48,10 +48,46 @@ BENCH_CONFIG = {
     "vision_cfg": {"image_size": 96, "layers": 4, "width": 256, "patch_size": 16, "head_width": 64},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
 }
-WORDS = (
-    "a photo of the red blue small large dog cat house tree car street beach mountain city person "
-    "woman man child food plate table chair window sky cloud river boat bird flower garden night"
-).split()
+WORDS = [
+    *[
+        "a",
+        "photo",
+        "of",
+        "the",
+        "red",
+        "blue",
+        "small",
+        "large",
+        "dog",
+        "cat",
+        "house",
+        "tree",
+        "car",
+        "street",
+        "beach",
+        "mountain",
+        "city",
+        "person",
+    ],
+    *[
+        "woman",
+        "man",
+        "child",
+        "food",
+        "plate",
+        "table",
+        "chair",
+        "window",
+        "sky",
+        "cloud",
+        "river",
+        "boat",
+        "bird",
+        "flower",
+        "garden",
+        "night",
+    ],
+]
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -196,6 +232,7 @@ def two_pass(encoder: str, decodes: Decodes) -> dict:
         "cpu_s": cpu2 - cpu0,
         "wall_s": wall2 - wall0,
         "inspect_cpu_s": cpu1 - cpu0,
+        "inspect_wall_s": wall1 - wall0,
         "score_cpu_s": cpu2 - cpu1,
         **decodes.take(),
     }
@@ -272,7 +309,8 @@ def main() -> None:
     assert base["pairs"] == new["pairs"], (base["pairs"], new["pairs"])
     pairs = new["pairs"]
     diff = max(
-        abs((clip_by_path["two_pass"][k] or 0) - (clip_by_path["shard_pass"][k] or 0)) for k in clip_by_path["two_pass"]
+        abs((clip_by_path["two_pass"][k] or 0) - (clip_by_path["shard_pass"][k] or 0))
+        for k in clip_by_path["two_pass"]
     )
     per_pair = {k: 1000 * v["cpu_s"] / pairs for k, v in results.items()}
     summary = {
@@ -285,9 +323,7 @@ def main() -> None:
         "cpu_ms_per_pair": per_pair,
         "speedup_cpu": per_pair["two_pass"] / per_pair["shard_pass"],
         "max_clipscore_difference": diff,
-        "extrapolated_core_hours": {
-            k: v * args.extrapolate_to / 1000 / 3600 for k, v in per_pair.items()
-        },
+        "extrapolated_core_hours": {k: v * args.extrapolate_to / 1000 / 3600 for k, v in per_pair.items()},
         "extrapolate_to": args.extrapolate_to,
         "load_average_before": load,
         "load_average_after": load_after,
@@ -297,10 +333,14 @@ def main() -> None:
     (REPO / "benchmarks" / "out").mkdir(parents=True, exist_ok=True)
     (REPO / "benchmarks" / "out" / "shard_pass.json").write_text(json.dumps(summary, indent=2))
 
-    print(f"\n{pairs:,} pairs, {args.image_size} px JPEGs, shards of {args.shard_size:,}; order {order}; "
-          f"load {load[0]:.1f} -> {load_after[0]:.1f}\n")
-    print("| path | CPU ms/pair | wall s | full decodes | pipeline decodes | core-hours at "
-          f"{args.extrapolate_to / 1e6:g}M pairs |")
+    print(
+        f"\n{pairs:,} pairs, {args.image_size} px JPEGs, shards of {args.shard_size:,}; order {order}; "
+        f"load {load[0]:.1f} -> {load_after[0]:.1f}\n"
+    )
+    print(
+        "| path | CPU ms/pair | wall s | full decodes | pipeline decodes | core-hours at "
+        f"{args.extrapolate_to / 1e6:g}M pairs |"
+    )
     print("|---|---|---|---|---|---|")
     for phase in ("two_pass", "shard_pass"):
         r = results[phase]

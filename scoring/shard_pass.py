@@ -272,7 +272,10 @@ class _ShardBlocks:
                 continue
             try:
                 info, crop = decode_once(
-                    data, preprocess=self.preprocess, max_pixels=self.max_pixels, want_crop=self.want_crop[index]
+                    data,
+                    preprocess=self.preprocess,
+                    max_pixels=self.max_pixels,
+                    want_crop=self.want_crop[index],
                 )
             except ImageRejected as exc:
                 out.append(_Decoded(index, error=f"{exc.code}: {exc.message}"))
@@ -496,7 +499,12 @@ def shard_pass_shard(
     ]
     failed = [c for c in captions if c[1] in outcome.errors]
     scores += [
-        Score(caption_id=c[0], truncated=truncated_of.get(c[3], False), error=outcome.errors[c[1]][:500], **common)
+        Score(
+            caption_id=c[0],
+            truncated=truncated_of.get(c[3], False),
+            error=outcome.errors[c[1]][:500],
+            **common,
+        )
         for c in failed
     ]
     return _shard_commit(
@@ -588,7 +596,9 @@ def _shard_commit(
         if not marked:
             return "already done"
         if ok:
-            Image.objects.bulk_update(ok, ["phash", "width", "height", "format", "inspected_at"], batch_size=1000)
+            Image.objects.bulk_update(
+                ok, ["phash", "width", "height", "format", "inspected_at"], batch_size=1000
+            )
             # An image an earlier pass found unreadable that reads now (the file was repaired).
             Image.objects.filter(pk__in=list(outcome.infos), status=ImageStatus.UNREADABLE).update(
                 status=ImageStatus.OK, status_reason=""
@@ -632,4 +642,3 @@ def shard_pass_sync(*, run: ShardPassRun, progress=None, num_workers: int | None
             progress(ShardPassRun.objects.get(pk=run.pk))
     run.refresh_from_db()
     return run
-

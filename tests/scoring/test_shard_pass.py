@@ -81,7 +81,9 @@ def _pass(encoder: str, **kwargs) -> ShardPassRun:
 
 def _one_score_per_pair(encoder: str) -> None:
     scores = Score.objects.filter(encoder=encoder, reward_model_version=0)
-    assert set(scores.values_list("caption_id", flat=True)) == set(Caption.objects.values_list("id", flat=True))
+    assert set(scores.values_list("caption_id", flat=True)) == set(
+        Caption.objects.values_list("id", flat=True)
+    )
     assert not scores.values("caption_id").annotate(n=Count("id")).filter(n__gt=1).exists()
 
 
@@ -122,7 +124,9 @@ def test_the_by_shard_features_match_the_cache_and_the_scores(pool_dir, tiny_cli
     )
     cache = embedding_cache_for(encoder)
     for shard in Shard.objects.all():
-        feats = shard_features_read(shard_features_root(root, encoder.name, encoder.fingerprint) / str(shard.pk))
+        feats = shard_features_read(
+            shard_features_root(root, encoder.name, encoder.fingerprint) / str(shard.pk)
+        )
         images = list(Image.objects.filter(shard=shard).order_by("pk"))
         assert list(feats.image_ids) == [i.pk for i in images]
         captions = list(Caption.objects.filter(image__shard=shard).order_by("pk"))
@@ -147,7 +151,9 @@ def test_cleaning_after_the_pass_decodes_nothing(pool_dir, tiny_clip_name, monke
     assert run.summary["inspected"] == {}
 
 
-def test_scoring_after_the_pass_decodes_nothing_and_gives_the_same_scores(pool_dir, tiny_clip_name, monkeypatch):
+def test_scoring_after_the_pass_decodes_nothing_and_gives_the_same_scores(
+    pool_dir, tiny_clip_name, monkeypatch
+):
     from scoring.inference import scoring_run_sync
     from scoring.services import scoring_run_start
 
@@ -156,7 +162,9 @@ def test_scoring_after_the_pass_decodes_nothing_and_gives_the_same_scores(pool_d
     reads = []
     real = pipeline.ImageFiles.__getitem__
     monkeypatch.setattr(pipeline.ImageFiles, "__getitem__", lambda self, i: reads.append(i) or real(self, i))
-    run = scoring_run_sync(run=scoring_run_start(encoder=tiny_clip_name, reward_model_version=0, enqueue=False))
+    run = scoring_run_sync(
+        run=scoring_run_start(encoder=tiny_clip_name, reward_model_version=0, enqueue=False)
+    )
     assert run.status == RunStatus.SUCCEEDED and reads == []
     after = dict(Score.objects.values_list("caption_id", "clipscore"))
     assert after.keys() == before.keys()

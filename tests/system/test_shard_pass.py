@@ -99,7 +99,9 @@ def test_a_worker_killed_mid_shard_is_resumed_and_every_pair_scored_once(
     assert ShardPassShard.objects.filter(run=done, done=True).count() == SHARDS
 
     scores = Score.objects.filter(encoder=tiny_clip_name, reward_model_version=0)
-    assert set(scores.values_list("caption_id", flat=True)) == set(Caption.objects.values_list("id", flat=True))
+    assert set(scores.values_list("caption_id", flat=True)) == set(
+        Caption.objects.values_list("id", flat=True)
+    )
     assert not scores.values("caption_id").annotate(n=Count("id")).filter(n__gt=1).exists()
     assert scores.filter(error="", clipscore__isnull=False).count() == pairs - 1
 
@@ -111,6 +113,6 @@ def test_a_worker_killed_mid_shard_is_resumed_and_every_pair_scored_once(
 
     from scoring.encoder_names import encoder_fingerprint
 
-    assert shard_features_ids(settings.EMBEDDING_CACHE_DIR, tiny_clip_name, encoder_fingerprint(tiny_clip_name)) == sorted(
-        Shard.objects.values_list("pk", flat=True)
-    )
+    assert shard_features_ids(
+        settings.EMBEDDING_CACHE_DIR, tiny_clip_name, encoder_fingerprint(tiny_clip_name)
+    ) == sorted(Shard.objects.values_list("pk", flat=True))

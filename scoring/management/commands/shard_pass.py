@@ -35,7 +35,9 @@ class Command(BaseCommand):
             "replaces its results.",
         )
         parser.add_argument("--sync", action="store_true", help="Run in this process instead of the workers.")
-        parser.add_argument("--resume", type=int, metavar="RUN", help="Re-queue the unfinished shards of RUN.")
+        parser.add_argument(
+            "--resume", type=int, metavar="RUN", help="Re-queue the unfinished shards of RUN."
+        )
         parser.add_argument("--no-wait", action="store_true", help="Queue the run and return at once.")
 
     def handle(self, *args, encoder, shards, sync, resume, no_wait, **options):
@@ -68,10 +70,14 @@ class Command(BaseCommand):
             run = shard_pass.shard_pass_start(encoder=encoder, shard_ids=shard_ids, enqueue=not sync)
         except shard_pass.ShardPassError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Shard pass {run.pk}: {run.encoder} over {run.shards_total} shards ({run.total} pairs indexed)")
+        self.stdout.write(
+            f"Shard pass {run.pk}: {run.encoder} over {run.shards_total} shards ({run.total} pairs indexed)"
+        )
         if sync:
             bar = ProgressBar(f"Shard pass {run.pk}", "pair", stream=self.stderr._out)
-            run = shard_pass.shard_pass_sync(run=run, progress=lambda current: bar(current.done, current.total))
+            run = shard_pass.shard_pass_sync(
+                run=run, progress=lambda current: bar(current.done, current.total)
+            )
             bar.close()
             self._report(run)
         elif not no_wait:

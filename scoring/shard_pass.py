@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -240,10 +240,27 @@ def decode_once(data: bytes, *, preprocess, max_pixels: int, want_crop: bool) ->
 
     info, img = images.image_decode(data, max_pixels=max_pixels)
     try:
-        crop = preprocess.to_uint8(img) if want_crop else None
+        crop = None
+        if want_crop:
+            source = img
+            factor = _draft_factor(info.width, info.height, preprocess.size) if info.format == "JPEG" else 1
+            if factor > 1:
+                # What the scoring pipeline's JPEG draft mode decodes (DCT scaling by 1/2, 1/4, 1/8),
+                # as a box reduction of the full decode the phash needed: the same geometry and nearly
+                # the same pixels, and the bicubic resize then starts from the small image.
+                source = img.reduce(factor)
+            crop = preprocess.to_uint8(source)
+            if source is not img:
+                source.close()
     finally:
         img.close()
     return (info.phash, info.width, info.height, info.format), crop
+
+
+def _draft_factor(width: int, height: int, size: int) -> int:
+    """The scale Pillow's ``JpegImageFile.draft`` picks for a (size, size) request."""
+    scale = min(width // size, height // size)
+    return next((f for f in (8, 4, 2, 1) if scale >= f), 1)
 
 
 class _ShardBlocks:
@@ -563,20 +580,6 @@ def _shard_commit(
     now,
     seconds: float,
 ) -> str:
-    ok = [
-        Image(pk=pk, phash=phash, width=w, height=h, format=fmt, inspected_at=now)
-        for pk, (phash, w, h, fmt) in outcome.infos.items()
-    ]
-    bad = [
-        Image(
-            pk=pk,
-            # A curator's rejection stands; everything else about an image that does not read is moot.
-            status=ImageStatus.REJECTED if status_of[pk] == ImageStatus.REJECTED else ImageStatus.UNREADABLE,
-            status_reason=reason[:255],
-            inspected_at=now,
-        )
-        for pk, reason in outcome.errors.items()
-    ]
     with transaction.atomic():
         # Cancelled while we computed: keep nothing, so a cancelled run's numbers stay as they were.
         if ShardPassRun.objects.filter(pk=run.pk, status=RunStatus.CANCELLED).exists():
@@ -595,23 +598,8 @@ def _shard_commit(
         )
         if not marked:
             return "already done"
-        if ok:
-            Image.objects.bulk_update(
-                ok, ["phash", "width", "height", "format", "inspected_at"], batch_size=1000
-            )
-            # An image an earlier pass found unreadable that reads now (the file was repaired).
-            Image.objects.filter(pk__in=list(outcome.infos), status=ImageStatus.UNREADABLE).update(
-                status=ImageStatus.OK, status_reason=""
-            )
-        if bad:
-            Image.objects.bulk_update(bad, ["status", "status_reason", "inspected_at"], batch_size=1000)
-        Score.objects.bulk_create(
-            scores,
-            batch_size=1000,
-            update_conflicts=True,
-            unique_fields=["caption", "encoder", "encoder_fingerprint", "reward_model_version"],
-            update_fields=SCORE_UPDATE_FIELDS,
-        )
+        _images_write(outcome=outcome, status_of=status_of, now=now)
+        _scores_upsert(scores)
         ShardPassRun.objects.filter(pk=run.pk).update(
             done=F("done") + len(scores),
             # The plan counted the shard's indexed samples; the pairs found now are what counts.
@@ -624,6 +612,135 @@ def _shard_commit(
         )
     shard_pass_finish_if_complete(run.pk)
     return "passed"
+
+
+# One statement per shard on PostgreSQL (arrays unnested into rows): Django's bulk_update builds a
+# CASE WHEN per row and field, which cost more CPU per image than its decode (benchmarks/shard_pass.py).
+
+
+def _images_write(*, outcome: ShardOutcome, status_of: dict[int, str], now) -> None:
+    """Image rows as ``pool.inspection`` writes them; a curator's ``rejected`` stands."""
+    ok = outcome.infos
+    bad = outcome.errors
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(Image._meta.db_table)
+        with connection.cursor() as cursor:
+            if ok:
+                ids = list(ok)
+                cursor.execute(
+                    f"UPDATE {table} AS i SET phash = v.phash, width = v.width, height = v.height, "
+                    "format = v.format, inspected_at = %s, "
+                    # An image an earlier pass found unreadable that reads now (the file was repaired).
+                    "status = CASE WHEN i.status = %s THEN %s ELSE i.status END, "
+                    "status_reason = CASE WHEN i.status = %s THEN '' ELSE i.status_reason END "
+                    "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::text[]) "
+                    "AS v(id, phash, width, height, format) WHERE i.id = v.id",
+                    [
+                        now,
+                        ImageStatus.UNREADABLE,
+                        ImageStatus.OK,
+                        ImageStatus.UNREADABLE,
+                        ids,
+                        [ok[pk][0] for pk in ids],
+                        [ok[pk][1] for pk in ids],
+                        [ok[pk][2] for pk in ids],
+                        [ok[pk][3] for pk in ids],
+                    ],
+                )
+            if bad:
+                ids = list(bad)
+                cursor.execute(
+                    f"UPDATE {table} AS i SET status = CASE WHEN i.status = %s THEN i.status ELSE %s END, "
+                    "status_reason = v.reason, inspected_at = %s "
+                    "FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE i.id = v.id",
+                    [ImageStatus.REJECTED, ImageStatus.UNREADABLE, now, ids, [bad[pk][:255] for pk in ids]],
+                )
+        return
+    if ok:
+        Image.objects.bulk_update(
+            [
+                Image(pk=pk, phash=phash, width=w, height=h, format=fmt, inspected_at=now)
+                for pk, (phash, w, h, fmt) in ok.items()
+            ],
+            ["phash", "width", "height", "format", "inspected_at"],
+            batch_size=1000,
+        )
+        Image.objects.filter(pk__in=list(ok), status=ImageStatus.UNREADABLE).update(
+            status=ImageStatus.OK, status_reason=""
+        )
+    if bad:
+        Image.objects.bulk_update(
+            [
+                Image(
+                    pk=pk,
+                    status=ImageStatus.REJECTED
+                    if status_of[pk] == ImageStatus.REJECTED
+                    else ImageStatus.UNREADABLE,
+                    status_reason=reason[:255],
+                    inspected_at=now,
+                )
+                for pk, reason in bad.items()
+            ],
+            ["status", "status_reason", "inspected_at"],
+            batch_size=1000,
+        )
+
+
+SCORE_KEY = ["caption", "encoder", "encoder_fingerprint", "reward_model_version"]
+# Per-pair columns of a shard's scores, with their PostgreSQL array types.
+_SCORE_ARRAYS = {
+    "caption_id": "bigint",
+    "cosine": "float8",
+    "clipscore": "float8",
+    "truncated": "boolean",
+    "error": "text",
+}
+
+
+def _scores_upsert(scores: list[Score]) -> None:
+    """Upsert on the key scoring chunks use (``Score.score_unique_per_weights``)."""
+    if not scores:
+        return
+    if connection.vendor != "postgresql":
+        Score.objects.bulk_create(
+            scores,
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=SCORE_KEY,
+            update_fields=SCORE_UPDATE_FIELDS,
+        )
+        return
+    quote = connection.ops.quote_name
+    first = scores[0]
+    columns, select, params = [], [], []
+    for f in Score._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        columns.append(quote(f.column))
+        if f.attname in _SCORE_ARRAYS:
+            select.append(f"v.{f.attname}")
+        else:
+            # The same for every row of the shard (identity, time, the reward fields left empty); a
+            # field added to Score later takes what the row object holds (its default).
+            select.append(f"%s::{f.db_type(connection)}")
+            params.append(f.get_db_prep_save(getattr(first, f.attname), connection))
+    arrays = [[getattr(score, name) for score in scores] for name in _SCORE_ARRAYS]
+    arrays[list(_SCORE_ARRAYS).index("truncated")] = [
+        bool(t) for t in arrays[list(_SCORE_ARRAYS).index("truncated")]
+    ]
+    unnest = ", ".join(f"%s::{kind}[]" for kind in _SCORE_ARRAYS.values())
+    key = ", ".join(quote(Score._meta.get_field(name).column) for name in SCORE_KEY)
+    updates = ", ".join(
+        f"{quote(Score._meta.get_field(name).column)} = EXCLUDED.{quote(Score._meta.get_field(name).column)}"
+        for name in SCORE_UPDATE_FIELDS
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(Score._meta.db_table)} ({', '.join(columns)}) SELECT {', '.join(select)} "
+            f"FROM unnest({unnest}) AS v({', '.join(_SCORE_ARRAYS)}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            params + arrays,
+        )
 
 
 def shard_pass_sync(*, run: ShardPassRun, progress=None, num_workers: int | None = None) -> ShardPassRun:

@@ -248,7 +248,10 @@ def decode_once(data: bytes, *, preprocess, max_pixels: int, want_crop: bool) ->
                 # What the scoring pipeline's JPEG draft mode decodes (DCT scaling by 1/2, 1/4, 1/8),
                 # as a box reduction of the full decode the phash needed: the same geometry and nearly
                 # the same pixels, and the bicubic resize then starts from the small image.
-                source = img.reduce(factor)
+                try:
+                    source = img.reduce(factor)
+                except (ValueError, OSError):  # a mode reduce() does not take: resize from full size
+                    source = img
             crop = preprocess.to_uint8(source)
             if source is not img:
                 source.close()

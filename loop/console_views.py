@@ -30,7 +30,7 @@ from loop.services import loop_cancel, loop_resume, loop_start
 from loop.steps import metrics_headline
 from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun, RunStatus
 from pool.run_views import run_progress_response
-from scoring.models import ScoringRun
+from scoring.models import ScoringRun, ShardPassRun
 from training.models import ModelStatus, RewardModel, TrainingRun
 from training.selectors import retrain_thresholds
 
@@ -39,6 +39,7 @@ RUN_KINDS: dict[str, tuple[type, str]] = {
     "loop": (LoopRun, "Loop"),
     "training": (TrainingRun, "Training"),
     "scoring": (ScoringRun, "Scoring"),
+    "shard_pass": (ShardPassRun, "Shard pass"),
     "filter": (FilterRun, "Filter"),
     "export": (Export, "Export"),
     "import": (ImportRun, "Import"),
@@ -213,6 +214,13 @@ def _retry_scoring(run: ScoringRun, user) -> str:
     return f"Scoring run {run.pk} resumed: {len(pending)} chunks queued again."
 
 
+def _retry_shard_pass(run: ShardPassRun, user) -> str:
+    from scoring.shard_pass import shard_pass_resume
+
+    pending = shard_pass_resume(run=run)
+    return f"Shard pass {run.pk} resumed: {len(pending)} shards queued again."
+
+
 def _retry_filter(run: FilterRun, user) -> str:
     from curate.tasks import filter_run_execute
 
@@ -255,6 +263,7 @@ RETRY = {
     "loop": ((RunStatus.FAILED, RunStatus.CANCELLED), _retry_loop),
     "training": ((RunStatus.FAILED, RunStatus.CANCELLED), _retry_training),
     "scoring": ((RunStatus.FAILED,), _retry_scoring),
+    "shard_pass": ((RunStatus.FAILED,), _retry_shard_pass),
     "filter": ((RunStatus.FAILED, RunStatus.CANCELLED), _retry_filter),
     "export": ((RunStatus.FAILED, RunStatus.CANCELLED), _retry_export),
     "import": ((RunStatus.FAILED, RunStatus.CANCELLED), _retry_import),
@@ -278,6 +287,10 @@ def job_cancel(*, run, user) -> bool:
         from scoring.services import scoring_run_cancel
 
         return scoring_run_cancel(run=run)
+    if isinstance(run, ShardPassRun):
+        from scoring.shard_pass import shard_pass_cancel
+
+        return shard_pass_cancel(run=run)
     return bool(
         type(run)
         .objects.filter(pk=run.pk, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))

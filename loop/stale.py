@@ -4,7 +4,7 @@ costs minutes, not an admin's visit.
 A run counts as stale when it is ``running`` and its worker has not stamped ``heartbeat_at`` for
 ``LOUPE_STALE_RUN_MINUTES`` (``pool.run_health``). Each kind is resumed by the task that runs it, which
 is idempotent: imports insert with ignore-conflicts, cleaning recomputes its marks, scoring chunks that
-committed are skipped, a training run waits for the training lock. A run resumed
+committed are skipped (shards of a shard pass too), a training run waits for the training lock. A run resumed
 ``LOUPE_STALE_RUN_MAX_RESUMES`` times (its input kills the worker each time, e.g. out of memory) is
 failed with a message instead of being retried for ever.
 
@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from pool.models import CleaningRun, ImportRun, RunStatus
 from pool.run_health import runs_stale, stale_after
-from scoring.models import ScoringRun
+from scoring.models import ScoringRun, ShardPassRun
 from training.models import TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ def _resume_scoring(run: ScoringRun) -> None:
     from scoring.services import scoring_run_resume
 
     scoring_run_resume(run=run)
+
+
+def _resume_shard_pass(run: ShardPassRun) -> None:
+    from scoring.shard_pass import shard_pass_resume
+
+    shard_pass_resume(run=run)
 
 
 def _resume_training(run: TrainingRun) -> None:
@@ -73,6 +79,8 @@ RECOVERABLE = (
     Recoverable("import", ImportRun, _resume_import),
     Recoverable("cleaning", CleaningRun, _resume_cleaning),
     Recoverable("scoring", ScoringRun, _resume_scoring, quiet_only_when_all_are=True),
+    # Like scoring: its shard tasks may wait behind other work in the gpu queue.
+    Recoverable("shard pass", ShardPassRun, _resume_shard_pass, quiet_only_when_all_are=True),
     Recoverable("training", TrainingRun, _resume_training, exclude={"params__has_key": "loop_run"}),
 )
 

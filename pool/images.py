@@ -181,50 +181,59 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None) -> ImageInfo:
     The pixel limit is checked from the header before anything is decoded, so a decompression bomb
     costs nothing; ``verify()`` catches broken structure and a full decode catches truncated data.
     """
+    info, img = image_decode(data, max_pixels=max_pixels)
+    img.close()
+    return info
+
+
+def image_decode(data: bytes, *, max_pixels: int | None = None) -> tuple[ImageInfo, PILImage.Image]:
+    """``image_inspect`` that also returns the decoded picture (fully loaded, the caller closes it), so
+    one decode can feed the checks, the perceptual hash and an encoder's preprocessing (the shard pass)."""
     limit = settings.LOUPE_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     _refuse_empty(data)
     _refuse_markup(data)
+    img = None
     try:
         with warnings.catch_warnings():
             # Our own limit decides; Pillow's warning would only be noise here.
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as img:
-                fmt = img.format or ""
-                width, height = img.size
-                if fmt not in FORMAT_EXTENSIONS:
-                    raise ImageRejected("not_an_image", f"unsupported image format {fmt or 'unknown'}")
-                if width <= 0 or height <= 0:
-                    raise ImageRejected("corrupt_image", f"invalid size {width}x{height}")
-                if width * height > limit:
-                    raise ImageRejected(
-                        "too_many_pixels",
-                        f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
-                        "(possible decompression bomb)",
-                    )
-                # Only some formats check more in verify() than a decode does (PNG: chunk CRCs); for the
-                # others it is a no-op, and skipping it saves the second open.
-                structural = type(img).verify is not ImageFile.ImageFile.verify
-                if structural:
-                    img.verify()
-                else:
-                    img.load()
-                    phash = str(imagehash.phash(img))
-            if structural:
+            img = PILImage.open(io.BytesIO(data))
+            fmt = img.format or ""
+            width, height = img.size
+            if fmt not in FORMAT_EXTENSIONS:
+                raise ImageRejected("not_an_image", f"unsupported image format {fmt or 'unknown'}")
+            if width <= 0 or height <= 0:
+                raise ImageRejected("corrupt_image", f"invalid size {width}x{height}")
+            if width * height > limit:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
+                    "(possible decompression bomb)",
+                )
+            # Only some formats check more in verify() than a decode does (PNG: chunk CRCs); for the
+            # others it is a no-op, and skipping it saves the second open.
+            if type(img).verify is not ImageFile.ImageFile.verify:
+                img.verify()
                 # verify() leaves the image unusable: decode a fresh one fully to catch truncation.
-                with PILImage.open(io.BytesIO(data)) as img:
-                    img.load()
-                    phash = str(imagehash.phash(img))
-    except ImageRejected:
+                img.close()
+                img = PILImage.open(io.BytesIO(data))
+            img.load()
+            phash = str(imagehash.phash(img))
+    except BaseException as exc:
+        if img is not None:
+            img.close()
+        if isinstance(exc, ImageRejected):
+            raise
+        if isinstance(exc, PILImage.DecompressionBombError):
+            raise ImageRejected(
+                "too_many_pixels", f"over the pixel limit of {limit:,} (possible decompression bomb: {exc})"
+            ) from exc
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageRejected("not_an_image", "not an image (unrecognised file format)") from exc
+        if isinstance(exc, OSError | SyntaxError | ValueError | EOFError | TypeError | IndexError):
+            raise ImageRejected("corrupt_image", f"corrupt or truncated image ({exc})") from exc
         raise
-    except PILImage.DecompressionBombError as exc:
-        raise ImageRejected(
-            "too_many_pixels", f"over the pixel limit of {limit:,} (possible decompression bomb: {exc})"
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageRejected("not_an_image", "not an image (unrecognised file format)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError) as exc:
-        raise ImageRejected("corrupt_image", f"corrupt or truncated image ({exc})") from exc
-    return ImageInfo(
+    info = ImageInfo(
         sha256=hashlib.sha256(data).hexdigest(),
         phash=phash,
         width=width,
@@ -232,6 +241,7 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None) -> ImageInfo:
         format=fmt,
         size=len(data),
     )
+    return info, img
 
 
 def image_store(*, data: bytes, info: ImageInfo, media_root: Path | None = None) -> str:

@@ -119,3 +119,50 @@ class ScoringChunk(models.Model):
 
     def __str__(self) -> str:
         return f"Chunk {self.index} of scoring run {self.run_id}"
+
+
+class ShardPassRun(Run):
+    """One pass over the bytes of pool shards for one encoder identity (``scoring.shard_pass``): each
+    image decoded once for validity, perceptual hash, size, embedding and CLIPScore.
+
+    ``done``/``total`` count pairs (``total`` starts from the shards' indexed sample counts and is set
+    right as each shard finishes); ``shards_done``/``shards_total`` count shards.
+    """
+
+    encoder = models.CharField(max_length=255)
+    encoder_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    shards_total = models.PositiveIntegerField(default=0)
+    shards_done = models.PositiveIntegerField(default=0)
+    shards_failed = models.PositiveIntegerField(default=0, help_text="Shards that could not be read.")
+    images_done = models.PositiveBigIntegerField(default=0)
+    unreadable_images = models.PositiveBigIntegerField(default=0)
+    failed_pairs = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"Shard pass {self.pk} ({self.encoder})"
+
+
+class ShardPassShard(models.Model):
+    """One pool shard of a shard pass. ``done`` flips once, in the transaction that writes the shard's
+    Image rows and Score upserts and bumps the run's counters: a shard run twice counts once."""
+
+    run = models.ForeignKey(ShardPassRun, on_delete=models.CASCADE, related_name="shards")
+    shard = models.ForeignKey("pool.Shard", on_delete=models.CASCADE, related_name="+")
+    # The shard's indexed sample count when the run was planned (the run's first ``total``).
+    planned = models.PositiveBigIntegerField(default=0)
+    done = models.BooleanField(default=False)
+    pairs = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    unreadable = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, help_text="Pairs whose image could not be read.")
+    error = models.TextField(blank=True, help_text="Why the whole shard could not be read.")
+    seconds = models.FloatField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "shard"]
+        constraints = [models.UniqueConstraint(fields=["run", "shard"], name="shard_pass_shard_unique")]
+        indexes = [models.Index(fields=["run", "done"], name="shard_pass_shard_run_done")]
+
+    def __str__(self) -> str:
+        return f"Shard {self.shard_id} of shard pass {self.run_id}"

@@ -79,3 +79,69 @@ def scoring_run_resume(run_id: int) -> list[int]:
     """Re-enqueue the chunks of a run that have no committed scores (e.g. after a killed worker)."""
     run = ScoringRun.objects.get(pk=run_id)
     return services.scoring_run_resume(run=run)
+
+
+# --- the shard pass (scoring.shard_pass) ---------------------------------------------------------
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def shard_pass_run_execute(self, run_id: int) -> None:
+    """Check the encoder, mark the run running and fan out one task per pending shard."""
+    from scoring import shard_pass
+    from scoring.models import ShardPassRun
+
+    run = ShardPassRun.objects.get(pk=run_id)
+    if run.status in shard_pass.FINISHED:
+        return
+    from scoring.encoders import encoder_load
+
+    try:
+        encoder = encoder_load(run.encoder)
+    except EncoderError as exc:
+        shard_pass.shard_pass_fail(run_id=run_id, error=str(exc))
+        return
+    if encoder.fingerprint != run.encoder_fingerprint:
+        shard_pass.shard_pass_fail(
+            run_id=run_id,
+            error=(
+                f"The weights of encoder {run.encoder!r} changed after shard pass {run.pk} was queued "
+                f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
+                "Start a new shard pass for the new weights."
+            ),
+        )
+        return
+    try:
+        pending = shard_pass.shard_pass_begin(run=run)
+    except OperationalError as exc:
+        raise self.retry(exc=exc, countdown=5) from exc
+    for shard_id in pending:
+        shard_pass_shard_execute.delay(run_id, shard_id)
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def shard_pass_shard_execute(self, run_id: int, shard_id: int) -> str:
+    """One pool shard of a shard pass: idempotent (a shard done in this run is skipped)."""
+    from scoring import shard_pass
+
+    try:
+        return shard_pass.shard_pass_shard(run_id=run_id, shard_id=shard_id)
+    except OperationalError as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
+        shard_pass.shard_pass_fail(run_id=run_id, error=f"shard {shard_id}: database error: {exc}")
+        raise
+    except Exception as exc:
+        # A cache folder that is not writable, a broken encoder file: every retry would repeat it. Stop
+        # the run and say why; `shard_pass --resume` continues from the shards not done.
+        logger.exception("shard pass %s shard %s failed", run_id, shard_id)
+        shard_pass.shard_pass_fail(run_id=run_id, error=f"shard {shard_id}: {type(exc).__name__}: {exc}")
+        raise
+
+
+@shared_task(acks_late=True)
+def shard_pass_resume_task(run_id: int) -> list[int]:
+    """Re-enqueue the shards of a run with nothing committed (e.g. after a killed worker)."""
+    from scoring import shard_pass
+    from scoring.models import ShardPassRun
+
+    return shard_pass.shard_pass_resume(run=ShardPassRun.objects.get(pk=run_id))

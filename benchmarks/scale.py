@@ -299,8 +299,14 @@ def database_sizes() -> dict:
     return {"database_bytes": total, "tables": tables}
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+def folder_bytes(path: Path, *, physical: bool = False) -> int:
+    """Bytes of the files under ``path``; ``physical``: each hard-linked file once."""
+    sizes = {}
+    for f in Path(path).rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            sizes[(st.st_dev, st.st_ino) if physical else f] = st.st_size
+    return sum(sizes.values())
 
 
 # --- build ---------------------------------------------------------------------------------------------
@@ -345,6 +351,35 @@ def _constraints_drop(cursor) -> list[str]:
     return recreate
 
 
+def _features_link(root, encoder, fingerprint, source, shard_id, image_ids, caption_ids, image_row) -> bool:
+    """Shard ``shard_id``'s features as hard links to shard ``source``'s float16 arrays (its own id
+    arrays): the layout, sizes and reads of a real shard at a fraction of the disk. False when the
+    source's shape differs (then the caller writes real arrays)."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from scoring.shard_features import DONE, shard_features_root
+
+    base = shard_features_root(root, encoder, fingerprint)
+    src = base / str(source)
+    meta = json.loads((src / DONE).read_text())
+    if meta["images"] != len(image_ids) or meta["captions"] != len(caption_ids):
+        return False
+    if not np.array_equal(np.load(src / "caption_image_row.i4.npy"), image_row):
+        return False
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{shard_id}-"))
+    for name in ("images.f16.npy", "texts.f16.npy"):
+        os.link(src / name, tmp / name)
+    np.save(tmp / "image_ids.i8.npy", np.asarray(image_ids, dtype=np.int64))
+    np.save(tmp / "caption_ids.i8.npy", np.asarray(caption_ids, dtype=np.int64))
+    np.save(tmp / "caption_image_row.i4.npy", np.asarray(image_row, dtype=np.int32))
+    (tmp / DONE).write_text(json.dumps({**meta, "shard_id": int(shard_id), "linked_from": int(source)}))
+    os.replace(tmp, base / str(shard_id))
+    return True
+
+
 def _tsv(rows) -> bytes:
     return ("".join("\t".join(row) + "\n" for row in rows)).encode()
 
@@ -373,7 +408,7 @@ def pool_build(args) -> dict:
     from scoring.encoder_names import encoder_fingerprint
     from scoring.models import ScoringRun
     from scoring.reward_model import RewardEnsemble, RewardHeadConfig, save_checkpoint
-    from scoring.shard_features import shard_features_write
+    from scoring.shard_features import shard_features_read, shard_features_root, shard_features_write
     from training.models import ModelStatus, RewardModel
 
     started = time.perf_counter()
@@ -588,28 +623,44 @@ def pool_build(args) -> dict:
         ]
         # Features: unit image vectors, text = image + noise (so cosines spread like a real pool's) ------
         t0 = time.perf_counter()
-        img_f = rng.standard_normal((n_images, args.dim), dtype=np.float32)
-        img_f /= np.linalg.norm(img_f, axis=1, keepdims=True)
-        mix = rng.uniform(0.0, 0.6, (n_caps, 1)).astype(np.float32)
-        txt_f = mix * img_f[cap_image_row] + rng.standard_normal(
-            (n_caps, args.dim), dtype=np.float32
-        ) / np.sqrt(args.dim)
-        txt_f /= np.linalg.norm(txt_f, axis=1, keepdims=True)
-        img16, txt16 = img_f.astype(np.float16), txt_f.astype(np.float16)
-        cosine = np.einsum("nd,nd->n", img16[cap_image_row].astype(np.float32), txt16.astype(np.float32))
-        shard_features_write(
-            args.cache_dir,
-            encoder,
-            fingerprint,
-            shard_id,
-            image_ids=img_ids,
-            images=img16,
-            caption_ids=cap_ids,
-            texts=txt16,
-            caption_image_row=cap_image_row,
-            meta={"synthetic": True},
+        source = (
+            (shard_id - 1) % args.distinct_feature_shards + 1 if args.distinct_feature_shards else shard_id
         )
-        del img_f, txt_f
+        if source != shard_id and _features_link(
+            args.cache_dir, encoder, fingerprint, source, shard_id, img_ids, cap_ids, cap_image_row
+        ):
+            feats = shard_features_read(
+                shard_features_root(args.cache_dir, encoder, fingerprint) / str(shard_id)
+            )
+            img16, txt16 = feats.images, feats.texts
+        else:
+            img_f = rng.standard_normal((n_images, args.dim), dtype=np.float32)
+            img_f /= np.linalg.norm(img_f, axis=1, keepdims=True)
+            mix = rng.uniform(0.0, 0.6, (n_caps, 1)).astype(np.float32)
+            txt_f = mix * img_f[cap_image_row] + rng.standard_normal(
+                (n_caps, args.dim), dtype=np.float32
+            ) / np.sqrt(args.dim)
+            txt_f /= np.linalg.norm(txt_f, axis=1, keepdims=True)
+            img16, txt16 = img_f.astype(np.float16), txt_f.astype(np.float16)
+            del img_f, txt_f
+            shard_features_write(
+                args.cache_dir,
+                encoder,
+                fingerprint,
+                shard_id,
+                image_ids=img_ids,
+                images=img16,
+                caption_ids=cap_ids,
+                texts=txt16,
+                caption_image_row=cap_image_row,
+                meta={"synthetic": True},
+            )
+        cosine = np.einsum(
+            "nd,nd->n",
+            np.asarray(img16)[cap_image_row].astype(np.float32),
+            np.asarray(txt16, dtype=np.float32),
+        )
+        del img16, txt16
         totals["feature_seconds"] += time.perf_counter() - t0
         # Scores (usable pairs only, like a scoring run): v0 cosine/CLIPScore, v1 + synthetic reward ----
         usable = np.array([image_rows[r][17] == "ok" for r in cap_image_row])
@@ -822,6 +873,8 @@ def pool_build(args) -> dict:
         **totals,
         **database_sizes(),
         "cache_bytes": folder_bytes(Path(args.cache_dir)),
+        "cache_bytes_physical": folder_bytes(Path(args.cache_dir), physical=True),
+        "distinct_feature_shards": args.distinct_feature_shards or n_shards,
         "peak_rss_mb": peak_rss_mb(),
         "load": load_conditions(),
     }
@@ -852,6 +905,13 @@ def main() -> None:
     )
     build.add_argument("--dim", type=int, default=512, help="feature width (ViT-B-32: 512)")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--distinct-feature-shards",
+        type=int,
+        default=0,
+        help="write real feature arrays for the first K shards only; later shards hard-link theirs "
+        "(same layout and logical size, 1/K of the disk). 0: every shard real",
+    )
     args = parser.parse_args()
     if args.command == "build":
         pool_build(args)

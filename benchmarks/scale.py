@@ -885,6 +885,347 @@ def pool_build(args) -> dict:
     return record
 
 
+# --- rescore --------------------------------------------------------------------------------------------
+
+
+def _register_version(encoder: str, fingerprint: str, *, like: int, note: str) -> int:
+    """A new registry version (candidate) whose checkpoint is a fresh random RewardEnsemble of the same
+    shape as version ``like``: what a retrain hands to the rescore (new heads, same encoder)."""
+    import torch
+    from django.conf import settings
+    from django.db.models import Max
+
+    from scoring.reward_model import RewardEnsemble, load_checkpoint, save_checkpoint
+    from training.models import RewardModel
+
+    base = RewardModel.objects.get(version=like)
+    old, meta = load_checkpoint(base.checkpoint)
+    version = (RewardModel.objects.aggregate(v=Max("version"))["v"] or 0) + 1
+    torch.manual_seed(version)
+    net = RewardEnsemble(old.config)
+    path = Path(settings.MODEL_DIR) / f"reward-v{version}.pt"
+    sha = save_checkpoint(path, net, {**meta, "version": version, "note": note})
+    RewardModel.objects.create(
+        version=version,
+        encoder=encoder,
+        encoder_fingerprint=fingerprint,
+        campaign=base.campaign,
+        checkpoint=str(path),
+        checkpoint_sha256=sha,
+        config={"note": note},
+    )
+    return version
+
+
+def _copy_version(encoder: str, fingerprint: str, version: int, note: str) -> int:
+    """Another registry version with the same weights as ``version`` (for today's path, so its scores can
+    be compared with the bulk path's pair by pair)."""
+    import shutil
+
+    from django.conf import settings
+    from django.db.models import Max
+
+    from pool.hashing import file_sha256
+    from scoring.checkpoint_meta import checkpoint_meta_read, checkpoint_meta_write
+    from training.models import RewardModel
+
+    base = RewardModel.objects.get(version=version)
+    new = (RewardModel.objects.aggregate(v=Max("version"))["v"] or 0) + 1
+    path = Path(settings.MODEL_DIR) / f"reward-v{new}.pt"
+    shutil.copyfile(base.checkpoint, path)
+    meta = checkpoint_meta_read(base.checkpoint) or {}
+    checkpoint_meta_write(path, {**meta, "meta": {**meta.get("meta", {}), "version": new}})
+    RewardModel.objects.create(
+        version=new,
+        encoder=encoder,
+        encoder_fingerprint=fingerprint,
+        campaign=base.campaign,
+        checkpoint=str(path),
+        checkpoint_sha256=file_sha256(path),
+        config={"note": note},
+    )
+    return new
+
+
+def _content_cache_fill(run, shard_ids: list[int]) -> int:
+    """Copy the subset's features into the content-keyed cache (what today's path reads)."""
+    import numpy as np
+    from django.conf import settings
+
+    from pool.models import Caption, Image
+    from scoring.cache import EmbeddingCache
+    from scoring.shard_features import shard_features_read, shard_features_root
+
+    cache = EmbeddingCache(
+        run.encoder, fingerprint=run.encoder_fingerprint, root=settings.EMBEDDING_CACHE_DIR
+    )
+    n = 0
+    for shard_id in shard_ids:
+        feats = shard_features_read(
+            shard_features_root(BULK_FEATURES_ROOT, run.encoder, run.encoder_fingerprint) / str(shard_id)
+        )
+        sha_of = dict(Image.objects.filter(id__in=feats.image_ids.tolist()).values_list("id", "sha256"))
+        cache.put_images([sha_of[i] for i in feats.image_ids.tolist()], np.asarray(feats.images))
+        tsha_of = dict(
+            Caption.objects.filter(id__in=feats.caption_ids.tolist()).values_list("id", "text_sha256")
+        )
+        tshas = [tsha_of[c] for c in feats.caption_ids.tolist()]
+        first = {}
+        for row, t in enumerate(tshas):
+            first.setdefault(t, row)
+        cache.put_texts(list(first), np.asarray(feats.texts)[list(first.values())])
+        n += len(tshas)
+    return n
+
+
+BULK_FEATURES_ROOT = ""
+
+
+def _write_methods_measure(run, shard_ids: list[int]) -> dict:
+    """Each write option on the same precomputed scores, inside a transaction rolled back afterwards
+    (the rows never stay): rows/s of the write alone. ``fresh``: the version has no rows yet (a new
+    model); ``existing``: ``run``'s version already has them (a rerun)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from django.db import transaction
+
+    from scoring import bulk_rescore
+    from scoring.models import ScoringRun
+
+    model, keys = bulk_rescore._reward_model(run)
+    parts = [bulk_rescore.shard_scores(run, s, model, keys) for s in shard_ids]
+    n = sum(len(p) for p in parts)
+
+    class Rollback(Exception):
+        pass
+
+    def parquet(scoring_run, scores, folder=OUT / "parquet-probe"):
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "caption_id": scores.caption_ids,
+                "cosine": scores.cosine,
+                "clipscore": scores.clipscore,
+                "reward": scores.reward,
+                "uncertainty": scores.uncertainty,
+                **{f"criteria_{k}": scores.criteria[:, i] for i, k in enumerate(scores.criteria_keys)},
+            }
+        )
+        pq.write_table(table, folder / f"{int(scores.caption_ids[0])}.parquet")
+
+    methods = {
+        name: (lambda m: lambda r, sc: bulk_rescore.scores_write(run=r, scores=sc, method=m))(name)
+        for name in ("orm", "copy_text_upsert", "copy_upsert", "copy_replace")
+    }
+    methods["parquet_files"] = parquet
+    fresh_run = ScoringRun(
+        encoder=run.encoder,
+        encoder_fingerprint=run.encoder_fingerprint,
+        reward_model_version=run.reward_model_version + 1000,  # no rows under it
+    )
+    out = {"pairs": n}
+    for case, target in (("fresh", fresh_run), ("existing", run)):
+        for name, write in methods.items():
+            started = time.perf_counter()
+            try:
+                with transaction.atomic():
+                    for part in parts:
+                        write(target, part)
+                    elapsed = time.perf_counter() - started
+                    raise Rollback
+            except Rollback:
+                pass
+            out[f"{case}/{name}"] = {"seconds": elapsed, "pairs_per_s": n / elapsed}
+            print(f"  write {case:8s} {name:24s} {n / elapsed:10,.0f} pairs/s", flush=True)
+    # bf16 vs float32 heads on one shard (the compute alone).
+    import torch
+
+    feats = bulk_rescore.shard_features_read(bulk_rescore._features_root(run) / str(shard_ids[0]))
+    images, texts, rows = (
+        np.asarray(feats.images),
+        np.asarray(feats.texts),
+        np.asarray(feats.caption_image_row),
+    )
+    for label, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        started = time.perf_counter()
+        reward = bulk_rescore.heads_predict(
+            model, images, texts, rows, embed_dim=model.config.embed_dim, dtype=dtype
+        )[1]
+        elapsed = time.perf_counter() - started
+        out[f"heads/{label}"] = {"pairs_per_s": len(texts) / elapsed}
+        if label == "float32":
+            reference = reward
+        else:
+            out[f"heads/{label}"]["max_abs_diff_vs_float32"] = float(np.abs(reward - reference).max())
+        print(f"  heads {label:14s} {len(texts) / elapsed:10,.0f} pairs/s", flush=True)
+    # The model's own forward (what today's path runs), same shard, for reference.
+    with torch.inference_mode():
+        started = time.perf_counter()
+        model(torch.from_numpy(images[rows].astype(np.float32)), torch.from_numpy(texts.astype(np.float32)))
+        out["heads/model_forward"] = {"pairs_per_s": len(texts) / (time.perf_counter() - started)}
+    print(f"  heads model forward  {out['heads/model_forward']['pairs_per_s']:10,.0f} pairs/s", flush=True)
+    return out
+
+
+def rescore_bench(args) -> dict:
+    """Bulk rescore of the whole pool with new heads, today's path on a subset, in the same run."""
+    global BULK_FEATURES_ROOT
+    import tempfile
+
+    import numpy as np
+
+    django_setup(database_url=args.database_url, cache_dir=args.cache_dir, model_dir=args.model_dir)
+    import torch
+    from django.conf import settings
+    from django.db import connection
+
+    from pool.models import Caption
+    from scoring import bulk_rescore
+    from scoring.encoders import encoder_load
+    from scoring.inference import scoring_chunk_score
+    from scoring.models import Score, ScoringRun
+    from scoring.services import scoring_run_plan, scoring_run_start
+
+    torch.set_num_threads(args.threads)
+    BULK_FEATURES_ROOT = str(settings.EMBEDDING_CACHE_DIR)
+    base = ScoringRun.objects.filter(reward_model_version__gt=0).order_by("id").first()
+    encoder, fingerprint = base.encoder, base.encoder_fingerprint
+    pairs = Caption.objects.count() if args.pairs is None else args.pairs
+    record: dict = {"pairs_in_pool": pairs, "threads": args.threads, "load_before": load_conditions()}
+
+    # 1. The bulk rescore of every shard with a new version's heads (a fresh version: inserts).
+    version = _register_version(encoder, fingerprint, like=base.reward_model_version, note="scale.py rescore")
+    run = bulk_rescore.bulk_rescore_start(encoder=encoder, reward_model_version=version, enqueue=False)
+    compute = write = 0.0
+    real_scores, real_write = bulk_rescore.shard_scores, bulk_rescore.scores_write
+
+    def timed_scores(*a, **k):
+        nonlocal compute
+        t0 = time.perf_counter()
+        try:
+            return real_scores(*a, **k)
+        finally:
+            compute += time.perf_counter() - t0
+
+    def timed_write(*a, **k):
+        nonlocal write
+        t0 = time.perf_counter()
+        try:
+            return real_write(*a, **k)
+        finally:
+            write += time.perf_counter() - t0
+
+    bulk_rescore.shard_scores, bulk_rescore.scores_write = timed_scores, timed_write
+    started = time.perf_counter()
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    plan_seconds = time.perf_counter() - started
+    limit = args.shards or len(pending)
+    for i, index in enumerate(pending[: limit + 1] if args.shards else pending):
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+        if (i + 1) % 50 == 0:
+            elapsed = time.perf_counter() - started
+            done = ScoringRun.objects.get(pk=run.pk).done
+            print(
+                f"  bulk: {i + 1}/{len(pending)} chunks, {done:,} pairs, {done / elapsed:,.0f} pairs/s",
+                flush=True,
+            )
+    bulk_seconds = time.perf_counter() - started
+    bulk_rescore.shard_scores, bulk_rescore.scores_write = real_scores, real_write
+    run.refresh_from_db()
+    record["bulk"] = {
+        "run": run.pk,
+        "version": version,
+        "status": run.status,
+        "pairs": run.done,
+        "chunks": run.chunks_done,
+        "seconds": bulk_seconds,
+        "plan_seconds": plan_seconds,
+        "compute_seconds": compute,
+        "write_seconds": write,
+        "pairs_per_s": run.done / bulk_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "write_method": bulk_rescore.write_method_default(),
+    }
+    print(
+        f"bulk rescore: {run.done:,} pairs in {bulk_seconds:.0f} s = {run.done / bulk_seconds:,.0f} pairs/s "
+        f"(compute {compute:.0f} s, write {write:.0f} s), peak RSS {peak_rss_mb():.0f} MB",
+        flush=True,
+    )
+
+    # 2. Today's path (scoring_chunk_score over the content-keyed cache) on the first shards' pairs,
+    #    same weights under another version, so the two paths' scores can be compared pair by pair.
+    n_sub = max(1, args.baseline_pairs // SHARD_PAIRS)
+    sub_shards = sorted(run.chunks.exclude(index=0).values_list("index", flat=True))[:n_sub]
+    baseline_version = _copy_version(encoder, fingerprint, version, note="scale.py rescore: today's path")
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        settings.EMBEDDING_CACHE_DIR = Path(scratch)  # a private content-keyed cache for the baseline
+        sub_ids = list(
+            bulk_rescore._usable(Caption.objects.filter(image__shard_id__in=sub_shards)).values_list(
+                "id", flat=True
+            )
+        )
+        baseline = scoring_run_start(
+            encoder=encoder, reward_model_version=baseline_version, caption_ids=sub_ids, enqueue=False
+        )
+        t0 = time.perf_counter()
+        _content_cache_fill(baseline, sub_shards)
+        fill_seconds = time.perf_counter() - t0
+        enc = encoder_load(encoder)
+        started = time.perf_counter()
+        for index in scoring_run_plan(run=baseline):
+            scoring_chunk_score(run_id=baseline.pk, chunk_index=index, encoder=enc)
+        base_seconds = time.perf_counter() - started
+        settings.EMBEDDING_CACHE_DIR = Path(BULK_FEATURES_ROOT)
+    baseline.refresh_from_db()
+    record["baseline"] = {
+        "run": baseline.pk,
+        "version": baseline_version,
+        "status": baseline.status,
+        "pairs": baseline.done,
+        "seconds": base_seconds,
+        "content_cache_fill_seconds": fill_seconds,
+        "pairs_per_s": baseline.done / base_seconds,
+    }
+    ratio = record["bulk"]["pairs_per_s"] / record["baseline"]["pairs_per_s"]
+    record["speedup"] = ratio
+    print(
+        f"today's path: {baseline.done:,} pairs in {base_seconds:.1f} s = {baseline.done / base_seconds:,.0f} "
+        f"pairs/s; bulk is {ratio:.1f}x",
+        flush=True,
+    )
+    # Same weights, same features: the two paths' scores must agree.
+    a = dict(
+        Score.objects.filter(reward_model_version=version, caption_id__in=sub_ids).values_list(
+            "caption_id", "reward"
+        )
+    )
+    b = dict(
+        Score.objects.filter(reward_model_version=baseline_version, caption_id__in=sub_ids).values_list(
+            "caption_id", "reward"
+        )
+    )
+    common = sorted(set(a) & set(b))
+    diff = np.abs(np.array([a[c] for c in common]) - np.array([b[c] for c in common]))
+    record["agreement"] = {
+        "pairs": len(common),
+        "max_abs_reward_diff": float(diff.max()) if len(diff) else None,
+    }
+    print(
+        f"agreement on {len(common):,} pairs: max |reward diff| {record['agreement']['max_abs_reward_diff']}"
+    )
+
+    # 3. The write options on the same scores (rolled back).
+    if args.write_shards:
+        record["writes"] = _write_methods_measure(run, sub_shards[: args.write_shards])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('scoring_score')")
+        record["scoring_score_bytes_after"] = cursor.fetchone()[0]
+    record["load_after"] = load_conditions()
+    results_record("rescore", pairs, record)
+    return record
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -912,9 +1253,23 @@ def main() -> None:
         help="write real feature arrays for the first K shards only; later shards hard-link theirs "
         "(same layout and logical size, 1/K of the disk). 0: every shard real",
     )
+    rescore = sub.add_parser("rescore", help="bulk rescore from cached features vs today's path on a subset")
+    rescore.add_argument("--database-url", required=True)
+    rescore.add_argument("--cache-dir", required=True)
+    rescore.add_argument("--model-dir", required=True)
+    rescore.add_argument(
+        "--pairs", type=int, default=None, help="the pool's size for the results (default: counted)"
+    )
+    rescore.add_argument("--shards", type=int, default=0, help="rescore only the first N shards (0: all)")
+    rescore.add_argument("--baseline-pairs", type=int, default=50_000)
+    rescore.add_argument("--write-shards", type=int, default=3, help="shards for the write-option comparison")
+    rescore.add_argument("--threads", type=int, default=1, help="torch threads")
+    rescore.add_argument("--scratch", default=None, help="folder for the baseline's content-keyed cache")
     args = parser.parse_args()
     if args.command == "build":
         pool_build(args)
+    elif args.command == "rescore":
+        rescore_bench(args)
 
 
 if __name__ == "__main__":

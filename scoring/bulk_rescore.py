@@ -61,7 +61,23 @@ REST_CHUNK = 0
 BATCH = 16_384
 # Captions per today's-path batch in chunk 0 (they may need encoding).
 REST_BATCH = 2_048
-WRITE_METHODS = ("copy_upsert", "orm")
+# copy_upsert: the default on PostgreSQL (see docs/scoring.md, "Bulk rescore", for the measurements);
+# copy_replace and copy_text_upsert are kept for the benchmark's comparison; orm: every database.
+WRITE_METHODS = ("copy_upsert", "copy_replace", "copy_text_upsert", "orm")
+
+
+def heads_dtype() -> torch.dtype:
+    """float32 (default: the same scores as today's path to ~1e-7) or, with LOUPE_BULK_RESCORE_DTYPE=
+    bfloat16, the first layer's matmuls in bfloat16 (faster on CPUs with AVX512-BF16 or AMX and on
+    GPUs; scores then differ from float32 by about 1e-3 of their scale)."""
+    import os
+
+    name = str(getattr(settings, "LOUPE_BULK_RESCORE_DTYPE", os.environ.get("LOUPE_BULK_RESCORE_DTYPE", "")))
+    if name in ("", "float32"):
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    raise BulkRescoreError(f"LOUPE_BULK_RESCORE_DTYPE={name!r}: use float32 or bfloat16.")
 
 
 class BulkRescoreError(ValueError):
@@ -89,6 +105,49 @@ class ChunkScores:
 # --- the heads over features (no Django) ------------------------------------------------------------
 
 
+class FusedHeads:
+    """A ``RewardEnsemble``'s first layer rearranged for inference over many pairs (same function).
+
+    The model evaluates its E heads as a batched matmul over a concatenated, standardised pair row
+    ``[image | text | image*text | cos]``. For inference the standardisation folds into the weights
+    (``W' = W / std``, ``b' = b - (mean / std) @ W``), the E heads become one wide matrix [D, E*H], and
+    the concatenation is never built: the four blocks of the row each multiply their slice of ``W'``
+    and accumulate, the image block once per distinct image. One [N, K] x [K, E*H] GEMM per block
+    instead of E batched ones over an expanded copy.
+    """
+
+    def __init__(self, model, dtype=torch.float32):
+        c = model.config
+        e, d, h = c.n_heads, c.input_dim, c.hidden
+        w = model.w1.detach().float().permute(1, 0, 2).reshape(d, e * h)  # [D, E*H]
+        std, mean = model.feat_std.float(), model.feat_mean.float()
+        w_folded = w / std[:, None]
+        self.bias = (model.b1.detach().float().reshape(e * h) - (mean / std) @ w).contiguous()
+        fi, ft, k = c.image_dim, c.text_dim, c.embed_dim
+        self.w_image = w_folded[:fi].to(dtype).contiguous()
+        self.w_text = w_folded[fi : fi + ft].to(dtype).contiguous()
+        self.w_product = w_folded[fi + ft : fi + ft + k].to(dtype).contiguous()
+        self.w_cos = w_folded[fi + ft + k].contiguous()
+        self.w2 = model.w2.detach().float()  # [E, H, O]
+        self.b2 = model.b2.detach().float()  # [E, 1, O]
+        self.e, self.h, self.k, self.dtype = e, h, k, dtype
+        self.criteria_from_logits = model.criteria_from_logits
+
+    def __call__(self, img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[E, N, 1 + C] like ``RewardEnsemble.raw_outputs(img, txt, index)`` (eval mode)."""
+        k, dt = self.k, self.dtype
+        img_e = img[index, :k]
+        txt_e = txt[:, :k]
+        product = img_e * txt_e
+        cos = product.sum(dim=1) / (img_e.norm(dim=1) * txt_e.norm(dim=1)).clamp_min(1e-8)
+        hidden = torch.matmul(img.to(dt), self.w_image).float()[index]  # image part once per image
+        hidden += torch.matmul(txt.to(dt), self.w_text).float()
+        hidden += torch.matmul(product.to(dt), self.w_product).float()
+        hidden += cos[:, None] * self.w_cos + self.bias
+        hidden = torch.nn.functional.gelu(hidden)
+        return torch.baddbmm(self.b2, hidden.view(-1, self.e, self.h).transpose(0, 1), self.w2)
+
+
 @torch.inference_mode()
 def heads_predict(
     model,
@@ -98,17 +157,21 @@ def heads_predict(
     *,
     embed_dim: int,
     batch: int = BATCH,
+    dtype=torch.float32,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(cosine, reward, criteria, uncertainty) of pairs (``texts[n]``, ``images[image_row[n]]``).
 
     ``image_row`` must be ascending (a shard's captions are grouped by image), so a batch of captions
     uses a contiguous range of images and the image half of the first layer runs once per image.
-    Inputs are float16 (memory-mapped) or float32; the math is float32, like ``reward_predict``.
+    Inputs are float16 (memory-mapped) or float32; the math is float32 (``dtype=torch.bfloat16``:
+    the first layer's matmuls in bfloat16, measured in docs/scoring.md, not the default).
     """
     n = len(texts)
     cosine = np.empty(n, dtype=np.float32)
     reward = criteria = uncertainty = None
+    heads = None
     if model is not None:
+        heads = FusedHeads(model, dtype=dtype)
         reward = np.empty(n, dtype=np.float32)
         criteria = np.empty((n, model.config.n_outputs - 1), dtype=np.float32)
         uncertainty = np.empty(n, dtype=np.float32)
@@ -121,12 +184,12 @@ def heads_predict(
         index = torch.from_numpy(rows - lo)
         # The same float32 dot product as today's path (``scoring.inference``: einsum over the shared part).
         cosine[start:stop] = np.einsum("nd,nd->n", img[index, :embed_dim].numpy(), txt[:, :embed_dim].numpy())
-        if model is None:
+        if heads is None:
             continue
-        out = model.raw_outputs(img, txt, index)  # [E, b, 1 + C]
+        out = heads(img, txt, index)  # [E, b, 1 + C]
         rewards = out[..., 0]
         reward[start:stop] = rewards.mean(dim=0).numpy()
-        criteria[start:stop] = model.criteria_from_logits(out[..., 1:]).mean(dim=0).numpy()
+        criteria[start:stop] = heads.criteria_from_logits(out[..., 1:]).mean(dim=0).numpy()
         uncertainty[start:stop] = rewards.std(dim=0, unbiased=False).numpy()
     return cosine, reward, criteria, uncertainty
 
@@ -281,7 +344,7 @@ def shard_scores(run: ScoringRun, shard_id: int, model, keys: list[str], progres
         texts = np.asarray(feats.texts[keep] if len(keep) < len(caption_ids) else feats.texts)
         embed_dim = model.config.embed_dim if model is not None else feats.texts.shape[1]
         cosine, reward, criteria, uncertainty = heads_predict(
-            model, feats.images, texts, image_row, embed_dim=embed_dim
+            model, feats.images, texts, image_row, embed_dim=embed_dim, dtype=heads_dtype()
         )
         parts.append(
             ChunkScores(
@@ -417,30 +480,107 @@ def _copy_text(scores: ChunkScores, truncated: np.ndarray) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _write_copy_upsert(run: ScoringRun, scores: ChunkScores, truncated: np.ndarray, now) -> None:
-    """COPY into a temporary staging table, then one INSERT ... ON CONFLICT DO UPDATE (PostgreSQL)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (caption_id bigint, cosine double precision, "
-            "clipscore double precision, reward double precision, criteria jsonb, uncertainty double "
-            "precision, truncated boolean, error varchar(500)) ON COMMIT DELETE ROWS"
-        )
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_PGCOPY_TRAILER = b"\xff\xff"
+
+
+def _copy_binary(columns: list[tuple[np.ndarray, str]]) -> bytes:
+    """Rows in COPY's binary format, built by numpy with no Python loop per row: every field here is
+    fixed-width (int8, float8, bool), so a tuple is a packed record [field count, (length, value)...]
+    in network byte order."""
+    n = len(columns[0][0])
+    fields = [("count", ">i2")]
+    for i, (_, dtype) in enumerate(columns):
+        fields += [(f"len{i}", ">i4"), (f"val{i}", dtype)]
+    records = np.empty(n, dtype=np.dtype(fields))
+    records["count"] = len(columns)
+    for i, (values, dtype) in enumerate(columns):
+        records[f"len{i}"] = np.dtype(dtype).itemsize
+        records[f"val{i}"] = values
+    return _PGCOPY_HEADER + records.tobytes() + _PGCOPY_TRAILER
+
+
+def _stage(cursor, scores: ChunkScores, truncated: np.ndarray, *, text: bool = False) -> tuple[str, list]:
+    """Load the scores into a temporary staging table; return the SELECT list that turns its rows into
+    ``scoring_score`` values (the criteria JSON is built by the server from float columns)."""
+    keys = scores.criteria_keys if scores.criteria is not None else []
+    crit_cols = [f"c{i}" for i in range(len(keys))]
+    has_reward = scores.reward is not None
+    cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE {STAGE} (caption_id bigint, cosine double precision, clipscore double "
+        "precision, truncated boolean, reward double precision, uncertainty double precision, criteria jsonb, "
+        "error varchar(500)" + "".join(f", {c} double precision" for c in crit_cols) + ") ON COMMIT DROP"
+    )
+    if text:
         with cursor.cursor.copy(
             f"COPY {STAGE} (caption_id, cosine, clipscore, reward, criteria, uncertainty, truncated, error) "
             "FROM STDIN"
         ) as copy:
             copy.write(_copy_text(scores, truncated))
-        updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in SCORE_UPDATE_FIELDS)
-        cursor.execute(
-            f"INSERT INTO {Score._meta.db_table} (caption_id, encoder, encoder_fingerprint, "
-            "reward_model_version, cosine, clipscore, reward, criteria, uncertainty, truncated, error, "
-            "updated_at) SELECT caption_id, %s, %s, %s, cosine, clipscore, reward, criteria, uncertainty, "
-            f"truncated, error, %s FROM {STAGE} "
-            "ON CONFLICT (caption_id, encoder, encoder_fingerprint, reward_model_version) "
-            f"DO UPDATE SET {updates}",
-            [run.encoder, run.encoder_fingerprint, run.reward_model_version, now],
+        return (
+            "caption_id, cosine, clipscore, reward, criteria, uncertainty, truncated, COALESCE(error, '')",
+            [],
         )
-        cursor.execute(f"TRUNCATE {STAGE}")
+    cols = ["caption_id", "cosine", "clipscore", "truncated"]
+    data = [
+        (scores.caption_ids, ">i8"),
+        (scores.cosine, ">f8"),
+        (scores.clipscore, ">f8"),
+        (truncated.astype(np.uint8), "u1"),
+    ]
+    if has_reward:
+        cols += ["reward", "uncertainty", *crit_cols]
+        data += [(scores.reward, ">f8"), (scores.uncertainty, ">f8")]
+        data += [(scores.criteria[:, i], ">f8") for i in range(len(keys))]
+    if len(scores.caption_ids):
+        with cursor.cursor.copy(f"COPY {STAGE} ({', '.join(cols)}) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(_copy_binary(data))
+    if scores.errors:
+        cursor.executemany(
+            f"INSERT INTO {STAGE} (caption_id, truncated, error) VALUES (%s, false, %s)",
+            [(cid, reason[:500]) for cid, reason in scores.errors.items()],
+        )
+    criteria = (
+        "CASE WHEN error IS NULL THEN jsonb_build_object("
+        + ", ".join(f"%s::text, round({c}::numeric, 4)" for c in crit_cols)
+        + ") END"
+        if crit_cols
+        else "NULL::jsonb"
+    )
+    return (
+        f"caption_id, cosine, clipscore, reward, {criteria}, uncertainty, truncated, COALESCE(error, '')",
+        list(keys),
+    )
+
+
+def _write_copy(run: ScoringRun, scores: ChunkScores, truncated: np.ndarray, now, *, mode: str) -> None:
+    """COPY into a temporary staging table, then into ``scoring_score`` in one statement:
+    ``upsert`` INSERT ... ON CONFLICT DO UPDATE; ``replace`` DELETE the rows of these captions, then a
+    plain INSERT; ``text_upsert`` like ``upsert`` with COPY's text format (rows formatted in Python)."""
+    table = Score._meta.db_table
+    with connection.cursor() as cursor:
+        select, key_params = _stage(cursor, scores, truncated, text=mode == "text_upsert")
+        identity = [run.encoder, run.encoder_fingerprint, run.reward_model_version]
+        if mode == "replace":
+            cursor.execute(
+                f"DELETE FROM {table} s USING {STAGE} st WHERE s.caption_id = st.caption_id AND "
+                "s.encoder = %s AND s.encoder_fingerprint = %s AND s.reward_model_version = %s",
+                identity,
+            )
+        conflict = ""
+        if mode != "replace":
+            updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in SCORE_UPDATE_FIELDS)
+            conflict = (
+                " ON CONFLICT (caption_id, encoder, encoder_fingerprint, reward_model_version) "
+                f"DO UPDATE SET {updates}"
+            )
+        cursor.execute(
+            f"INSERT INTO {table} (caption_id, cosine, clipscore, reward, criteria, uncertainty, truncated, "
+            f"error, encoder, encoder_fingerprint, reward_model_version, updated_at) SELECT {select}, %s, %s, "
+            f"%s, %s FROM {STAGE}{conflict}",
+            [*key_params, *identity, now],
+        )
 
 
 def write_method_default() -> str:
@@ -452,13 +592,16 @@ def scores_write(*, run: ScoringRun, scores: ChunkScores, method: str | None = N
     method = method or write_method_default()
     if method not in WRITE_METHODS:
         raise BulkRescoreError(f"Unknown write method {method!r}: use one of {', '.join(WRITE_METHODS)}.")
-    if method == "copy_upsert" and connection.vendor != "postgresql":
+    if method.startswith("copy") and connection.vendor != "postgresql":
         raise BulkRescoreError("The COPY write needs PostgreSQL; use method 'orm' on other databases.")
     if not len(scores):
         return
     now = now or timezone.now()
     truncated = _truncated_from_version0(run, scores)
-    (_write_copy_upsert if method == "copy_upsert" else _write_orm)(run, scores, truncated, now)
+    if method == "orm":
+        _write_orm(run, scores, truncated, now)
+    else:
+        _write_copy(run, scores, truncated, now, mode=method.removeprefix("copy_"))
 
 
 # --- a chunk ----------------------------------------------------------------------------------------------

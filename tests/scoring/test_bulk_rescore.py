@@ -132,13 +132,9 @@ def scored_pool(tiny_clip_name, tmp_path):
     return {**pool, "encoder": encoder, "expected": expected, "late": late}
 
 
-def _methods():
-    return ["orm", "copy_upsert"] if connection.vendor == "postgresql" else ["orm"]
-
-
-@pytest.mark.parametrize("method", ["orm", "copy_upsert"])
+@pytest.mark.parametrize("method", ["orm", "copy_upsert", "copy_replace", "copy_text_upsert"])
 def test_bulk_rescore_gives_todays_scores_for_every_usable_pair(scored_pool, tiny_clip_name, method):
-    if method not in _methods():
+    if method.startswith("copy") and connection.vendor != "postgresql":
         pytest.skip("COPY needs PostgreSQL")
     run = bulk_rescore.bulk_rescore_start(encoder=tiny_clip_name, enqueue=False)
     assert run.params["bulk"] and run.reward_model_version == VERSION

@@ -245,6 +245,10 @@ def scoring_run_resume(*, run: ScoringRun) -> list[int]:
     """
     from scoring.tasks import scoring_chunk_execute, scoring_run_execute
 
+    if (run.params or {}).get("bulk"):
+        # A bulk rescore (``scoring.bulk_rescore``): its chunks are shards, done by its own tasks.
+        from scoring.tasks import bulk_rescore_execute as scoring_run_execute
+        from scoring.tasks import bulk_rescore_shard_execute as scoring_chunk_execute
     if run.status == RunStatus.CANCELLED or run.status == RunStatus.SUCCEEDED:
         return []
     ScoringRun.objects.filter(pk=run.pk, status=RunStatus.FAILED).update(

@@ -145,3 +145,38 @@ def shard_pass_resume_task(run_id: int) -> list[int]:
     from scoring.models import ShardPassRun
 
     return shard_pass.shard_pass_resume(run=ShardPassRun.objects.get(pk=run_id))
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def bulk_rescore_execute(self, run_id: int) -> None:
+    """Plan a bulk rescore (one chunk per shard with features, ``scoring.bulk_rescore``) and fan out."""
+    from scoring import bulk_rescore
+
+    run = ScoringRun.objects.get(pk=run_id)
+    if run.status in services.FINISHED:
+        return
+    run_heartbeat(model=ScoringRun, run_id=run_id)
+    try:
+        pending = bulk_rescore.bulk_rescore_plan(run=run)
+    except OperationalError as exc:
+        raise self.retry(exc=exc, countdown=5) from exc
+    for index in pending:
+        bulk_rescore_shard_execute.delay(run_id, index)
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
+def bulk_rescore_shard_execute(self, run_id: int, chunk_index: int) -> str:
+    """One shard of a bulk rescore; idempotent (a done chunk does nothing, a rerun replaces its rows)."""
+    from scoring import bulk_rescore
+
+    try:
+        return bulk_rescore.bulk_rescore_chunk(run_id=run_id, chunk_index=chunk_index)
+    except OperationalError as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
+        services.scoring_run_fail(run_id=run_id, error=f"shard {chunk_index}: database error: {exc}")
+        raise
+    except Exception as exc:
+        logger.exception("bulk rescore %s shard %s failed", run_id, chunk_index)
+        services.scoring_run_fail(run_id=run_id, error=f"shard {chunk_index}: {type(exc).__name__}: {exc}")
+        raise

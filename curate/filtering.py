@@ -19,9 +19,14 @@ kept whatever the scores; reject -> dropped; rewrite -> the original is dropped 
 candidate pair in its own right (judged by the rule once scored, kept while not yet scored, because a
 curator wrote it).
 
-Everything is computed in SQL (counts, the percentile cut by ORDER BY + OFFSET, EXISTS for the decision
-overrides) and the kept ids are streamed back as numpy arrays; no model object is built per pair, so a
-run over a million scored pairs takes seconds.
+A run (``filter_evaluate``) reads a few id sets and combines them as sorted numpy arrays, with no join
+of the pool tables: the scored pairs of the model with the one or two score columns the rule needs (one
+binary ``COPY`` of the score table on PostgreSQL), the unusable captions (status not ok, or image status
+not ok: small, through the status indexes), the curator-decided captions (the decision index) and the
+rewrites (a partial index). The percentile cut is ``np.partition`` over the usable scores; predicates a
+numpy column cannot express (criteria, the judge's metrics) run as one SQL query over the score table
+alone. ``filter_plan``'s querysets say the same thing in SQL (the reference semantics, used by the
+best-caption-per-image option and the tests); ``tests/curate/test_filter_fast_path.py`` checks both agree.
 """
 
 from __future__ import annotations
@@ -395,6 +400,220 @@ def stream_ids(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+# --- the fast evaluation: id sets as sorted numpy arrays ------------------------------------------
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+def copy_columns(sql: str, params, kinds: str) -> list[np.ndarray]:
+    """Columns of ``sql`` as numpy arrays: ``kinds`` has one letter per column, ``i`` (bigint) or ``f``
+    (float8, NULL -> NaN). PostgreSQL: one ``COPY (...) TO STDOUT (FORMAT BINARY)`` parsed with numpy
+    (a fixed-width row per pair, no Python object per row); other databases: a streamed cursor."""
+    casts = ", ".join(
+        f"q.c{n}::bigint" if kind == "i" else f"COALESCE(q.c{n}::float8, 'NaN'::float8)"
+        for n, kind in enumerate(kinds)
+    )
+    names = ", ".join(f"c{n}" for n in range(len(kinds)))
+    wrapped = f"SELECT {casts} FROM ({sql}) AS q({names})"
+    if connection.vendor != "postgresql":
+        columns: list[list] = [[] for _ in kinds]
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(sql, params)
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                for n, col in enumerate(zip(*rows, strict=True)):
+                    columns[n].extend(col)
+        return [
+            np.array(col, dtype=np.int64)
+            if kind == "i"
+            else np.array([np.nan if v is None else v for v in col], dtype=np.float64)
+            for col, kind in zip(columns, kinds, strict=True)
+        ]
+    # A row: int16 field count, then per field int32 length + 8 bytes (bigint and float8 alike).
+    fields = [("n", ">i2")]
+    for n, kind in enumerate(kinds):
+        fields += [(f"l{n}", ">i4"), (f"v{n}", ">i8" if kind == "i" else ">f8")]
+    row_type = np.dtype(fields)
+    parts: list[np.ndarray] = []
+    pending = b""
+    header_done = False
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            for block in copy:
+                pending += bytes(block)
+                if not header_done:
+                    if len(pending) < 19:
+                        continue
+                    if not pending.startswith(_COPY_SIGNATURE):
+                        raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
+                    extension = int.from_bytes(pending[15:19], "big")
+                    pending = pending[19 + extension :]
+                    header_done = True
+                whole = len(pending) // row_type.itemsize * row_type.itemsize
+                if whole:
+                    parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
+                    pending = pending[whole:]
+    if pending not in (b"", b"\xff\xff"):
+        raise RuntimeError(f"COPY BINARY stream ended with {len(pending)} unparsed bytes.")
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row_type)
+    if rows.size and (rows["n"] != len(kinds)).any():
+        raise RuntimeError("COPY BINARY returned rows of an unexpected width.")
+    return [rows[f"v{n}"].astype(np.int64 if kind == "i" else np.float64) for n, kind in enumerate(kinds)]
+
+
+def _sql(queryset: QuerySet, *fields: str) -> tuple[str, tuple]:
+    return queryset.order_by().values_list(*fields).query.sql_with_params()
+
+
+def _id_set(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
+    """Sorted distinct int64 ids of one column of ``queryset``."""
+    return np.unique(copy_columns(*_sql(queryset, field_name), "i")[0])
+
+
+def unusable_caption_ids() -> np.ndarray:
+    """Captions that are not usable pairs: their status or their image's is not ok. ``< 'ok' OR > 'ok'``
+    instead of ``<> 'ok'``: two ranges of the status indexes, not a scan of the pool."""
+    own = Caption.objects.filter(Q(status__lt=CaptionStatus.OK) | Q(status__gt=CaptionStatus.OK))
+    image = Caption.objects.filter(
+        Q(image__status__lt=ImageStatus.OK) | Q(image__status__gt=ImageStatus.OK)
+    )
+    return np.union1d(_id_set(own), _id_set(image))
+
+
+@dataclass
+class FilterResult:
+    """What a run records, computed by ``filter_evaluate``."""
+
+    cutoff: float | None
+    considered: int
+    kept: np.ndarray  # sorted caption ids
+    rule_part: np.ndarray  # the kept pairs nobody decided on (what cluster balancing may replace)
+    rule_passed: int
+    overrides: dict[str, int]
+
+
+def _sorted(values) -> np.ndarray:
+    return np.unique(np.asarray(values, dtype=np.int64))
+
+
+def filter_evaluate(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, encoder_fingerprint: str | None = None
+) -> FilterResult:
+    """The rule's kept ids and counts, as ``filter_plan`` defines them, without joining the pool tables.
+
+    Memory: a few int64/float64 arrays of the scored pairs (about 30 bytes a pair at the peak), never a
+    model object per pair. ``best_caption_per_image`` compares siblings of an image, which needs the
+    join: it goes through ``filter_plan``'s querysets instead.
+    """
+    if encoder_fingerprint is None:
+        encoder_fingerprint = score_weights_current(
+            encoder=encoder, reward_model_version=reward_model_version
+        ).encoder_fingerprint
+    key = {
+        "encoder": encoder,
+        "reward_model_version": reward_model_version,
+        "encoder_fingerprint": encoder_fingerprint,
+    }
+    if rule.best_caption_per_image:
+        return _evaluate_by_plan(key, rule)
+    unusable = unusable_caption_ids()
+    decided = Caption.objects.filter(decision__gt="").values_list("id", "decision")
+    by_decision: dict[str, list[int]] = {}
+    for pk, decision in decided.iterator(chunk_size=STREAM_CHUNK):
+        by_decision.setdefault(decision, []).append(pk)
+    decided_ids = _sorted([pk for ids in by_decision.values() for pk in ids])
+    accepted = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.ACCEPT, [])), unusable)
+    rejected = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.REJECT, [])), unusable)
+    rewritten = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.REWRITE, [])), unusable)
+    rewrites = Caption.objects.filter(source=CaptionSource.REWRITE).values_list("id", "decision")
+    rewrite_ids, rewrite_undecided = [], []
+    for pk, decision in rewrites.iterator(chunk_size=STREAM_CHUNK):
+        rewrite_ids.append(pk)
+        if decision == "":
+            rewrite_undecided.append(pk)
+    rewrite_all = np.setdiff1d(_sorted(rewrite_ids), unusable)
+    rewrite_undecided = np.setdiff1d(_sorted(rewrite_undecided), unusable)
+
+    # The scored pairs with the columns the rule compares in numpy.
+    rank = rank_field(reward_model_version)
+    columns: list[str] = []
+    if rule.top_percent is not None:
+        columns.append(rank)
+    if rule.reward_min is not None and "reward" not in columns:
+        columns.append("reward")
+    if rule.cosine_min is not None and "cosine" not in columns:
+        columns.append("cosine")
+    scores = model_scores(**key)
+    values = copy_columns(*_sql(scores, "caption_id", *columns), "i" + "f" * len(columns))
+    order = np.argsort(values[0], kind="stable")
+    scored = values[0][order]
+    column = {name: values[1 + n][order] for n, name in enumerate(columns)}
+    del values, order
+    scored_usable = ~np.isin(scored, unusable, assume_unique=True)
+
+    cutoff = None
+    passing = np.ones(scored.size, dtype=bool)
+    if rule.top_percent is not None:
+        ranked = column[rank][scored_usable]
+        ranked = ranked[~np.isnan(ranked)]
+        wanted = math.ceil(ranked.size * rule.top_percent / 100)
+        if wanted:
+            # The wanted-th largest: what ORDER BY rank DESC OFFSET wanted-1 returns.
+            cutoff = float(np.partition(ranked, ranked.size - wanted)[ranked.size - wanted])
+            passing &= column[rank] >= cutoff
+        else:
+            passing[:] = False
+        del ranked
+    if rule.reward_min is not None:
+        passing &= column["reward"] >= rule.reward_min
+    if rule.cosine_min is not None:
+        passing &= column["cosine"] >= rule.cosine_min
+    passed = scored[passing]
+    if rule.criteria_min or rule.vlm_min:
+        # Predicates on JSON criteria and the judge's table: SQL over the score table alone.
+        numeric = FilterRule(
+            **{**rule.to_dict(), "top_percent": None, "reward_min": None, "cosine_min": None}
+        )
+        sql_passing = _rule_scores(**key, rule=numeric, cutoff=None, usable=False)
+        passed = np.intersect1d(passed, _id_set(sql_passing, "caption_id"), assume_unique=True)
+    del column, passing
+
+    passed_usable = np.setdiff1d(passed, unusable, assume_unique=True)
+    unscored_rewrites = np.setdiff1d(
+        np.setdiff1d(rewrite_undecided, decided_ids), scored, assume_unique=True
+    )
+    rule_part = np.union1d(np.setdiff1d(passed_usable, decided_ids, assume_unique=True), unscored_rewrites)
+    kept = np.union1d(accepted, rule_part)
+    considered = int(scored_usable.sum()) + int(
+        np.setdiff1d(np.union1d(accepted, rewrite_all), scored, assume_unique=True).size
+    )
+    overrides = {
+        "accepted_against_rule": int(np.setdiff1d(accepted, passed, assume_unique=True).size),
+        "rejected_against_rule": int(np.intersect1d(rejected, passed, assume_unique=True).size),
+        "replaced_by_rewrite": int(rewritten.size),
+        "unscored_rewrites_kept": int(unscored_rewrites.size),
+    }
+    return FilterResult(
+        cutoff=cutoff,
+        considered=considered,
+        kept=kept,
+        rule_part=rule_part,
+        rule_passed=int(passed_usable.size),
+        overrides=overrides,
+    )
+
+
+def _evaluate_by_plan(key: dict, rule: FilterRule) -> FilterResult:
+    plan = filter_plan(**key, rule=rule)
+    return FilterResult(
+        cutoff=plan.cutoff,
+        considered=plan.considered.count(),
+        kept=stream_ids(plan.kept),
+        rule_part=stream_ids(plan.kept.filter(decision="")),
+        rule_passed=plan.rule_passed.count(),
+        overrides={name: qs.count() for name, qs in plan.overrides.items()},
+    )
+
+
 def score_histogram(
     *,
     encoder: str,
@@ -627,19 +846,20 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
     run.save(update_fields=["status", "started_at", "error"])
     try:
         rule = FilterRule.from_dict(run.rule)
-        plan = filter_plan(
-            encoder=run.encoder,
-            reward_model_version=run.reward_model_version,
-            rule=rule,
-            encoder_fingerprint=run.encoder_fingerprint,
-        )
-        run.considered = plan.considered.count()
+        key = {
+            "encoder": run.encoder,
+            "reward_model_version": run.reward_model_version,
+            "encoder_fingerprint": run.encoder_fingerprint,
+        }
+        result = filter_evaluate(**key, rule=rule)
+        run.considered = result.considered
         run.total = run.considered
         run.save(update_fields=["considered", "total"])
-        kept_ids = stream_ids(plan.kept)
+        kept_ids = result.kept
         messages = []
         if rule.balance_clusters:
-            rule_part = stream_ids(plan.kept.filter(decision=""))
+            rule_part = result.rule_part
+            plan = filter_plan(**key, rule=rule)
             balanced, message = _balanced_ids(plan, target=len(rule_part), clusters=rule.balance_clusters)
             messages.append(message)
             if balanced is not None:
@@ -654,9 +874,9 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
         run.kept_file = str(path)
         run.summary = {
             "rule_text": rule.describe(reward_model_version=run.reward_model_version),
-            "reward_cutoff": plan.cutoff,
-            "rule_passed": plan.rule_passed.count(),
-            **{name: qs.count() for name, qs in plan.overrides.items()},
+            "reward_cutoff": result.cutoff,
+            "rule_passed": result.rule_passed,
+            **result.overrides,
             "messages": messages,
         }
         run.done, run.status, run.finished_at = run.considered, RunStatus.SUCCEEDED, timezone.now()

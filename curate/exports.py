@@ -497,7 +497,9 @@ def _write_npy_copy(directory: Path, filter_run: FilterRun, progress, total: int
                     pending = pending[whole:]
                     n = lines.shape[0]
                     if rows + n > total:
-                        raise ExportError("More kept pairs than expected: the pool changed during the export.")
+                        raise ExportError(
+                            "More kept pairs than expected: the pool changed during the export."
+                        )
                     flags = lines[:, 32]
                     sources["source"] += int((flags == ord("s")).sum())
                     sources["derived"] += int((flags == ord("d")).sum())
@@ -531,7 +533,9 @@ def _write_npy_copy(directory: Path, filter_run: FilterRun, progress, total: int
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
     if rows != total:
-        raise ExportError(f"Expected {total} kept pairs but found {rows}: the pool changed during the export.")
+        raise ExportError(
+            f"Expected {total} kept pairs but found {rows}: the pool changed during the export."
+        )
     if total:
         order = np.lexsort((halves[:, 1], halves[:, 0]))  # by the high half, then the low half
         halves[:] = halves[order]

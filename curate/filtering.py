@@ -46,7 +46,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from curate.models import FilterRun
-from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, ImageStatus, RunStatus
+from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, Image, ImageStatus, RunStatus
 from scoring.models import Score, VlmScore
 from scoring.selectors import model_scores, score_weights_current
 
@@ -436,8 +436,10 @@ def copy_columns(sql: str, params, kinds: str) -> list[np.ndarray]:
     parts: list[np.ndarray] = []
     pending = b""
     header_done = False
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy:
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy,
+    ):
             for block in copy:
                 pending += bytes(block)
                 if not header_done:
@@ -473,9 +475,7 @@ def unusable_caption_ids() -> np.ndarray:
     """Captions that are not usable pairs: their status or their image's is not ok. ``< 'ok' OR > 'ok'``
     instead of ``<> 'ok'``: two ranges of the status indexes, not a scan of the pool."""
     own = Caption.objects.filter(Q(status__lt=CaptionStatus.OK) | Q(status__gt=CaptionStatus.OK))
-    image = Caption.objects.filter(
-        Q(image__status__lt=ImageStatus.OK) | Q(image__status__gt=ImageStatus.OK)
-    )
+    image = Caption.objects.filter(Q(image__status__lt=ImageStatus.OK) | Q(image__status__gt=ImageStatus.OK))
     return np.union1d(_id_set(own), _id_set(image))
 
 
@@ -578,9 +578,7 @@ def filter_evaluate(
     del column, passing
 
     passed_usable = np.setdiff1d(passed, unusable, assume_unique=True)
-    unscored_rewrites = np.setdiff1d(
-        np.setdiff1d(rewrite_undecided, decided_ids), scored, assume_unique=True
-    )
+    unscored_rewrites = np.setdiff1d(np.setdiff1d(rewrite_undecided, decided_ids), scored, assume_unique=True)
     rule_part = np.union1d(np.setdiff1d(passed_usable, decided_ids, assume_unique=True), unscored_rewrites)
     kept = np.union1d(accepted, rule_part)
     considered = int(scored_usable.sum()) + int(
@@ -664,6 +662,12 @@ class FilterPreview:
     cut: float | None
     score_field: str
     warning: str = ""
+    # > 0: the numbers are estimated from this many sampled usable pairs (``filter_preview_sampled``).
+    sample_size: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        return self.sample_size > 0
 
     @property
     def compression_ratio(self) -> float | None:
@@ -681,7 +685,23 @@ def filter_preview(
     rule: FilterRule,
     histogram: bool = True,
     encoder_fingerprint: str | None = None,
+    exact: bool | None = None,
 ) -> FilterPreview:
+    """Counts and histogram of a rule: exact on demo-scale pools, estimated from a sample above
+    ``PREVIEW_EXACT_MAX`` score rows (``exact`` None: decide by the table's size)."""
+    if exact is None:
+        exact = not preview_is_sampled()
+    if not exact:
+        if encoder_fingerprint is None:
+            encoder_fingerprint = score_weights_current(
+                encoder=encoder, reward_model_version=reward_model_version
+            ).encoder_fingerprint
+        key = {
+            "encoder": encoder,
+            "reward_model_version": reward_model_version,
+            "encoder_fingerprint": encoder_fingerprint,
+        }
+        return filter_preview_sampled(key=key, rule=rule, histogram=histogram)
     plan = filter_plan(
         encoder=encoder,
         reward_model_version=reward_model_version,
@@ -720,6 +740,146 @@ def filter_preview(
         cut=cut,
         score_field=score_field,
         warning=_warning(considered, kept),
+    )
+
+
+# --- the preview at scale: estimated from a sample --------------------------------------------------
+
+# Above this many score rows (PostgreSQL's table estimate) the page's preview is estimated from a
+# random sample instead of counted: exact counts and a histogram of 10M pairs take tens of seconds,
+# the sample answers in well under a second. The page says "about" and the sample size.
+PREVIEW_EXACT_MAX = 200_000
+PREVIEW_SAMPLE_ROWS = 20_000
+
+
+def _score_table_estimate() -> int:
+    if connection.vendor != "postgresql":
+        return 0  # SQLite serves demo-scale pools: count exactly
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Score._meta.db_table]
+        )
+        row = cursor.fetchone()
+    return max(int(row[0] or 0), 0) if row else 0
+
+
+def preview_is_sampled() -> bool:
+    return _score_table_estimate() > PREVIEW_EXACT_MAX
+
+
+def _sample_rows(key: dict, rule: FilterRule, percent: float) -> list[tuple]:
+    """Score rows of one model from a ``TABLESAMPLE SYSTEM`` page sample (repeatable: the same rule
+    previews the same numbers), joined to their caption and image by primary key."""
+    vlm_join, vlm_cols, params = "", "NULL, NULL, NULL, NULL, NULL, NULL", []
+    if rule.vlm_min:
+        vlm_join = f"LEFT JOIN {VlmScore._meta.db_table} v ON v.caption_id = s.caption_id AND v.scorer_fingerprint = %s"
+        vlm_cols = "v.id, v.error, v.itm, v.odf, v.ctq, v.su"
+        params.append(rule.vlm_fingerprint)
+    sql = (
+        "SELECT s.reward, s.cosine, s.clipscore, s.criteria, c.decision, "
+        "(c.status = 'ok' AND i.status = 'ok'), " + vlm_cols + " "
+        f"FROM {Score._meta.db_table} s TABLESAMPLE SYSTEM (%s) REPEATABLE (7) "
+        f"JOIN {Caption._meta.db_table} c ON c.id = s.caption_id "
+        f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
+        f"{vlm_join} "
+        "WHERE s.encoder = %s AND s.encoder_fingerprint = %s AND s.reward_model_version = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [percent, *params, key["encoder"], key["encoder_fingerprint"], key["reward_model_version"]],
+        )
+        return cursor.fetchall()
+
+
+def _criteria(value) -> dict:
+    if isinstance(value, str | bytes):
+        import json
+
+        return json.loads(value)
+    return value or {}
+
+
+def filter_preview_sampled(*, key: dict, rule: FilterRule, histogram: bool = True) -> FilterPreview:
+    """``filter_preview``'s numbers estimated from a page sample of the score table: counts scaled by
+    the sampling rate, the top-k% cut and the histogram from the sampled pairs. Curator decisions in
+    the sample apply as in a run; rewrites nobody has scored yet and the one-caption-per-image option
+    are not in the estimate (the run counts them)."""
+    table_rows = max(_score_table_estimate(), 1)
+    percent = min(100.0, 100.0 * PREVIEW_SAMPLE_ROWS / table_rows)
+    rows = _sample_rows(key, rule, percent)
+    scale = 100.0 / percent
+    usable = [r for r in rows if r[5]]
+    values = {
+        "reward": np.array([np.nan if r[0] is None else r[0] for r in usable], dtype=np.float64),
+        "cosine": np.array([np.nan if r[1] is None else r[1] for r in usable], dtype=np.float64),
+        "clipscore": np.array([np.nan if r[2] is None else r[2] for r in usable], dtype=np.float64),
+    }
+    decision = np.array([r[4] for r in usable], dtype=object)
+    passing = np.ones(len(usable), dtype=bool)
+    cutoff = None
+    rank = rank_field(key["reward_model_version"])
+    if rule.top_percent is not None:
+        ranked = values[rank][~np.isnan(values[rank])]
+        wanted = math.ceil(ranked.size * rule.top_percent / 100)
+        if wanted:
+            cutoff = float(np.partition(ranked, ranked.size - wanted)[ranked.size - wanted])
+            passing &= values[rank] >= cutoff
+        else:
+            passing[:] = False
+    if rule.reward_min is not None:
+        passing &= values["reward"] >= rule.reward_min
+    if rule.cosine_min is not None:
+        passing &= values["cosine"] >= rule.cosine_min
+    for name, minimum in rule.criteria_min.items():
+        got = [_criteria(r[3]).get(name) for r in usable]
+        passing &= np.array([v is not None and v >= minimum for v in got], dtype=bool)
+    if rule.vlm_min:
+        judged = np.array([r[6] is not None for r in usable], dtype=bool)
+        ok = np.array(
+            [
+                r[6] is not None
+                and r[7] == ""
+                and all(
+                    r[8 + VLM_METRICS.index(m)] is not None and r[8 + VLM_METRICS.index(m)] >= v
+                    for m, v in rule.vlm_min.items()
+                )
+                for r in usable
+            ],
+            dtype=bool,
+        )
+        passing &= ok | (~judged if rule.vlm_unjudged == "keep" else False)
+    kept_mask = (decision == CuratorDecision.ACCEPT) | ((decision == "") & passing)
+    considered, kept = round(len(usable) * scale), round(int(kept_mask.sum()) * scale)
+    score_field = rule.histogram_field
+    if score_field == "reward":
+        score_field = rank
+    counts, edges = [], []
+    if histogram and score_field in values:
+        column = values[score_field][~np.isnan(values[score_field])]
+        if column.size:
+            lo, hi = float(column.min()), float(column.max())
+            edges_arr = np.linspace(lo, hi if hi > lo else lo + 1e-6, HISTOGRAM_BINS + 1)
+            counts = np.histogram(column, bins=edges_arr)[0].tolist()
+            edges = edges_arr.tolist()
+    if score_field == "cosine":
+        cut = rule.cosine_min
+    elif score_field in VLM_METRICS:
+        cut = rule.vlm_min.get(score_field)
+    else:
+        candidates = [value for value in (cutoff, rule.reward_min) if value is not None]
+        cut = max(candidates) if candidates else None
+    return FilterPreview(
+        rule=rule,
+        considered=considered,
+        kept=kept,
+        cutoff=cutoff,
+        counts=counts,
+        edges=edges,
+        cut=cut,
+        score_field=score_field,
+        warning=_warning(considered, kept) if usable else _warning(0, 0),
+        sample_size=len(usable),
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Exists, Max, OuterRef, QuerySet
 
 from curate.models import Flag, FlagReason, Review
 from curate.rewrite import rewrite_suggestion_get
-from pool.models import Caption
-from scoring.models import Score
+from pool.models import Caption, RunStatus
+from scoring.models import Score, ScoringRun
 from scoring.selectors import model_scores, score_weights_current
 
 SCORE_FIELDS = ("reward", "clipscore", "cosine")
@@ -46,9 +47,15 @@ def score_context_default(
         if active and Score.objects.filter(encoder=encoder, reward_model_version=active.version).exists():
             reward_model_version = active.version
         else:
-            reward_model_version = (
-                Score.objects.filter(encoder=encoder).aggregate(v=Max("reward_model_version"))["v"] or 0
-            )
+            # The newest version a scoring run finished (a few run rows), else the newest among the
+            # scores (a MAX over every score of the encoder: only pools scored before runs existed).
+            reward_model_version = ScoringRun.objects.filter(
+                encoder=encoder, status=RunStatus.SUCCEEDED
+            ).aggregate(v=Max("reward_model_version"))["v"]
+            if reward_model_version is None:
+                reward_model_version = (
+                    Score.objects.filter(encoder=encoder).aggregate(v=Max("reward_model_version"))["v"] or 0
+                )
     weights = score_weights_current(encoder=encoder, reward_model_version=int(reward_model_version))
     return ScoreContext(
         encoder=encoder,
@@ -56,6 +63,22 @@ def score_context_default(
         encoder_fingerprint=weights.encoder_fingerprint,
         reward_checkpoint_sha256=weights.reward_checkpoint_sha256,
     )
+
+
+def score_encoders(*, limit: int = 20) -> list[str]:
+    """The encoders that have scores. On PostgreSQL a loose index scan (one index probe per distinct
+    encoder on the score indexes that lead with it) instead of a DISTINCT over every score row."""
+    if connection.vendor != "postgresql":
+        return list(Score.objects.order_by("encoder").values_list("encoder", flat=True).distinct()[:limit])
+    table = Score._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH RECURSIVE e(v) AS (SELECT min(encoder) FROM {table} UNION ALL "
+            f"SELECT (SELECT min(encoder) FROM {table} WHERE encoder > e.v) FROM e WHERE e.v IS NOT NULL) "
+            "SELECT v FROM e WHERE v IS NOT NULL LIMIT %s",
+            [limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 @dataclass

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.filtering import FilterRule, _evaluate_by_plan, filter_evaluate, filter_run_create, filter_run_execute
+from curate.filtering import (
+    FilterRule,
+    _evaluate_by_plan,
+    filter_evaluate,
+    filter_run_create,
+    filter_run_execute,
+)
 from pool.models import Caption, CaptionSource, Image
 from scoring.models import Score
 from tests.curate.conftest import ENCODER, VERSION, make_caption, make_score, make_scored_pool
@@ -32,7 +38,9 @@ def _messy_pool() -> None:
     captions = make_scored_pool(60, images=20)
     Image.objects.filter(pk=captions[3].image_id).update(status="duplicate")
     Caption.objects.filter(pk__in=[captions[10].pk, captions[50].pk]).update(status="trivial")
-    Caption.objects.filter(pk__in=[captions[0].pk, captions[59].pk, captions[45].pk]).update(decision="accept")
+    Caption.objects.filter(pk__in=[captions[0].pk, captions[59].pk, captions[45].pk]).update(
+        decision="accept"
+    )
     Caption.objects.filter(pk__in=[captions[58].pk, captions[5].pk]).update(decision="reject")
     Caption.objects.filter(pk__in=[captions[57].pk, captions[6].pk]).update(decision="rewrite")
     Score.objects.filter(caption__in=[captions[40], captions[41]]).update(reward=40.0)  # ties
@@ -71,7 +79,11 @@ def test_decision_overrides_show_in_the_run_summary():
         )
     )
     kept = set(np.load(run.kept_file).tolist())
-    accepted = set(Caption.objects.filter(decision="accept", status="ok", image__status="ok").values_list("id", flat=True))
+    accepted = set(
+        Caption.objects.filter(decision="accept", status="ok", image__status="ok").values_list(
+            "id", flat=True
+        )
+    )
     rejected = set(Caption.objects.filter(decision__in=["reject", "rewrite"]).values_list("id", flat=True))
     assert accepted <= kept and not (rejected & kept)
     assert Caption.objects.get(text="an unscored rewrite").pk in kept

@@ -247,7 +247,9 @@ def bench_pages(args) -> dict:
     repos = {"new": REPO}
     if args.baseline_repo:
         repos["baseline"] = Path(args.baseline_repo)
-    return {label: _child(repo, args.db_url, "pages", requests=args.requests) for label, repo in repos.items()}
+    return {
+        label: _child(repo, args.db_url, "pages", requests=args.requests) for label, repo in repos.items()
+    }
 
 
 def _child(repo: Path, db_url: str, name: str, **kwargs) -> dict:

@@ -440,20 +440,20 @@ def copy_columns(sql: str, params, kinds: str) -> list[np.ndarray]:
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy,
     ):
-            for block in copy:
-                pending += bytes(block)
-                if not header_done:
-                    if len(pending) < 19:
-                        continue
-                    if not pending.startswith(_COPY_SIGNATURE):
-                        raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
-                    extension = int.from_bytes(pending[15:19], "big")
-                    pending = pending[19 + extension :]
-                    header_done = True
-                whole = len(pending) // row_type.itemsize * row_type.itemsize
-                if whole:
-                    parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
-                    pending = pending[whole:]
+        for block in copy:
+            pending += bytes(block)
+            if not header_done:
+                if len(pending) < 19:
+                    continue
+                if not pending.startswith(_COPY_SIGNATURE):
+                    raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
+                extension = int.from_bytes(pending[15:19], "big")
+                pending = pending[19 + extension :]
+                header_done = True
+            whole = len(pending) // row_type.itemsize * row_type.itemsize
+            if whole:
+                parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
+                pending = pending[whole:]
     if pending not in (b"", b"\xff\xff"):
         raise RuntimeError(f"COPY BINARY stream ended with {len(pending)} unparsed bytes.")
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row_type)

@@ -81,6 +81,72 @@ def score_encoders(*, limit: int = 20) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+# Pages count what they list only up to here ("1,000+"): an exact COUNT of a big flagged queue or audit
+# log on every page view is what keeps a 10M-pair pool's pages slow.
+COUNT_CAP = 1_000
+
+
+@dataclass
+class KeysetPage:
+    """A page of rows by primary key (keyset: ``?after=`` / ``?before=`` the edge ids), no OFFSET and
+    no COUNT. ``count``: rows matching, capped at ``COUNT_CAP`` (``count_capped`` says so)."""
+
+    object_list: list
+    next_after: int | None
+    prev_before: int | None
+    count: int
+    count_capped: bool
+
+    def __iter__(self):
+        return iter(self.object_list)
+
+    def __len__(self) -> int:
+        return len(self.object_list)
+
+    @property
+    def has_next(self) -> bool:
+        return self.next_after is not None
+
+    @property
+    def has_previous(self) -> bool:
+        return self.prev_before is not None
+
+    @property
+    def has_other_pages(self) -> bool:
+        return self.has_next or self.has_previous
+
+
+def keyset_page(
+    queryset: QuerySet, *, after: int | None, before: int | None, limit: int, descending: bool = False
+) -> KeysetPage:
+    """``queryset`` ordered by pk (ascending, or newest first with ``descending``), the page after or
+    before a pk. The ids in the links are the edges of this page."""
+    forward, backward = ("-pk", "pk") if descending else ("pk", "-pk")
+    newer = "pk__gt" if not descending else "pk__lt"
+    older = "pk__lt" if not descending else "pk__gt"
+    if before is not None:
+        rows = list(queryset.filter(**{older: before}).order_by(backward)[: limit + 1])
+        more_before = len(rows) > limit
+        rows = list(reversed(rows[:limit]))
+        next_after = rows[-1].pk if rows else None
+        prev_before = rows[0].pk if rows and more_before else None
+    else:
+        queryset_page = queryset.filter(**{newer: after}) if after is not None else queryset
+        rows = list(queryset_page.order_by(forward)[: limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_after = rows[-1].pk if rows and more else None
+        prev_before = rows[0].pk if rows and after is not None else None
+    count = queryset.order_by()[: COUNT_CAP + 1].count()
+    return KeysetPage(
+        object_list=rows,
+        next_after=next_after,
+        prev_before=prev_before,
+        count=min(count, COUNT_CAP),
+        count_capped=count > COUNT_CAP,
+    )
+
+
 @dataclass
 class QueueFilters:
     reason: str = ""
@@ -304,7 +370,8 @@ def review_audit(*, curator: str = "", decision: str = "") -> QuerySet[Review]:
         queryset = queryset.filter(reviewer__username=curator)
     if decision:
         queryset = queryset.filter(decision=decision)
-    return queryset.order_by("-created_at", "-id")
+    # Newest first by id (reviews are only ever appended): the audit pages by keyset on it.
+    return queryset.order_by("-id")
 
 
 # --- a filter run's pairs -------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def child_pages(requests: int) -> dict:
             "p95_ms": 1000 * _pct(times, 0.95),
             "status": sorted(statuses),
         }
-        print(name, results[name], flush=True)
+        print(name, results[name], file=sys.stderr, flush=True)
     campaign = Campaign.objects.filter(name="scale").first() or Campaign.objects.order_by("pk").first()
     if campaign is not None:
         client, user = clients["annotator"], users["annotator"]
@@ -236,7 +236,7 @@ def child_pages(requests: int) -> dict:
                     "n": len(times),
                     "status": sorted(statuses),
                 }
-                print(name, results[name], flush=True)
+                print(name, results[name], file=sys.stderr, flush=True)
     return results
 
 

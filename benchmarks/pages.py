@@ -145,6 +145,15 @@ def _bench_users() -> dict:
 PAGE_BUDGET_S = 60.0
 
 
+def _next_page_url(client, url: str) -> str:
+    """The page's own "next" link: ``after=<id>`` (keyset) or ``page=2`` (the code before it)."""
+    import re
+
+    html = client.get(url).content.decode()
+    found = re.search(r"[?&](?:amp;)?(after=\d+|page=2)", html)
+    return f"{url}?{found.group(1)}" if found else f"{url}?page=2"
+
+
 def child_pages(requests: int) -> dict:
     """p50/p95 of each page through Django's test client (the whole view: middleware, queries, template)."""
     import uuid
@@ -170,7 +179,7 @@ def child_pages(requests: int) -> dict:
         ("curator", "pool browser, status filter", "/pool/?status=rejected"),
         ("curator", "shards", "/pool/shards/"),
         ("curator", "review queue", "/curate/review/"),
-        ("curator", "review queue, page 2", "/curate/review/?page=2"),
+        ("curator", "review queue, next page", _next_page_url(clients["curator"], "/curate/review/")),
         ("curator", "review audit", "/curate/review/audit"),
         ("curator", "filter page", "/curate/filters/"),
         ("curator", "filter preview (htmx)", "/curate/filters/preview?preset=datacomp-0.28"),

@@ -58,7 +58,7 @@ from django.db import connection
 from django.utils import timezone
 
 from annotate.models import Campaign
-from curate.filtering import filter_run_kept_ids
+from curate.filtering import copy_blocks, filter_run_kept_ids
 from curate.lineage import campaign_lineage, filter_run_lineage
 from curate.models import Export, FilterRun
 from pool.locate import locator_from_values
@@ -488,8 +488,8 @@ def _write_npy_copy(directory: Path, filter_run: FilterRun, progress, total: int
             )
             pending = b""
             with cursor.cursor.copy(sql) as copy:
-                for block in copy:
-                    pending += bytes(block)
+                for block in copy_blocks(copy):
+                    pending += block
                     whole = len(pending) // _UID_LINE * _UID_LINE
                     if not whole:
                         continue

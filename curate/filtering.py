@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -420,7 +420,7 @@ def copy_blocks(copy, size: int = 1 << 22) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
-def copy_columns(sql: str, params, kinds: str) -> list[np.ndarray]:
+def copy_columns(sql: str, params, kinds: str, *, in_table_order: bool = False) -> list[np.ndarray]:
     """Columns of ``sql`` as numpy arrays: ``kinds`` has one letter per column, ``i`` (bigint) or ``f``
     (float8, NULL -> NaN). PostgreSQL: one ``COPY (...) TO STDOUT (FORMAT BINARY)`` parsed with numpy
     (a fixed-width row per pair, no Python object per row); other databases: a streamed cursor."""
@@ -451,24 +451,27 @@ def copy_columns(sql: str, params, kinds: str) -> list[np.ndarray]:
     parts: list[np.ndarray] = []
     pending = b""
     header_done = False
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy,
-    ):
-        for block in copy_blocks(copy):
-            pending += block
-            if not header_done:
-                if len(pending) < 19:
-                    continue
-                if not pending.startswith(_COPY_SIGNATURE):
-                    raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
-                extension = int.from_bytes(pending[15:19], "big")
-                pending = pending[19 + extension :]
-                header_done = True
-            whole = len(pending) // row_type.itemsize * row_type.itemsize
-            if whole:
-                parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
-                pending = pending[whole:]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if in_table_order:
+            # Most of a model's score rows: a plain index scan fetches them from the heap in index
+            # order, one random page read per row on a table bigger than memory; a bitmap or
+            # sequential scan reads the pages once, in order.
+            cursor.execute("SET LOCAL enable_indexscan = off")
+        with cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            for block in copy_blocks(copy):
+                pending += block
+                if not header_done:
+                    if len(pending) < 19:
+                        continue
+                    if not pending.startswith(_COPY_SIGNATURE):
+                        raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
+                    extension = int.from_bytes(pending[15:19], "big")
+                    pending = pending[19 + extension :]
+                    header_done = True
+                whole = len(pending) // row_type.itemsize * row_type.itemsize
+                if whole:
+                    parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
+                    pending = pending[whole:]
     if pending not in (b"", b"\xff\xff"):
         raise RuntimeError(f"COPY BINARY stream ended with {len(pending)} unparsed bytes.")
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row_type)
@@ -558,7 +561,9 @@ def filter_evaluate(
     if rule.cosine_min is not None and "cosine" not in columns:
         columns.append("cosine")
     scores = model_scores(**key)
-    values = copy_columns(*_sql(scores, "caption_id", *columns), "i" + "f" * len(columns))
+    values = copy_columns(
+        *_sql(scores, "caption_id", *columns), "i" + "f" * len(columns), in_table_order=True
+    )
     order = np.argsort(values[0], kind="stable")
     scored = values[0][order]
     column = {name: values[1 + n][order] for n, name in enumerate(columns)}

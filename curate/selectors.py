@@ -275,15 +275,12 @@ def review_items(*, captions: list[Caption], context: ScoreContext) -> list[Queu
 def review_counts_by_reason() -> dict[str, int]:
     """Open flags on undecided captions per reason, for the filter bar; near duplicates count clusters."""
     counts = {reason.value: 0 for reason in FlagReason}
-    rows = (
-        Flag.objects.filter(is_open=True, caption__decision="")
-        .exclude(reason=FlagReason.NEAR_DUPLICATE)
-        .values_list("reason")
-        .order_by()
-        .annotate(n=Count("id"))
-    )
-    for reason, n in rows:
-        counts[reason] = n
+    # All open flags per reason (the flag table alone), less those on decided captions (few, from the
+    # decision index): joining every open flag to its caption costs a quarter second at 10M pairs.
+    open_flags = Flag.objects.filter(is_open=True).exclude(reason=FlagReason.NEAR_DUPLICATE)
+    for sign, flags in ((1, open_flags), (-1, open_flags.filter(caption__decision__gt=""))):
+        for reason, n in flags.values_list("reason").order_by().annotate(n=Count("id")):
+            counts[reason] += sign * n
     counts[FlagReason.NEAR_DUPLICATE.value] = near_duplicate_clusters(state="undecided").count()
     return counts
 

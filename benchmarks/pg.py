@@ -37,10 +37,9 @@ def insert_select(model, exprs: dict[str, str], from_sql: str) -> int:
             raise RuntimeError(f"The benchmark does not know how to fill {model.__name__}.{field.name}.")
         columns.append(field.column)
     table = model._meta.db_table
+    quoted = ", ".join(connection.ops.quote_name(c) for c in columns)  # "offset" is a keyword
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(select)} {from_sql}", params
-        )
+        cursor.execute(f"INSERT INTO {table} ({quoted}) SELECT {', '.join(select)} {from_sql}", params)
         count = cursor.rowcount
         if model._meta.pk.column in exprs:
             cursor.execute(

@@ -26,10 +26,9 @@ from curate.filtering import (
     rule_reward_check,
 )
 from curate.models import Export, FilterRun
-from curate.selectors import filter_run_pairs, score_context_default
+from curate.selectors import filter_run_pairs, score_context_default, score_encoders
 from curate.tasks import export_execute, filter_run_execute
 from pool.query_params import INT64_MAX, int_param
-from scoring.models import Score
 
 RUNS_SHOWN = 30
 
@@ -41,6 +40,8 @@ def _float(value):
 
 
 def _criteria_keys(context) -> list[str]:
+    if context.reward_model_version == 0:
+        return []  # CLIPScore-only scores have no criteria: do not walk them all looking for one
     sample = context.scores().filter(criteria__isnull=False).values_list("criteria", flat=True).first()
     return sorted(sample) if isinstance(sample, dict) else []
 
@@ -105,7 +106,7 @@ def _page(request, *, params, status: int = 200, extra: dict | None = None):
         **state,
         "preview": preview,
         "presets": PRESETS,
-        "encoders": list(Score.objects.order_by().values_list("encoder", flat=True).distinct()[:20]),
+        "encoders": score_encoders(limit=20),
         "runs": FilterRun.objects.order_by("-created_at")[:RUNS_SHOWN],
         "exports": Export.objects.select_related("filter_run").order_by("-created_at")[:RUNS_SHOWN],
         "export_kinds": Export.Kind.choices,

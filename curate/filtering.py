@@ -19,9 +19,14 @@ kept whatever the scores; reject -> dropped; rewrite -> the original is dropped 
 candidate pair in its own right (judged by the rule once scored, kept while not yet scored, because a
 curator wrote it).
 
-Everything is computed in SQL (counts, the percentile cut by ORDER BY + OFFSET, EXISTS for the decision
-overrides) and the kept ids are streamed back as numpy arrays; no model object is built per pair, so a
-run over a million scored pairs takes seconds.
+A run (``filter_evaluate``) reads a few id sets and combines them as sorted numpy arrays, with no join
+of the pool tables: the scored pairs of the model with the one or two score columns the rule needs (one
+binary ``COPY`` of the score table on PostgreSQL), the unusable captions (status not ok, or image status
+not ok: small, through the status indexes), the curator-decided captions (the decision index) and the
+rewrites (a partial index). The percentile cut is ``np.partition`` over the usable scores; predicates a
+numpy column cannot express (criteria, the judge's metrics) run as one SQL query over the score table
+alone. ``filter_plan``'s querysets say the same thing in SQL (the reference semantics, used by the
+best-caption-per-image option and the tests); ``tests/curate/test_filter_fast_path.py`` checks both agree.
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from curate.models import FilterRun
-from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, ImageStatus, RunStatus
+from pool.models import Caption, CaptionSource, CaptionStatus, CuratorDecision, Image, ImageStatus, RunStatus
 from scoring.models import Score, VlmScore
 from scoring.selectors import model_scores, score_weights_current
 
@@ -395,6 +400,238 @@ def stream_ids(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+# --- the fast evaluation: id sets as sorted numpy arrays ------------------------------------------
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+def copy_blocks(copy, size: int = 1 << 22) -> Iterator[bytes]:
+    """A COPY TO stream regrouped into blocks of about ``size`` bytes: psycopg hands over one row per
+    block, and a Python step per row is what this path exists to avoid."""
+    parts: list[bytes] = []
+    held = 0
+    for block in copy:
+        parts.append(bytes(block))
+        held += len(block)
+        if held >= size:
+            yield b"".join(parts)
+            parts, held = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+def copy_columns(sql: str, params, kinds: str, *, in_table_order: bool = False) -> list[np.ndarray]:
+    """Columns of ``sql`` as numpy arrays: ``kinds`` has one letter per column, ``i`` (bigint) or ``f``
+    (float8, NULL -> NaN). PostgreSQL: one ``COPY (...) TO STDOUT (FORMAT BINARY)`` parsed with numpy
+    (a fixed-width row per pair, no Python object per row); other databases: a streamed cursor."""
+    casts = ", ".join(
+        f"q.c{n}::bigint" if kind == "i" else f"COALESCE(q.c{n}::float8, 'NaN'::float8)"
+        for n, kind in enumerate(kinds)
+    )
+    names = ", ".join(f"c{n}" for n in range(len(kinds)))
+    wrapped = f"SELECT {casts} FROM ({sql}) AS q({names})"
+    if connection.vendor != "postgresql":
+        columns: list[list] = [[] for _ in kinds]
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(sql, params)
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                for n, col in enumerate(zip(*rows, strict=True)):
+                    columns[n].extend(col)
+        return [
+            np.array(col, dtype=np.int64)
+            if kind == "i"
+            else np.array([np.nan if v is None else v for v in col], dtype=np.float64)
+            for col, kind in zip(columns, kinds, strict=True)
+        ]
+    # A row: int16 field count, then per field int32 length + 8 bytes (bigint and float8 alike).
+    fields = [("n", ">i2")]
+    for n, kind in enumerate(kinds):
+        fields += [(f"l{n}", ">i4"), (f"v{n}", ">i8" if kind == "i" else ">f8")]
+    row_type = np.dtype(fields)
+    parts: list[np.ndarray] = []
+    pending = b""
+    header_done = False
+    with transaction.atomic(), connection.cursor() as cursor:
+        if in_table_order:
+            # Most of a model's score rows: a plain index scan fetches them from the heap in index
+            # order, one random page read per row on a table bigger than memory; a bitmap or
+            # sequential scan reads the pages once, in order.
+            cursor.execute("SET LOCAL enable_indexscan = off")
+        with cursor.cursor.copy(f"COPY ({wrapped}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            for block in copy_blocks(copy):
+                pending += block
+                if not header_done:
+                    if len(pending) < 19:
+                        continue
+                    if not pending.startswith(_COPY_SIGNATURE):
+                        raise RuntimeError("Unexpected COPY BINARY header from PostgreSQL.")
+                    extension = int.from_bytes(pending[15:19], "big")
+                    pending = pending[19 + extension :]
+                    header_done = True
+                whole = len(pending) // row_type.itemsize * row_type.itemsize
+                if whole:
+                    parts.append(np.frombuffer(pending[:whole], dtype=row_type).copy())
+                    pending = pending[whole:]
+    if pending not in (b"", b"\xff\xff"):
+        raise RuntimeError(f"COPY BINARY stream ended with {len(pending)} unparsed bytes.")
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row_type)
+    if rows.size and (rows["n"] != len(kinds)).any():
+        raise RuntimeError("COPY BINARY returned rows of an unexpected width.")
+    return [rows[f"v{n}"].astype(np.int64 if kind == "i" else np.float64) for n, kind in enumerate(kinds)]
+
+
+def _sql(queryset: QuerySet, *fields: str) -> tuple[str, tuple]:
+    return queryset.order_by().values_list(*fields).query.sql_with_params()
+
+
+def _id_set(queryset: QuerySet, field_name: str = "id") -> np.ndarray:
+    """Sorted distinct int64 ids of one column of ``queryset``."""
+    return np.unique(copy_columns(*_sql(queryset, field_name), "i")[0])
+
+
+def unusable_caption_ids() -> np.ndarray:
+    """Captions that are not usable pairs: their status or their image's is not ok. ``< 'ok' OR > 'ok'``
+    instead of ``<> 'ok'``: two ranges of the status indexes, not a scan of the pool."""
+    own = Caption.objects.filter(Q(status__lt=CaptionStatus.OK) | Q(status__gt=CaptionStatus.OK))
+    image = Caption.objects.filter(Q(image__status__lt=ImageStatus.OK) | Q(image__status__gt=ImageStatus.OK))
+    return np.union1d(_id_set(own), _id_set(image))
+
+
+@dataclass
+class FilterResult:
+    """What a run records, computed by ``filter_evaluate``."""
+
+    cutoff: float | None
+    considered: int
+    kept: np.ndarray  # sorted caption ids
+    rule_part: np.ndarray  # the kept pairs nobody decided on (what cluster balancing may replace)
+    rule_passed: int
+    overrides: dict[str, int]
+
+
+def _sorted(values) -> np.ndarray:
+    return np.unique(np.asarray(values, dtype=np.int64))
+
+
+def filter_evaluate(
+    *, encoder: str, reward_model_version: int, rule: FilterRule, encoder_fingerprint: str | None = None
+) -> FilterResult:
+    """The rule's kept ids and counts, as ``filter_plan`` defines them, without joining the pool tables.
+
+    Memory: a few int64/float64 arrays of the scored pairs (about 30 bytes a pair at the peak), never a
+    model object per pair. ``best_caption_per_image`` compares siblings of an image, which needs the
+    join: it goes through ``filter_plan``'s querysets instead.
+    """
+    if encoder_fingerprint is None:
+        encoder_fingerprint = score_weights_current(
+            encoder=encoder, reward_model_version=reward_model_version
+        ).encoder_fingerprint
+    key = {
+        "encoder": encoder,
+        "reward_model_version": reward_model_version,
+        "encoder_fingerprint": encoder_fingerprint,
+    }
+    if rule.best_caption_per_image:
+        return _evaluate_by_plan(key, rule)
+    unusable = unusable_caption_ids()
+    decided = Caption.objects.filter(decision__gt="").values_list("id", "decision")
+    by_decision: dict[str, list[int]] = {}
+    for pk, decision in decided.iterator(chunk_size=STREAM_CHUNK):
+        by_decision.setdefault(decision, []).append(pk)
+    decided_ids = _sorted([pk for ids in by_decision.values() for pk in ids])
+    accepted = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.ACCEPT, [])), unusable)
+    rejected = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.REJECT, [])), unusable)
+    rewritten = np.setdiff1d(_sorted(by_decision.get(CuratorDecision.REWRITE, [])), unusable)
+    rewrites = Caption.objects.filter(source=CaptionSource.REWRITE).values_list("id", "decision")
+    rewrite_ids, rewrite_undecided = [], []
+    for pk, decision in rewrites.iterator(chunk_size=STREAM_CHUNK):
+        rewrite_ids.append(pk)
+        if decision == "":
+            rewrite_undecided.append(pk)
+    rewrite_all = np.setdiff1d(_sorted(rewrite_ids), unusable)
+    rewrite_undecided = np.setdiff1d(_sorted(rewrite_undecided), unusable)
+
+    # The scored pairs with the columns the rule compares in numpy.
+    rank = rank_field(reward_model_version)
+    columns: list[str] = []
+    if rule.top_percent is not None:
+        columns.append(rank)
+    if rule.reward_min is not None and "reward" not in columns:
+        columns.append("reward")
+    if rule.cosine_min is not None and "cosine" not in columns:
+        columns.append("cosine")
+    scores = model_scores(**key)
+    values = copy_columns(
+        *_sql(scores, "caption_id", *columns), "i" + "f" * len(columns), in_table_order=True
+    )
+    order = np.argsort(values[0], kind="stable")
+    scored = values[0][order]
+    column = {name: values[1 + n][order] for n, name in enumerate(columns)}
+    del values, order
+    scored_usable = ~np.isin(scored, unusable, assume_unique=True)
+
+    cutoff = None
+    passing = np.ones(scored.size, dtype=bool)
+    if rule.top_percent is not None:
+        ranked = column[rank][scored_usable]
+        ranked = ranked[~np.isnan(ranked)]
+        wanted = math.ceil(ranked.size * rule.top_percent / 100)
+        if wanted:
+            # The wanted-th largest: what ORDER BY rank DESC OFFSET wanted-1 returns.
+            cutoff = float(np.partition(ranked, ranked.size - wanted)[ranked.size - wanted])
+            passing &= column[rank] >= cutoff
+        else:
+            passing[:] = False
+        del ranked
+    if rule.reward_min is not None:
+        passing &= column["reward"] >= rule.reward_min
+    if rule.cosine_min is not None:
+        passing &= column["cosine"] >= rule.cosine_min
+    passed = scored[passing]
+    if rule.criteria_min or rule.vlm_min:
+        # Predicates on JSON criteria and the judge's table: SQL over the score table alone.
+        numeric = FilterRule(
+            **{**rule.to_dict(), "top_percent": None, "reward_min": None, "cosine_min": None}
+        )
+        sql_passing = _rule_scores(**key, rule=numeric, cutoff=None, usable=False)
+        passed = np.intersect1d(passed, _id_set(sql_passing, "caption_id"), assume_unique=True)
+    del column, passing
+
+    passed_usable = np.setdiff1d(passed, unusable, assume_unique=True)
+    unscored_rewrites = np.setdiff1d(np.setdiff1d(rewrite_undecided, decided_ids), scored, assume_unique=True)
+    rule_part = np.union1d(np.setdiff1d(passed_usable, decided_ids, assume_unique=True), unscored_rewrites)
+    kept = np.union1d(accepted, rule_part)
+    considered = int(scored_usable.sum()) + int(
+        np.setdiff1d(np.union1d(accepted, rewrite_all), scored, assume_unique=True).size
+    )
+    overrides = {
+        "accepted_against_rule": int(np.setdiff1d(accepted, passed, assume_unique=True).size),
+        "rejected_against_rule": int(np.intersect1d(rejected, passed, assume_unique=True).size),
+        "replaced_by_rewrite": int(rewritten.size),
+        "unscored_rewrites_kept": int(unscored_rewrites.size),
+    }
+    return FilterResult(
+        cutoff=cutoff,
+        considered=considered,
+        kept=kept,
+        rule_part=rule_part,
+        rule_passed=int(passed_usable.size),
+        overrides=overrides,
+    )
+
+
+def _evaluate_by_plan(key: dict, rule: FilterRule) -> FilterResult:
+    plan = filter_plan(**key, rule=rule)
+    return FilterResult(
+        cutoff=plan.cutoff,
+        considered=plan.considered.count(),
+        kept=stream_ids(plan.kept),
+        rule_part=stream_ids(plan.kept.filter(decision="")),
+        rule_passed=plan.rule_passed.count(),
+        overrides={name: qs.count() for name, qs in plan.overrides.items()},
+    )
+
+
 def score_histogram(
     *,
     encoder: str,
@@ -445,6 +682,12 @@ class FilterPreview:
     cut: float | None
     score_field: str
     warning: str = ""
+    # > 0: the numbers are estimated from this many sampled usable pairs (``filter_preview_sampled``).
+    sample_size: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        return self.sample_size > 0
 
     @property
     def compression_ratio(self) -> float | None:
@@ -462,7 +705,23 @@ def filter_preview(
     rule: FilterRule,
     histogram: bool = True,
     encoder_fingerprint: str | None = None,
+    exact: bool | None = None,
 ) -> FilterPreview:
+    """Counts and histogram of a rule: exact on demo-scale pools, estimated from a sample above
+    ``PREVIEW_EXACT_MAX`` score rows (``exact`` None: decide by the table's size)."""
+    if exact is None:
+        exact = not preview_is_sampled()
+    if not exact:
+        if encoder_fingerprint is None:
+            encoder_fingerprint = score_weights_current(
+                encoder=encoder, reward_model_version=reward_model_version
+            ).encoder_fingerprint
+        key = {
+            "encoder": encoder,
+            "reward_model_version": reward_model_version,
+            "encoder_fingerprint": encoder_fingerprint,
+        }
+        return filter_preview_sampled(key=key, rule=rule, histogram=histogram)
     plan = filter_plan(
         encoder=encoder,
         reward_model_version=reward_model_version,
@@ -501,6 +760,146 @@ def filter_preview(
         cut=cut,
         score_field=score_field,
         warning=_warning(considered, kept),
+    )
+
+
+# --- the preview at scale: estimated from a sample --------------------------------------------------
+
+# Above this many score rows (PostgreSQL's table estimate) the page's preview is estimated from a
+# random sample instead of counted: exact counts and a histogram of 10M pairs take tens of seconds,
+# the sample answers in well under a second. The page says "about" and the sample size.
+PREVIEW_EXACT_MAX = 200_000
+PREVIEW_SAMPLE_ROWS = 20_000
+
+
+def _score_table_estimate() -> int:
+    if connection.vendor != "postgresql":
+        return 0  # SQLite serves demo-scale pools: count exactly
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Score._meta.db_table]
+        )
+        row = cursor.fetchone()
+    return max(int(row[0] or 0), 0) if row else 0
+
+
+def preview_is_sampled() -> bool:
+    return _score_table_estimate() > PREVIEW_EXACT_MAX
+
+
+def _sample_rows(key: dict, rule: FilterRule, percent: float) -> list[tuple]:
+    """Score rows of one model from a ``TABLESAMPLE SYSTEM`` page sample (repeatable: the same rule
+    previews the same numbers), joined to their caption and image by primary key."""
+    vlm_join, vlm_cols, params = "", "NULL, NULL, NULL, NULL, NULL, NULL", []
+    if rule.vlm_min:
+        vlm_join = f"LEFT JOIN {VlmScore._meta.db_table} v ON v.caption_id = s.caption_id AND v.scorer_fingerprint = %s"
+        vlm_cols = "v.id, v.error, v.itm, v.odf, v.ctq, v.su"
+        params.append(rule.vlm_fingerprint)
+    sql = (
+        "SELECT s.reward, s.cosine, s.clipscore, s.criteria, c.decision, "
+        "(c.status = 'ok' AND i.status = 'ok'), " + vlm_cols + " "
+        f"FROM {Score._meta.db_table} s TABLESAMPLE SYSTEM (%s) REPEATABLE (7) "
+        f"JOIN {Caption._meta.db_table} c ON c.id = s.caption_id "
+        f"JOIN {Image._meta.db_table} i ON i.id = c.image_id "
+        f"{vlm_join} "
+        "WHERE s.encoder = %s AND s.encoder_fingerprint = %s AND s.reward_model_version = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [percent, *params, key["encoder"], key["encoder_fingerprint"], key["reward_model_version"]],
+        )
+        return cursor.fetchall()
+
+
+def _criteria(value) -> dict:
+    if isinstance(value, str | bytes):
+        import json
+
+        return json.loads(value)
+    return value or {}
+
+
+def filter_preview_sampled(*, key: dict, rule: FilterRule, histogram: bool = True) -> FilterPreview:
+    """``filter_preview``'s numbers estimated from a page sample of the score table: counts scaled by
+    the sampling rate, the top-k% cut and the histogram from the sampled pairs. Curator decisions in
+    the sample apply as in a run; rewrites nobody has scored yet and the one-caption-per-image option
+    are not in the estimate (the run counts them)."""
+    table_rows = max(_score_table_estimate(), 1)
+    percent = min(100.0, 100.0 * PREVIEW_SAMPLE_ROWS / table_rows)
+    rows = _sample_rows(key, rule, percent)
+    scale = 100.0 / percent
+    usable = [r for r in rows if r[5]]
+    values = {
+        "reward": np.array([np.nan if r[0] is None else r[0] for r in usable], dtype=np.float64),
+        "cosine": np.array([np.nan if r[1] is None else r[1] for r in usable], dtype=np.float64),
+        "clipscore": np.array([np.nan if r[2] is None else r[2] for r in usable], dtype=np.float64),
+    }
+    decision = np.array([r[4] for r in usable], dtype=object)
+    passing = np.ones(len(usable), dtype=bool)
+    cutoff = None
+    rank = rank_field(key["reward_model_version"])
+    if rule.top_percent is not None:
+        ranked = values[rank][~np.isnan(values[rank])]
+        wanted = math.ceil(ranked.size * rule.top_percent / 100)
+        if wanted:
+            cutoff = float(np.partition(ranked, ranked.size - wanted)[ranked.size - wanted])
+            passing &= values[rank] >= cutoff
+        else:
+            passing[:] = False
+    if rule.reward_min is not None:
+        passing &= values["reward"] >= rule.reward_min
+    if rule.cosine_min is not None:
+        passing &= values["cosine"] >= rule.cosine_min
+    for name, minimum in rule.criteria_min.items():
+        got = [_criteria(r[3]).get(name) for r in usable]
+        passing &= np.array([v is not None and v >= minimum for v in got], dtype=bool)
+    if rule.vlm_min:
+        judged = np.array([r[6] is not None for r in usable], dtype=bool)
+        ok = np.array(
+            [
+                r[6] is not None
+                and r[7] == ""
+                and all(
+                    r[8 + VLM_METRICS.index(m)] is not None and r[8 + VLM_METRICS.index(m)] >= v
+                    for m, v in rule.vlm_min.items()
+                )
+                for r in usable
+            ],
+            dtype=bool,
+        )
+        passing &= ok | (~judged if rule.vlm_unjudged == "keep" else False)
+    kept_mask = (decision == CuratorDecision.ACCEPT) | ((decision == "") & passing)
+    considered, kept = round(len(usable) * scale), round(int(kept_mask.sum()) * scale)
+    score_field = rule.histogram_field
+    if score_field == "reward":
+        score_field = rank
+    counts, edges = [], []
+    if histogram and score_field in values:
+        column = values[score_field][~np.isnan(values[score_field])]
+        if column.size:
+            lo, hi = float(column.min()), float(column.max())
+            edges_arr = np.linspace(lo, hi if hi > lo else lo + 1e-6, HISTOGRAM_BINS + 1)
+            counts = np.histogram(column, bins=edges_arr)[0].tolist()
+            edges = edges_arr.tolist()
+    if score_field == "cosine":
+        cut = rule.cosine_min
+    elif score_field in VLM_METRICS:
+        cut = rule.vlm_min.get(score_field)
+    else:
+        candidates = [value for value in (cutoff, rule.reward_min) if value is not None]
+        cut = max(candidates) if candidates else None
+    return FilterPreview(
+        rule=rule,
+        considered=considered,
+        kept=kept,
+        cutoff=cutoff,
+        counts=counts,
+        edges=edges,
+        cut=cut,
+        score_field=score_field,
+        warning=_warning(considered, kept) if usable else _warning(0, 0),
+        sample_size=len(usable),
     )
 
 
@@ -627,19 +1026,20 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
     run.save(update_fields=["status", "started_at", "error"])
     try:
         rule = FilterRule.from_dict(run.rule)
-        plan = filter_plan(
-            encoder=run.encoder,
-            reward_model_version=run.reward_model_version,
-            rule=rule,
-            encoder_fingerprint=run.encoder_fingerprint,
-        )
-        run.considered = plan.considered.count()
+        key = {
+            "encoder": run.encoder,
+            "reward_model_version": run.reward_model_version,
+            "encoder_fingerprint": run.encoder_fingerprint,
+        }
+        result = filter_evaluate(**key, rule=rule)
+        run.considered = result.considered
         run.total = run.considered
         run.save(update_fields=["considered", "total"])
-        kept_ids = stream_ids(plan.kept)
+        kept_ids = result.kept
         messages = []
         if rule.balance_clusters:
-            rule_part = stream_ids(plan.kept.filter(decision=""))
+            rule_part = result.rule_part
+            plan = filter_plan(**key, rule=rule)
             balanced, message = _balanced_ids(plan, target=len(rule_part), clusters=rule.balance_clusters)
             messages.append(message)
             if balanced is not None:
@@ -654,9 +1054,9 @@ def filter_run_execute(*, run: FilterRun) -> FilterRun:
         run.kept_file = str(path)
         run.summary = {
             "rule_text": rule.describe(reward_model_version=run.reward_model_version),
-            "reward_cutoff": plan.cutoff,
-            "rule_passed": plan.rule_passed.count(),
-            **{name: qs.count() for name, qs in plan.overrides.items()},
+            "reward_cutoff": result.cutoff,
+            "rule_passed": result.rule_passed,
+            **result.overrides,
             "messages": messages,
         }
         run.done, run.status, run.finished_at = run.considered, RunStatus.SUCCEEDED, timezone.now()

@@ -11,7 +11,6 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.core.paginator import Paginator
 from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -25,6 +24,7 @@ from curate.rewrite import RewriteRefused, rewrite_suggestion_get
 from curate.selectors import (
     QueueFilters,
     cluster_items,
+    keyset_page,
     near_duplicate_clusters,
     review_audit,
     review_counts_by_reason,
@@ -84,6 +84,11 @@ def _queue_url(request) -> str:
     return reverse("review:queue")
 
 
+def _cursor(request) -> dict:
+    """``after``/``before`` of a keyset page link (ids); anything else starts at the first page."""
+    return {name: int_param(request.GET.get(name, "")) for name in ("after", "before")}
+
+
 def _campaigns():
     return Campaign.objects.filter(is_active=True).order_by("name")
 
@@ -96,16 +101,14 @@ def _page_context(request, *, status_message: str = "") -> dict:
     cluster_mode = filters.reason == FlagReason.NEAR_DUPLICATE and request.GET.get("view") != "pairs"
     clusters = []
     if cluster_mode:
-        page = Paginator(near_duplicate_clusters(state=filters.state), PAGE_SIZE).get_page(
-            request.GET.get("page")
-        )
+        page = keyset_page(near_duplicate_clusters(state=filters.state), **_cursor(request), limit=PAGE_SIZE)
         clusters = cluster_items(kept_images=list(page.object_list))
         items = []
     else:
         queryset = review_queue(filters=filters, context=context)
-        page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = keyset_page(queryset, **_cursor(request), limit=PAGE_SIZE)
         items = review_items(captions=list(page.object_list), context=context)
-    query = {k: v for k, v in request.GET.items() if k != "page" and v}
+    query = {k: v for k, v in request.GET.items() if k not in ("page", "after", "before") and v}
     return {
         "filters": filters,
         "score_context": context,
@@ -351,7 +354,9 @@ def _suggestion_response(request, caption: Caption):
 def audit(request):
     curator = request.GET.get("curator", "")
     decision = request.GET.get("decision", "")
-    page = Paginator(review_audit(curator=curator, decision=decision), 50).get_page(request.GET.get("page"))
+    page = keyset_page(
+        review_audit(curator=curator, decision=decision), **_cursor(request), limit=50, descending=True
+    )
     reviewer_ids = Review.objects.values_list("reviewer_id", flat=True).distinct()
     curators = get_user_model().objects.filter(id__in=reviewer_ids).order_by("username")
     query = urlencode({k: v for k, v in {"curator": curator, "decision": decision}.items() if v})

@@ -30,6 +30,7 @@ from loop.services import loop_cancel, loop_resume, loop_start
 from loop.steps import metrics_headline
 from pool.models import Caption, CaptionStatus, CleaningRun, Image, ImageStatus, ImportRun, RunStatus
 from pool.run_views import run_progress_response
+from pool.selectors import pool_counts_estimate
 from scoring.models import ScoringRun, ShardPassRun
 from training.models import ModelStatus, RewardModel, TrainingRun
 from training.selectors import retrain_thresholds
@@ -158,11 +159,26 @@ def dashboard_context() -> dict:
         campaigns.append(
             {"campaign": campaign, "should": should, "reason": reason, "threshold": retrain_after(campaign)}
         )
+    # A big pool shows PostgreSQL's estimates ("about"): four COUNTs over 10M rows take seconds.
+    estimate = pool_counts_estimate()
+    if estimate is not None:
+        counts = {
+            "images": estimate["images_total"],
+            "images_ok": estimate["images"].get(ImageStatus.OK, 0),
+            "captions": estimate["captions_total"],
+            "clean": estimate["usable"],
+            "counts_estimated": True,
+        }
+    else:
+        counts = {
+            "images": Image.objects.count(),
+            "images_ok": Image.objects.filter(status=ImageStatus.OK).count(),
+            "captions": Caption.objects.count(),
+            "clean": usable.count(),
+            "counts_estimated": False,
+        }
     return {
-        "images": Image.objects.count(),
-        "images_ok": Image.objects.filter(status=ImageStatus.OK).count(),
-        "captions": Caption.objects.count(),
-        "clean": usable.count(),
+        **counts,
         "flagged": Flag.objects.filter(is_open=True).values("caption_id").distinct().count(),
         "latest_filter": latest_filter,
         "judgments_total": Judgment.objects.count(),

@@ -211,6 +211,9 @@ class Caption(models.Model):
             # URLs can be longer than a B-tree entry may be: the index holds their head, and
             # ``selectors.captions_with_url`` filters on the head and then the whole URL.
             models.Index(Left("url", URL_INDEX_CHARS), name="caption_url_head"),
+            # Curator rewrites are few; a filter run reads them all (candidates in their own right)
+            # without scanning the pool's captions.
+            models.Index(fields=["id"], condition=models.Q(source="rewrite"), name="caption_rewrite_idx"),
         ]
 
     def __str__(self) -> str:

@@ -236,3 +236,25 @@ def test_npy_export_holds_the_source_uids(in_place_run, tmp_path):
 def test_a_pool_without_source_uids_says_its_uids_are_derived(run, tmp_path):
     export = _export(run, "npy", tmp_path / "npy")
     assert export.manifest["uid_source"] == "derived"
+
+
+@pytest.mark.postgres
+def test_the_copy_npy_writer_equals_the_row_by_row_writer(run, tmp_path):
+    """PostgreSQL's binary-COPY uid writer gives the bytes and counts of the per-row writer, with source
+    uids, derived uids, uids never stored (derived at export time) and upper-case hex mixed."""
+    from collections import Counter
+
+    from curate.exports import _write_npy, _write_npy_copy, pair_batches
+
+    ids = np.load(run.kept_file).tolist()
+    Caption.objects.filter(pk=ids[0]).update(uid=None)
+    Caption.objects.filter(pk=ids[1]).update(uid="ABCDEF0123456789ABCDEF0123456789", uid_derived=False)
+    Caption.objects.filter(pk=ids[2]).update(uid="0" * 32, uid_derived=False)
+    Caption.objects.filter(pk__in=ids[3:6]).update(uid_derived=True)  # no uid stored: derived anyway
+    rows, fast = Counter(), Counter()
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "copy").mkdir()
+    _write_npy(tmp_path / "rows", pair_batches(filter_run=run), lambda n: None, run.kept, rows)
+    _write_npy_copy(tmp_path / "copy", run, lambda n: None, run.kept, fast)
+    assert (tmp_path / "rows" / "uids.npy").read_bytes() == (tmp_path / "copy" / "uids.npy").read_bytes()
+    assert rows == fast and fast["source"] == 2 and fast["derived"] == run.kept - 2

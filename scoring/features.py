@@ -143,3 +143,41 @@ def caption_features(*, encoder: str, caption_ids: list[int]) -> tuple[np.ndarra
             "caption_features(%s): %d captions left out: %s", encoder, len(feats.errors), feats.errors
         )
     return feats.image, feats.text, feats.caption_ids
+
+
+def caption_features_by_shard(
+    *, encoder: str, caption_ids: list[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{caption id: (image row, text row)} read from the shard pass's by-shard features (float32), for
+    the captions whose shard has them; nothing is decoded or encoded. Others are simply absent: callers
+    fall back to ``caption_features``. This is what lets selection over a 10M-pair pool read only the
+    rows it needs, by memory map, without the content-keyed cache's in-memory index."""
+    from scoring.encoder_names import encoder_fingerprint
+    from scoring.shard_features import (
+        shard_caption_rows,
+        shard_features_ids,
+        shard_features_read,
+        shard_features_root,
+    )
+
+    if not caption_ids:
+        return {}
+    root = settings.EMBEDDING_CACHE_DIR
+    fingerprint = encoder_fingerprint(encoder)
+    available = set(shard_features_ids(root, encoder, fingerprint))
+    if not available:
+        return {}
+    by_shard: dict[int, list[int]] = {}
+    for cid, shard_id in Caption.objects.filter(id__in=list(caption_ids)).values_list(
+        "id", "image__shard_id"
+    ):
+        if shard_id in available:
+            by_shard.setdefault(shard_id, []).append(cid)
+    base = shard_features_root(root, encoder, fingerprint)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for shard_id, ids in by_shard.items():
+        found, image, text = shard_caption_rows(shard_features_read(base / str(shard_id)), np.array(ids))
+        image, text = image.astype(np.float32), text.astype(np.float32)
+        for i, cid in enumerate(found.tolist()):
+            out[cid] = (image[i], text[i])
+    return out

@@ -161,3 +161,18 @@ def shard_features_iter(
     base = shard_features_root(root, encoder_name, fingerprint)
     for shard_id in shard_features_ids(root, encoder_name, fingerprint) if shard_ids is None else shard_ids:
         yield shard_features_read(base / str(int(shard_id)))
+
+
+def shard_caption_rows(
+    features: ShardFeatures, caption_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(caption ids found, their image rows, their text rows) for ``caption_ids`` in one shard's
+    features: a binary search over the shard's sorted caption ids, no index held in memory."""
+    wanted = np.unique(np.asarray(caption_ids, dtype=np.int64))
+    ids = np.asarray(features.caption_ids)
+    pos = np.searchsorted(ids, wanted)
+    hit = pos < len(ids)
+    hit[hit] = ids[pos[hit]] == wanted[hit]
+    rows = pos[hit]
+    image_rows = np.asarray(features.caption_image_row)[rows]
+    return wanted[hit], np.asarray(features.images[image_rows]), np.asarray(features.texts[rows])

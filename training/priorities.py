@@ -6,7 +6,6 @@ The loop's ``priorities`` step calls it; the strategies themselves are ``trainin
 from __future__ import annotations
 
 import numpy as np
-from django.conf import settings
 
 from annotate.models import Campaign, Task, TaskStatus
 from training.active_learning import DEFAULT_MIX, mix_normalise, priorities_mix, strategy_scores
@@ -29,14 +28,19 @@ def _task_captions(task_ids: list[int]) -> dict[int, list[int]]:
 
 
 def _features(encoder: str, caption_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Features from the embedding cache (computed and cached where missing)."""
-    from scoring.features import caption_features
+    """Features from the shard pass's by-shard files where they exist (memory-mapped, nothing decoded),
+    then from the embedding cache (computed and cached where missing)."""
+    from scoring.features import caption_features, caption_features_by_shard
 
     if not caption_ids:
         return {}
-    img, txt, ids = caption_features(encoder=encoder, caption_ids=caption_ids)
-    img, txt = np.asarray(img, dtype=np.float32), np.asarray(txt, dtype=np.float32)
-    return {int(cid): (img[i], txt[i]) for i, cid in enumerate(ids)}
+    out = caption_features_by_shard(encoder=encoder, caption_ids=caption_ids)
+    rest = [c for c in caption_ids if c not in out]
+    if rest:
+        img, txt, ids = caption_features(encoder=encoder, caption_ids=rest)
+        img, txt = np.asarray(img, dtype=np.float32), np.asarray(txt, dtype=np.float32)
+        out.update({int(cid): (img[i], txt[i]) for i, cid in enumerate(ids)})
+    return out
 
 
 def _held_out_accuracy(pointer) -> float | None:
@@ -62,11 +66,11 @@ def task_priorities_refresh(
     import torch
 
     from annotate.services import task_priorities_set
-    from scoring.active_model import active_model_get
+    from scoring.active_model import active_model_get, loop_encoder_get
     from scoring.encoders import encoder_load
     from scoring.reward_model import load_checkpoint
 
-    encoder_name = encoder or settings.LOUPE_DEFAULT_ENCODER
+    encoder_name = encoder or loop_encoder_get()
     tasks = list(
         Task.objects.filter(campaign=campaign, status=TaskStatus.OPEN)
         .order_by("id")
@@ -96,23 +100,30 @@ def task_priorities_refresh(
         ids = all_ids[start : start + chunk]
         captions = _task_captions(ids)
         feats = _features(encoder_name, [c for cs in captions.values() for c in cs])
+        # One forward of the reward model per chunk of tasks (not per task), split back by task.
+        spans: list[tuple[int, int, int]] = []
+        imgs: list[np.ndarray] = []
+        txts: list[np.ndarray] = []
+        k = embed_dim
         for tid in ids:
             present = [c for c in captions[tid] if c in feats]
             if not present:
                 continue
-            img = np.stack([feats[c][0] for c in present])
-            txt = np.stack([feats[c][1] for c in present])
-            k = embed_dim
-            image_rows[tid] = img[0, :k]
+            image_rows[tid] = feats[present[0]][0][:k]
             if model is not None and tid in old:
-                with torch.no_grad():
-                    out = model(torch.from_numpy(img), torch.from_numpy(txt))
-                member_rows[tid] = out.rewards.numpy()
-                ie, te = img[:, :k], txt[:, :k]
-                cos = (ie * te).sum(1) / np.maximum(
-                    np.linalg.norm(ie, axis=1) * np.linalg.norm(te, axis=1), 1e-8
-                )
-                clip_rows[tid] = 2.5 * np.maximum(cos, 0.0)
+                spans.append((tid, len(imgs), len(imgs) + len(present)))
+                imgs += [feats[c][0] for c in present]
+                txts += [feats[c][1] for c in present]
+        if spans:
+            img, txt = np.stack(imgs), np.stack(txts)
+            with torch.no_grad():
+                rewards = model(torch.from_numpy(img), torch.from_numpy(txt)).rewards.numpy()
+            ie, te = img[:, :k], txt[:, :k]
+            cos = (ie * te).sum(1) / np.maximum(np.linalg.norm(ie, axis=1) * np.linalg.norm(te, axis=1), 1e-8)
+            clip = 2.5 * np.maximum(cos, 0.0)
+            for tid, a, b in spans:
+                member_rows[tid] = rewards[:, a:b]
+                clip_rows[tid] = clip[a:b]
 
     scored = [tid for tid in task_ids if tid in image_rows]
     if not scored:

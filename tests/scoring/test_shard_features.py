@@ -66,3 +66,14 @@ def test_inconsistent_arrays_are_refused(tmp_path):
         )
     with pytest.raises(CacheError):
         shard_features_read(tmp_path / "missing")
+
+
+def test_shard_caption_rows_finds_rows_by_binary_search(tmp_path):
+    from scoring.shard_features import shard_caption_rows
+
+    got = shard_features_read(_write(tmp_path, 3, n_images=4))  # captions 100..107, two per image
+    found, image, text = shard_caption_rows(got, np.array([107, 5, 101, 101, 104]))
+    assert found.tolist() == [101, 104, 107]
+    np.testing.assert_array_equal(image, np.asarray(got.images)[[0, 2, 3]])
+    np.testing.assert_array_equal(text, np.asarray(got.texts)[[1, 4, 7]])
+    assert len(shard_caption_rows(got, np.array([1, 2]))[0]) == 0

@@ -319,3 +319,20 @@ def test_the_run_is_listed_on_the_console_jobs_page(pool_dir, tiny_clip_name, cl
     assert page.status_code == 200 and f"Shard pass {run.pk}" in page.content.decode()
     detail = client.get(f"/console/jobs/shard_pass/{run.pk}/")
     assert detail.status_code == 200
+
+
+def test_features_by_shard_give_the_cached_rows_without_reading_an_image(
+    pool_dir, tiny_clip_name, monkeypatch
+):
+    """What active-learning selection reads at scale: rows by caption id from the by-shard files."""
+    from scoring.features import caption_features, caption_features_by_shard
+
+    _pass(tiny_clip_name)
+    ids = list(Caption.objects.order_by("pk").values_list("id", flat=True))
+    image, text, cached_ids = caption_features(encoder=tiny_clip_name, caption_ids=ids)
+    decodes = _decode_counter(monkeypatch)
+    by_shard = caption_features_by_shard(encoder=tiny_clip_name, caption_ids=ids + [10**9])
+    assert decodes[0] == 0 and set(by_shard) == set(cached_ids)
+    for i, cid in enumerate(cached_ids):
+        np.testing.assert_allclose(by_shard[cid][0], image[i], atol=1e-3)
+        np.testing.assert_allclose(by_shard[cid][1], text[i], atol=1e-3)

@@ -83,7 +83,8 @@ def test_beat_ticks_start_one_chain_that_promotes_rescores_and_reprioritises(
     assert open_after != open_before
     assert sum(p > 0.5 for p in open_after.values()) == 4  # the active-learning batch heads the queue
     assert run.summary["priorities"]["model_version"] == model.version
-    assert "uncertainty" in run.summary["priorities"]["strategies"]
+    # The default mix is the batch strategy (informativeness from the model x coverage), see docs/loop.md.
+    assert run.summary["priorities"]["strategies"] == ["batch"]
     assert run.summary["flags"]  # refreshed for the new model
     filtered = FilterRun.objects.get()
     assert filtered.status == RunStatus.SUCCEEDED and filtered.reward_model_version == model.version

@@ -140,13 +140,14 @@ def step_rescore(run: LoopRun) -> str | Wait:
     candidate = _candidate(run)
     scoring_run = ScoringRun.objects.filter(pk=run.params.get("scoring_run_id")).first()
     if scoring_run is None or scoring_run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
-        from scoring.services import scoring_run_start
+        from scoring.services import pool_rescore_start
 
         if scoring_run is not None:
             logger.info(
                 "loop run %s: scoring run %s %s; starting another", run.pk, scoring_run.pk, scoring_run.status
             )
-        scoring_run = scoring_run_start(
+        # Bulk (heads over the shard pass's features) when the pool has them, else a scoring run.
+        scoring_run = pool_rescore_start(
             encoder=candidate.encoder,
             reward_model_version=candidate.version,
             user=run.created_by,

@@ -47,8 +47,8 @@ from scoring.services import (
     SCORE_UPDATE_FIELDS,
     chunk_mark_done,
     clipscore,
+    pool_rescore_start,
     run_finish_if_complete,
-    scoring_run_start,
 )
 from scoring.shard_features import shard_features_ids, shard_features_read, shard_features_root
 
@@ -161,8 +161,8 @@ def heads_predict(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(cosine, reward, criteria, uncertainty) of pairs (``texts[n]``, ``images[image_row[n]]``).
 
-    ``image_row`` must be ascending (a shard's captions are grouped by image), so a batch of captions
-    uses a contiguous range of images and the image half of the first layer runs once per image.
+    ``image_row`` is mostly ascending (a shard's captions are grouped by image), so a batch of captions
+    uses a short range of images and the image half of the first layer runs once per image of it.
     Inputs are float16 (memory-mapped) or float32; the math is float32 (``dtype=torch.bfloat16``:
     the first layer's matmuls in bfloat16, measured in docs/scoring.md, not the default).
     """
@@ -178,7 +178,9 @@ def heads_predict(
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         rows = np.asarray(image_row[start:stop], dtype=np.int64)
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        # Usually ascending (a shard's captions grouped by image), but a caption added after the shard
+        # pass sorts last while pointing at an early image: take the range the batch really spans.
+        lo, hi = int(rows.min()), int(rows.max()) + 1
         img = torch.from_numpy(np.asarray(images[lo:hi], dtype=np.float32))
         txt = torch.from_numpy(np.asarray(texts[start:stop], dtype=np.float32))
         index = torch.from_numpy(rows - lo)
@@ -204,17 +206,9 @@ def bulk_rescore_start(
     planning task on commit. Raises ``ValueError`` with the reason when it cannot start."""
     if encoder and is_vlm(encoder):
         raise BulkRescoreError("A multimodal judge has no cached features: use a scoring run for it.")
-    with transaction.atomic():
-        run = scoring_run_start(
-            encoder=encoder, reward_model_version=reward_model_version, user=user, enqueue=False
-        )
-        run.params = {**run.params, "bulk": True}
-        run.save(update_fields=["params"])
-        if enqueue:
-            from scoring.tasks import bulk_rescore_execute
-
-            transaction.on_commit(lambda: bulk_rescore_execute.delay(run.pk))
-    return run
+    return pool_rescore_start(
+        encoder=encoder, reward_model_version=reward_model_version, user=user, enqueue=enqueue, bulk=True
+    )
 
 
 def is_bulk(run: ScoringRun) -> bool:

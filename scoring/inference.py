@@ -171,6 +171,10 @@ def scoring_chunk_score(*, run_id: int, chunk_index: int, encoder: Encoder | Non
 
 def scoring_run_sync(*, run: ScoringRun, progress=None) -> ScoringRun:
     """Plan and score every chunk in this process (``score_pool --sync``, benchmarks, tests)."""
+    if (run.params or {}).get("bulk"):
+        from scoring.bulk_rescore import bulk_rescore_sync
+
+        return bulk_rescore_sync(run=run, progress=progress)
     try:
         encoder = scorer_load(run.encoder)
     except EncoderError as exc:

@@ -263,3 +263,41 @@ def scoring_run_resume(*, run: ScoringRun) -> list[int]:
     if not pending:
         run_finish_if_complete(run.pk)
     return pending
+
+
+def has_shard_features(*, encoder: str, fingerprint: str) -> bool:
+    """Whether the shard pass left by-shard features for this encoder identity (a bulk rescore can run)."""
+    from django.conf import settings
+
+    from scoring.shard_features import shard_features_ids
+
+    return bool(shard_features_ids(settings.EMBEDDING_CACHE_DIR, encoder, fingerprint))
+
+
+def pool_rescore_start(
+    *,
+    encoder: str | None = None,
+    reward_model_version: int | None = None,
+    user=None,
+    enqueue: bool = True,
+    bulk: bool | None = None,
+) -> ScoringRun:
+    """A rescore of the whole pool. ``bulk=None`` chooses: a bulk rescore (``scoring.bulk_rescore``:
+    reward heads over the shard pass's memory-mapped features, no image read) when those features exist
+    for the encoder identity, else a scoring run that reads and embeds what the cache lacks. Both are
+    ScoringRuns with the same scores; a bulk run is marked ``params["bulk"]``."""
+    with transaction.atomic():
+        run = scoring_run_start(
+            encoder=encoder, reward_model_version=reward_model_version, user=user, enqueue=False
+        )
+        if bulk is None:
+            bulk = has_shard_features(encoder=run.encoder, fingerprint=run.encoder_fingerprint)
+        if bulk:
+            run.params = {**run.params, "bulk": True}
+            run.save(update_fields=["params"])
+        if enqueue:
+            from scoring.tasks import bulk_rescore_execute, scoring_run_execute
+
+            task = bulk_rescore_execute if bulk else scoring_run_execute
+            transaction.on_commit(lambda: task.delay(run.pk))
+    return run

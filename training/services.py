@@ -234,7 +234,7 @@ def rescore_after_activation(*, model: RewardModel, user=None):
     """Queue a scoring run of the whole pool with the model that just became active, so the review
     queue, flags and filters use its rewards. Returns the run (the worker runs it)."""
     from scoring.models import ScoringRun
-    from scoring.services import scoring_run_start
+    from scoring.services import pool_rescore_start
 
     # Idempotent: promoting a fine-tuned model already queued its re-encoding, and a double click or
     # a retried task must not score the pool twice.
@@ -245,7 +245,8 @@ def rescore_after_activation(*, model: RewardModel, user=None):
     ).first()
     if pending is not None:
         return pending
-    return scoring_run_start(encoder=model.encoder, reward_model_version=model.version, user=user)
+    # A bulk rescore when the shard pass left features for this encoder identity (no image is read).
+    return pool_rescore_start(encoder=model.encoder, reward_model_version=model.version, user=user)
 
 
 def training_run_create(

@@ -336,3 +336,20 @@ def test_features_by_shard_give_the_cached_rows_without_reading_an_image(
     for i, cid in enumerate(cached_ids):
         np.testing.assert_allclose(by_shard[cid][0], image[i], atol=1e-3)
         np.testing.assert_allclose(by_shard[cid][1], text[i], atol=1e-3)
+
+
+def test_a_pool_rescore_is_bulk_once_the_pass_left_features(pool_dir, tiny_clip_name, monkeypatch):
+    from scoring.inference import scoring_run_sync
+    from scoring.services import pool_rescore_start
+
+    before = pool_rescore_start(encoder=tiny_clip_name, reward_model_version=0, enqueue=False)
+    assert not before.params.get("bulk")  # no features yet: an ordinary scoring run
+    before.delete()
+    _pass(tiny_clip_name)
+    run = pool_rescore_start(encoder=tiny_clip_name, reward_model_version=0, enqueue=False)
+    assert run.params.get("bulk") is True
+    decodes = _decode_counter(monkeypatch)
+    run = scoring_run_sync(run=run)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert decodes[0] == 0
+    _one_score_per_pair(tiny_clip_name)

@@ -92,3 +92,32 @@ def test_decision_overrides_show_in_the_run_summary():
     assert run.summary["accepted_against_rule"] >= 2  # the worst pair and the unscored accepted one
     assert run.summary["rejected_against_rule"] == 1  # the best pair
     assert run.summary["unscored_rewrites_kept"] == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("in_table_order", [False, True])
+def test_copy_columns_by_blocks_equals_the_copy_stream(in_table_order):
+    """The array-per-block read returns the COPY stream's rows (in another order): ids across several
+    blocks of 2^20, NULL floats as NaN, and the columns of each row kept together."""
+    from django.db import connection
+
+    from curate.filtering import copy_columns
+
+    if connection.vendor != "postgresql":
+        pytest.skip("binary arrays are a PostgreSQL path")
+    sql = (
+        "SELECT g, CASE WHEN g %% 3 = 0 THEN NULL ELSE g * 0.5 END, -g::float8 "
+        "FROM generate_series(%s::bigint, %s::bigint, 997) AS g"
+    )
+    params = (5, 3_500_000)
+    stream = copy_columns(sql, params, "iff", in_table_order=in_table_order)
+    blocks = copy_columns(sql, params, "iff", in_table_order=in_table_order, by_blocks=True)
+    order = np.argsort(blocks[0])
+    assert np.array_equal(blocks[0][order], stream[0])
+    assert np.array_equal(blocks[1][order], stream[1], equal_nan=True)
+    assert np.array_equal(np.isnan(stream[1]), stream[0] % 3 == 0)
+    assert np.array_equal(blocks[2][order], -stream[0].astype(np.float64))
+    empty = copy_columns(sql, (10, 5), "iff", by_blocks=True)
+    assert [len(c) for c in empty] == [0, 0, 0]
+    with pytest.raises(ValueError, match="must be an id"):
+        copy_columns(sql, params, "fii", by_blocks=True)

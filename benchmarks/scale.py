@@ -1100,6 +1100,41 @@ def _write_methods_measure(run, shard_ids: list[int]) -> dict:
     return out
 
 
+def _rescore_worker(job) -> dict:
+    """One spawned worker of ``rescore --workers N``: score the given chunks of the run."""
+    database_url, cache_dir, model_dir, run_id, indexes, threads = job
+    django_setup(database_url=database_url, cache_dir=cache_dir, model_dir=model_dir)
+    import torch
+
+    from scoring import bulk_rescore
+
+    torch.set_num_threads(threads)
+    timing = {"compute_seconds": 0.0, "write_seconds": 0.0}
+    real_scores, real_write = bulk_rescore.shard_scores, bulk_rescore.scores_write
+
+    def timed(name, real):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return real(*a, **k)
+            finally:
+                timing[name] += time.perf_counter() - t0
+
+        return call
+
+    bulk_rescore.shard_scores = timed("compute_seconds", real_scores)
+    bulk_rescore.scores_write = timed("write_seconds", real_write)
+    clock = CpuClock()
+    for index in indexes:
+        bulk_rescore.bulk_rescore_chunk(run_id=run_id, chunk_index=index)
+    return {**timing, **clock.elapsed(), "chunks": len(indexes), "peak_rss_mb": peak_rss_mb()}
+
+
+def _cpu_sum(parent: dict, workers: list[dict]) -> dict:
+    """CPU seconds of the parent and its backend plus every worker's and its backend's."""
+    return {key: parent[key] + sum(w[key] for w in workers) for key in ("client_cpu_s", "server_cpu_s")}
+
+
 def rescore_bench(args) -> dict:
     """Bulk rescore of the whole pool with new heads, today's path on a subset, in the same run."""
     global BULK_FEATURES_ROOT
@@ -1157,15 +1192,36 @@ def rescore_bench(args) -> dict:
     # A sample (--shards N): the first N shard chunks only; chunk 0 (the captions outside featured
     # shards, one scan of the pool) is a once-per-run cost that would dominate a small sample.
     todo = [i for i in pending if i != bulk_rescore.REST_CHUNK][:limit] if args.shards else pending
-    for i, index in enumerate(todo):
-        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
-        if (i + 1) % 50 == 0:
-            elapsed = time.perf_counter() - started
-            done = ScoringRun.objects.get(pk=run.pk).done
-            print(
-                f"  bulk: {i + 1}/{len(pending)} chunks, {done:,} pairs, {done / elapsed:,.0f} pairs/s",
-                flush=True,
-            )
+    workers_cpu: list[dict] = []
+    if args.workers > 1:
+        # What `celery -Q gpu -c N` does: N processes, each scoring its own shards' chunks (every N-th
+        # one here), so one process's heads run while another's PostgreSQL backend writes.
+        import multiprocessing
+
+        from django.db import connections
+
+        connections.close_all()
+        context = multiprocessing.get_context("spawn")
+        jobs = [
+            (args.database_url, args.cache_dir, args.model_dir, run.pk, todo[w :: args.workers], args.threads)
+            for w in range(args.workers)
+        ]
+        with context.Pool(args.workers) as workers:
+            for result in workers.imap_unordered(_rescore_worker, jobs):
+                workers_cpu.append(result)
+                compute += result["compute_seconds"]
+                write += result["write_seconds"]
+                print(f"  bulk: a worker finished {result['chunks']} chunks", flush=True)
+    else:
+        for i, index in enumerate(todo):
+            bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+            if (i + 1) % 50 == 0:
+                elapsed = time.perf_counter() - started
+                done = ScoringRun.objects.get(pk=run.pk).done
+                print(
+                    f"  bulk: {i + 1}/{len(pending)} chunks, {done:,} pairs, {done / elapsed:,.0f} pairs/s",
+                    flush=True,
+                )
     bulk_seconds = time.perf_counter() - started
     bulk_rescore.shard_scores, bulk_rescore.scores_write = real_scores, real_write
     run.refresh_from_db()
@@ -1180,9 +1236,12 @@ def rescore_bench(args) -> dict:
         "compute_seconds": compute,
         "write_seconds": write,
         "pairs_per_s": run.done / bulk_seconds,
-        **clock.elapsed(),
-        "peak_rss_mb": peak_rss_mb(),
+        **_cpu_sum(clock.elapsed(), workers_cpu),
+        "peak_rss_mb": max([peak_rss_mb(), *(w["peak_rss_mb"] for w in workers_cpu)]),
         "write_method": bulk_rescore.write_method_default(),
+        "workers": args.workers,
+        "heads_dtype": str(bulk_rescore.heads_dtype()).removeprefix("torch."),
+        "plan_pairs_per_s_excluded": run.done / max(bulk_seconds - plan_seconds, 1e-9),
     }
     print(
         f"bulk rescore: {run.done:,} pairs in {bulk_seconds:.0f} s = {run.done / bulk_seconds:,.0f} pairs/s "
@@ -1271,7 +1330,12 @@ def rescore_bench(args) -> dict:
         cursor.execute("SELECT pg_total_relation_size('scoring_score')")
         record["scoring_score_bytes_after"] = cursor.fetchone()[0]
     record["load_after"] = load_conditions()
-    results_record("rescore", pairs, record)
+    if args.drop_rows:
+        # The measured versions' rows are not needed afterwards: keep the database's size steady
+        # between runs (autovacuum reuses the space).
+        dropped, _ = Score.objects.filter(reward_model_version__in=[version, baseline_version]).delete()
+        print(f"dropped {dropped:,} score rows of versions {version} and {baseline_version}", flush=True)
+    results_record("rescore", f"{pairs}-{args.label}" if args.label else pairs, record)
     return record
 
 
@@ -1312,12 +1376,24 @@ def main() -> None:
     rescore.add_argument("--shards", type=int, default=0, help="rescore only the first N shards (0: all)")
     rescore.add_argument("--baseline-pairs", type=int, default=50_000)
     rescore.add_argument("--write-shards", type=int, default=3, help="shards for the write-option comparison")
-    rescore.add_argument("--threads", type=int, default=1, help="torch threads")
+    rescore.add_argument("--threads", type=int, default=1, help="torch threads (per worker)")
+    rescore.add_argument("--label", default="", help="results key suffix (several variants per pool size)")
+    rescore.add_argument("--drop-rows", action="store_true", help="delete the measured versions' rows after")
+    rescore.add_argument(
+        "--workers", type=int, default=1, help="processes scoring shards at once (like celery -c N)"
+    )
+    rescore.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the heads' first-layer matmuls (LOUPE_BULK_RESCORE_DTYPE)",
+    )
     rescore.add_argument("--scratch", default=None, help="folder for the baseline's content-keyed cache")
     args = parser.parse_args()
     if args.command == "build":
         pool_build(args)
     elif args.command == "rescore":
+        os.environ["LOUPE_BULK_RESCORE_DTYPE"] = args.dtype
         rescore_bench(args)
 
 

@@ -644,7 +644,12 @@ def filter_evaluate(
         columns.append("cosine")
     scores = model_scores(**key)
     values = copy_columns(
-        *_sql(scores, "caption_id", *columns), "i" + "f" * len(columns), in_table_order=True, by_blocks=True
+        *_sql(scores, "caption_id", *columns),
+        "i" + "f" * len(columns),
+        # The rank indexes cover (caption, rank, cosine): an index-only scan, unless another column
+        # must come from the rows.
+        in_table_order=not set(columns) <= {rank, "cosine"},
+        by_blocks=True,
     )
     order = np.argsort(values[0], kind="stable")
     scored = values[0][order]

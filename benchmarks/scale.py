@@ -1132,7 +1132,14 @@ def _rescore_worker(job) -> dict:
 
 def _cpu_sum(parent: dict, workers: list[dict]) -> dict:
     """CPU seconds of the parent and its backend plus every worker's and its backend's."""
-    return {key: parent[key] + sum(w[key] for w in workers) for key in ("client_cpu_s", "server_cpu_s")}
+    import math
+
+    # With workers, the parent's connection was closed before they started (its backend's figure is
+    # NaN) and the parent did no scoring: count the workers and their backends.
+    def own(key: str) -> float:
+        return 0.0 if workers and math.isnan(parent[key]) else parent[key]
+
+    return {key: own(key) + sum(w[key] for w in workers) for key in ("client_cpu_s", "server_cpu_s")}
 
 
 def rescore_bench(args) -> dict:

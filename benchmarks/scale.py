@@ -1195,6 +1195,10 @@ def rescore_bench(args) -> dict:
     started = time.perf_counter()
     pending = bulk_rescore.bulk_rescore_plan(run=run)
     plan_seconds = time.perf_counter() - started
+    # The exact total: the task counts it after fanning out, while the chunks run; here before them.
+    count_started = time.perf_counter()
+    bulk_rescore.bulk_rescore_total_count(run=run)
+    record["total_count_seconds"] = time.perf_counter() - count_started
     limit = args.shards or len(pending)
     # A sample (--shards N): the first N shard chunks only; chunk 0 (the captions outside featured
     # shards, one scan of the pool) is a once-per-run cost that would dominate a small sample.

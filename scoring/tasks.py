@@ -162,6 +162,8 @@ def bulk_rescore_execute(self, run_id: int) -> None:
         raise self.retry(exc=exc, countdown=5) from exc
     for index in pending:
         bulk_rescore_shard_execute.delay(run_id, index)
+    # The exact total (one count of the usable pairs) while the chunks already run.
+    bulk_rescore.bulk_rescore_total_count(run=run)
 
 
 @shared_task(bind=True, max_retries=3, acks_late=True)

@@ -195,6 +195,26 @@ def test_a_killed_run_is_resumed_by_the_bulk_tasks(
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.chunks_done == run.chunks_total == 3
     _assert_close(_score_values(VERSION), scored_pool["expected"])
+    # The planner died before its count: the total is made exact when the last chunk finishes the run.
+    captions = scored_pool["captions"]
+    assert run.total == run.done == len(captions["shard1"] + captions["shard2"] + captions["rest"])
+
+
+def test_the_plan_needs_no_count_of_the_pool(scored_pool, tiny_clip_name):
+    """Planning reads the shards' feature ids only; the exact total is a separate count afterwards."""
+    run = bulk_rescore.bulk_rescore_start(encoder=tiny_clip_name, enqueue=False)
+    bulk_rescore.bulk_rescore_plan(run=run)
+    run.refresh_from_db()
+    featured = sum(
+        len(bulk_rescore.shard_features_read(bulk_rescore._features_root(run) / str(s.pk)).caption_ids)
+        for s in scored_pool["shards"]
+    )
+    assert run.total == featured  # provisional: the captions with features, usable or not
+    captions = scored_pool["captions"]
+    exact = len(captions["shard1"] + captions["shard2"] + captions["rest"])
+    assert bulk_rescore.bulk_rescore_total_count(run=run) == exact
+    run.refresh_from_db()
+    assert run.total == exact
 
 
 def test_heads_predict_matches_the_models_forward_on_duplicated_images():

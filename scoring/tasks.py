@@ -8,6 +8,7 @@ load torch.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from celery import shared_task
 from django.db import OperationalError
@@ -18,6 +19,38 @@ from scoring.encoder_names import EncoderError, is_vlm
 from scoring.models import ScoringRun
 
 logger = logging.getLogger(__name__)
+
+
+def _piece_run(task, work, *, fail, piece: str, log: str):
+    """Run one idempotent piece of a run (a chunk, a shard) inside a bound task; ``fail(error=...)``
+    fails the run.
+
+    A database error (busy, restarting) is retried with backoff, then fails the run. Anything else
+    would repeat on every retry (a cache folder that is not writable, a broken checkpoint or encoder
+    file): it is logged and fails the run at once with the reason; a resume continues once it is fixed.
+    """
+    try:
+        return work()
+    except OperationalError as exc:
+        if task.request.retries < task.max_retries:
+            raise task.retry(exc=exc, countdown=5 * (task.request.retries + 1)) from exc
+        fail(error=f"{piece}: database error: {exc}")
+        raise
+    except Exception as exc:
+        logger.exception("%s failed", log)
+        fail(error=f"{piece}: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _weights_changed(kind: str, run, fingerprint: str) -> str | None:
+    """Why a queued run cannot go on when its encoder's weights changed since it was queued, or None."""
+    if fingerprint == run.encoder_fingerprint:
+        return None
+    return (
+        f"The weights of encoder {run.encoder!r} changed after {kind} {run.pk} was queued "
+        f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {fingerprint or '(none)'}). "
+        f"Start a new {kind} for the new weights."
+    )
 
 
 @shared_task(bind=True, max_retries=3, acks_late=True)
@@ -36,15 +69,8 @@ def scoring_run_execute(self, run_id: int) -> None:
         return
     if is_vlm(run.encoder):
         services.judge_identity_record(run=run, fingerprint=encoder.fingerprint)
-    if encoder.fingerprint != run.encoder_fingerprint:
-        services.scoring_run_fail(
-            run_id=run_id,
-            error=(
-                f"The weights of encoder {run.encoder!r} changed after scoring run {run.pk} was queued "
-                f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
-                "Start a new scoring run for the new weights."
-            ),
-        )
+    if changed := _weights_changed("scoring run", run, encoder.fingerprint):
+        services.scoring_run_fail(run_id=run_id, error=changed)
         return
     run_heartbeat(model=ScoringRun, run_id=run_id)
     try:
@@ -59,19 +85,13 @@ def scoring_run_execute(self, run_id: int) -> None:
 def scoring_chunk_execute(self, run_id: int, chunk_index: int) -> str:
     from scoring import inference
 
-    try:
-        return inference.scoring_chunk_score(run_id=run_id, chunk_index=chunk_index)
-    except OperationalError as exc:  # database busy or restarting: the chunk is idempotent, try again
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
-        services.scoring_run_fail(run_id=run_id, error=f"chunk {chunk_index}: database error: {exc}")
-        raise
-    except Exception as exc:
-        # Anything else would repeat on every retry (a cache folder that is not writable, a broken
-        # checkpoint): stop the run and say why; `score_pool --resume` continues once it is fixed.
-        logger.exception("scoring run %s chunk %s failed", run_id, chunk_index)
-        services.scoring_run_fail(run_id=run_id, error=f"chunk {chunk_index}: {type(exc).__name__}: {exc}")
-        raise
+    return _piece_run(
+        self,
+        lambda: inference.scoring_chunk_score(run_id=run_id, chunk_index=chunk_index),
+        fail=partial(services.scoring_run_fail, run_id=run_id),
+        piece=f"chunk {chunk_index}",
+        log=f"scoring run {run_id} chunk {chunk_index}",
+    )
 
 
 @shared_task(acks_late=True)
@@ -100,15 +120,8 @@ def shard_pass_run_execute(self, run_id: int) -> None:
     except EncoderError as exc:
         shard_pass.shard_pass_fail(run_id=run_id, error=str(exc))
         return
-    if encoder.fingerprint != run.encoder_fingerprint:
-        shard_pass.shard_pass_fail(
-            run_id=run_id,
-            error=(
-                f"The weights of encoder {run.encoder!r} changed after shard pass {run.pk} was queued "
-                f"(fingerprint {run.encoder_fingerprint or '(none)'} -> {encoder.fingerprint or '(none)'}). "
-                "Start a new shard pass for the new weights."
-            ),
-        )
+    if changed := _weights_changed("shard pass", run, encoder.fingerprint):
+        shard_pass.shard_pass_fail(run_id=run_id, error=changed)
         return
     try:
         pending = shard_pass.shard_pass_begin(run=run)
@@ -123,19 +136,13 @@ def shard_pass_shard_execute(self, run_id: int, shard_id: int) -> str:
     """One pool shard of a shard pass: idempotent (a shard done in this run is skipped)."""
     from scoring import shard_pass
 
-    try:
-        return shard_pass.shard_pass_shard(run_id=run_id, shard_id=shard_id)
-    except OperationalError as exc:
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
-        shard_pass.shard_pass_fail(run_id=run_id, error=f"shard {shard_id}: database error: {exc}")
-        raise
-    except Exception as exc:
-        # A cache folder that is not writable, a broken encoder file: every retry would repeat it. Stop
-        # the run and say why; `shard_pass --resume` continues from the shards not done.
-        logger.exception("shard pass %s shard %s failed", run_id, shard_id)
-        shard_pass.shard_pass_fail(run_id=run_id, error=f"shard {shard_id}: {type(exc).__name__}: {exc}")
-        raise
+    return _piece_run(
+        self,
+        lambda: shard_pass.shard_pass_shard(run_id=run_id, shard_id=shard_id),
+        fail=partial(shard_pass.shard_pass_fail, run_id=run_id),
+        piece=f"shard {shard_id}",
+        log=f"shard pass {run_id} shard {shard_id}",
+    )
 
 
 @shared_task(acks_late=True)
@@ -171,14 +178,10 @@ def bulk_rescore_shard_execute(self, run_id: int, chunk_index: int) -> str:
     """One shard of a bulk rescore; idempotent (a done chunk does nothing, a rerun replaces its rows)."""
     from scoring import bulk_rescore
 
-    try:
-        return bulk_rescore.bulk_rescore_chunk(run_id=run_id, chunk_index=chunk_index)
-    except OperationalError as exc:
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=5 * (self.request.retries + 1)) from exc
-        services.scoring_run_fail(run_id=run_id, error=f"shard {chunk_index}: database error: {exc}")
-        raise
-    except Exception as exc:
-        logger.exception("bulk rescore %s shard %s failed", run_id, chunk_index)
-        services.scoring_run_fail(run_id=run_id, error=f"shard {chunk_index}: {type(exc).__name__}: {exc}")
-        raise
+    return _piece_run(
+        self,
+        lambda: bulk_rescore.bulk_rescore_chunk(run_id=run_id, chunk_index=chunk_index),
+        fail=partial(services.scoring_run_fail, run_id=run_id),
+        piece=f"shard {chunk_index}",
+        log=f"bulk rescore {run_id} shard {chunk_index}",
+    )

@@ -182,6 +182,6 @@ def test_score_pool_finds_the_running_worker_and_follows_the_run_to_the_end(
 
 
 def _answers_ping() -> bool:
-    from scoring.management.commands.score_pool import workers_queues
+    from scoring.management.gpu_workers import workers_queues
 
     return any("gpu" in queues for queues in workers_queues(timeout=1.0).values())

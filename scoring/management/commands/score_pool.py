@@ -5,20 +5,14 @@ the pairs whose reward lies between those percentiles of the active scoring (or 
 
 from __future__ import annotations
 
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 
 from pool.models import RunStatus
 from pool.progress import ProgressBar
 from scoring import inference, services
 from scoring.encoders import EncoderError, encoder_load
+from scoring.management.gpu_workers import gpu_worker_check, run_follow
 from scoring.models import ScoringRun
-
-# Long enough for a busy worker's control thread to answer, short enough not to be noticed.
-WORKER_PING_SECONDS = 2.0
-# Where CELERY_TASK_ROUTES sends scoring.tasks.*.
-SCORING_QUEUE = "gpu"
 
 
 class Command(BaseCommand):
@@ -161,45 +155,14 @@ class Command(BaseCommand):
             self._follow(run)
 
     def _check_a_worker_listens(self, *, queue_only: bool) -> None:
-        """Ask the workers (a broadcast, answered within WORKER_PING_SECONDS) whether one consumes the
-        gpu queue: without one the run would wait in the queue and this command would follow it for ever."""
-        queues = workers_queues(timeout=WORKER_PING_SECONDS)
-        if any(SCORING_QUEUE in names for names in queues.values()):
-            return
-        if queues:
-            found = "; ".join(
-                f"{name}: {', '.join(sorted(q)) or 'none'}" for name, q in sorted(queues.items())
-            )
-            problem = (
-                f"No worker consumes the {SCORING_QUEUE!r} queue the scoring tasks go to (workers: {found})."
-            )
-        else:
-            problem = f"No Celery worker answered within {WORKER_PING_SECONDS:g} s: none is running."
-        advice = (
-            f"Start one (celery -A config worker -Q default,{SCORING_QUEUE}; `make demo` starts web, workers "
-            "and beat), or score in this process with --sync."
+        gpu_worker_check(
+            self, queue_only=queue_only, tasks="scoring tasks", sync_hint="score in this process"
         )
-        if queue_only:
-            # --no-wait: queuing for a worker that starts later is what was asked; say so and go on.
-            self.stderr.write(f"Warning: {problem} The run is queued and starts when a worker does. {advice}")
-            return
-        raise CommandError(f"{problem} {advice}")
 
-    def _follow(self, run: ScoringRun) -> None:
-        bar = ProgressBar(f"Scoring run {run.pk}", "pair", stream=self.stderr._out)
-        try:
-            while True:
-                run.refresh_from_db()
-                bar(run.done, run.total)
-                if run.is_finished:
-                    break
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            self.stdout.write(f"\nStopped following; run {run.pk} goes on (see /scoring/runs/{run.pk}/).")
-            return
-        finally:
-            bar.close()
-        self._report(run)
+    def _follow(self, run) -> None:
+        run_follow(
+            self, run, title=f"Scoring run {run.pk}", where=f"/scoring/runs/{run.pk}/", report=self._report
+        )
 
     def _report(self, run: ScoringRun) -> None:
         line = (
@@ -210,18 +173,6 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(line))
         else:
             raise CommandError(f"{line} {run.error}")
-
-
-def workers_queues(*, timeout: float) -> dict[str, set[str]]:
-    """{worker name: queue names} of the workers that answer within ``timeout`` seconds."""
-    # The project's app (config/__init__.py makes it current); imported by name it would be a floor above.
-    from celery import current_app
-
-    try:
-        answers = current_app.control.inspect(timeout=timeout).active_queues() or {}
-    except Exception:  # noqa: BLE001 - a broker that cannot be reached means no worker answers
-        return {}
-    return {name: {queue.get("name", "") for queue in queues or []} for name, queues in answers.items()}
 
 
 def _default_encoder() -> str:

@@ -8,14 +8,12 @@ workers (one task per shard) and this command follows its progress; Ctrl-C stops
 
 from __future__ import annotations
 
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 
 from pool.models import RunStatus
 from pool.progress import ProgressBar
 from scoring import shard_pass
-from scoring.management.commands.score_pool import SCORING_QUEUE, WORKER_PING_SECONDS, workers_queues
+from scoring.management.gpu_workers import gpu_worker_check, run_follow
 from scoring.models import ShardPassRun
 
 
@@ -84,35 +82,10 @@ class Command(BaseCommand):
             self._follow(run)
 
     def _check_a_worker_listens(self, *, queue_only: bool) -> None:
-        queues = workers_queues(timeout=WORKER_PING_SECONDS)
-        if any(SCORING_QUEUE in names for names in queues.values()):
-            return
-        problem = (
-            f"No worker consumes the {SCORING_QUEUE!r} queue the shard tasks go to."
-            if queues
-            else f"No Celery worker answered within {WORKER_PING_SECONDS:g} s: none is running."
-        )
-        advice = f"Start one (celery -A config worker -Q default,{SCORING_QUEUE}), or run in this process with --sync."
-        if queue_only:
-            self.stderr.write(f"Warning: {problem} The run is queued and starts when a worker does. {advice}")
-            return
-        raise CommandError(f"{problem} {advice}")
+        gpu_worker_check(self, queue_only=queue_only, tasks="shard tasks", sync_hint="run in this process")
 
-    def _follow(self, run: ShardPassRun) -> None:
-        bar = ProgressBar(f"Shard pass {run.pk}", "pair", stream=self.stderr._out)
-        try:
-            while True:
-                run.refresh_from_db()
-                bar(run.done, run.total)
-                if run.is_finished:
-                    break
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            self.stdout.write(f"\nStopped following; shard pass {run.pk} goes on (see /console/jobs/).")
-            return
-        finally:
-            bar.close()
-        self._report(run)
+    def _follow(self, run) -> None:
+        run_follow(self, run, title=f"Shard pass {run.pk}", where="/console/jobs/", report=self._report)
 
     def _report(self, run: ShardPassRun) -> None:
         line = shard_pass.shard_pass_summary(run)

@@ -74,16 +74,23 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def pool_build(pairs: int, image_size: int = 64) -> Path:
-    """``pairs`` samples in shards of SHARD_SIZE, reused when they exist."""
+def shards_write(
+    folder: Path,
+    pairs: int,
+    *,
+    shard_size: int,
+    image_size: int,
+    image,
+    words=WORDS,
+    progress_every: int = 10,
+) -> None:
+    """img2dataset's WebDataset layout in ``folder``: per shard a tar of ``<key>.jpg/.txt/.json`` and
+    its parquet; ``image(i)`` gives sample i's JPEG bytes. Shards already written are kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = OUT / ("pool" if image_size == 64 else f"pool-{image_size}px")
     folder.mkdir(parents=True, exist_ok=True)
-    base = base_jpeg(image_size)
-    started = time.perf_counter()
-    shards = (pairs + SHARD_SIZE - 1) // SHARD_SIZE
+    shards = (pairs + shard_size - 1) // shard_size
     for shard in range(shards):
         tar_path, parquet_path = folder / f"{shard:05d}.tar", folder / f"{shard:05d}.parquet"
         if tar_path.exists() and parquet_path.exists():
@@ -91,10 +98,10 @@ def pool_build(pairs: int, image_size: int = 64) -> Path:
         rows = []
         tmp = tar_path.with_suffix(".tmp")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(shard * SHARD_SIZE, min(pairs, (shard + 1) * SHARD_SIZE)):
+            for i in range(shard * shard_size, min(pairs, (shard + 1) * shard_size)):
                 key = f"{i:09d}"
-                image = distinct_jpeg(base, i)
-                caption = " ".join(WORDS[(i * k) % len(WORDS)] for k in range(3, 3 + 4 + i % 9))
+                data = image(i)
+                caption = " ".join(words[(i * k) % len(words)] for k in range(3, 3 + 4 + i % 9))
                 row = {
                     "uid": hashlib.md5(key.encode()).hexdigest(),
                     "key": key,
@@ -107,17 +114,27 @@ def pool_build(pairs: int, image_size: int = 64) -> Path:
                     "original_width": 2 * image_size,
                     "original_height": 2 * image_size,
                     "exif": "{}",
-                    "sha256": hashlib.sha256(image).hexdigest(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
                     "aesthetic": round((i % 100) / 10, 1),
                 }
                 rows.append(row)
-                _member(tar, f"{key}.jpg", image)
+                _member(tar, f"{key}.jpg", data)
                 _member(tar, f"{key}.txt", caption.encode())
                 _member(tar, f"{key}.json", json.dumps(row).encode())
         os.replace(tmp, tar_path)
         pq.write_table(pa.Table.from_pylist(rows), parquet_path)
-        if shard % 10 == 9:
+        if shard % progress_every == progress_every - 1:
             print(f"  generated {shard + 1}/{shards} shards", file=sys.stderr, flush=True)
+
+
+def pool_build(pairs: int, image_size: int = 64) -> Path:
+    """``pairs`` samples in shards of SHARD_SIZE, reused when they exist."""
+    folder = OUT / ("pool" if image_size == 64 else f"pool-{image_size}px")
+    base = base_jpeg(image_size)
+    started = time.perf_counter()
+    shards_write(
+        folder, pairs, shard_size=SHARD_SIZE, image_size=image_size, image=lambda i: distinct_jpeg(base, i)
+    )
     if time.perf_counter() - started > 1:
         print(f"generated {pairs} pairs in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return folder

@@ -26,14 +26,12 @@ Prints a markdown table and writes benchmarks/out/shard_pass.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
 import resource
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -104,49 +102,20 @@ def _jpeg(i: int, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 1_700_000_000
-    tar.addfile(info, io.BytesIO(data))
-
-
 def pool_build(pairs: int, shard_size: int, image_size: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """img2dataset-shaped shards (index_pool's writer) with this benchmark's images and words."""
+    from benchmarks.index_pool import shards_write
 
     folder = OUT / f"pool-{pairs}-{shard_size}-{image_size}px"
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = (pairs + shard_size - 1) // shard_size
-    for shard in range(shards):
-        tar_path, parquet_path = folder / f"{shard:05d}.tar", folder / f"{shard:05d}.parquet"
-        if tar_path.exists() and parquet_path.exists():
-            continue
-        rows = []
-        tmp = tar_path.with_suffix(".tmp")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(shard * shard_size, min(pairs, (shard + 1) * shard_size)):
-                key = f"{i:09d}"
-                image = _jpeg(i, image_size)
-                caption = " ".join(WORDS[(i * k) % len(WORDS)] for k in range(3, 3 + 4 + i % 9))
-                row = {
-                    "uid": hashlib.md5(key.encode()).hexdigest(),
-                    "key": key,
-                    "url": f"https://images.example.com/{key}.jpg",
-                    "caption": caption,
-                    "status": "success",
-                    "error_message": None,
-                    "width": image_size,
-                    "height": image_size,
-                    "sha256": hashlib.sha256(image).hexdigest(),
-                }
-                rows.append(row)
-                _member(tar, f"{key}.jpg", image)
-                _member(tar, f"{key}.txt", caption.encode())
-                _member(tar, f"{key}.json", json.dumps(row).encode())
-        os.replace(tmp, tar_path)
-        pq.write_table(pa.Table.from_pylist(rows), parquet_path)
-        print(f"  generated shard {shard + 1}/{shards}", file=sys.stderr, flush=True)
+    shards_write(
+        folder,
+        pairs,
+        shard_size=shard_size,
+        image_size=image_size,
+        image=lambda i: _jpeg(i, image_size),
+        words=WORDS,
+        progress_every=1,
+    )
     return folder
 
 

@@ -16,8 +16,10 @@ changes nothing, a killed worker loses at most its chunk, a rerun chunk replaces
 features lack (a rewrite added after the pass) fall back to today's path inside the same chunk.
 
 Writes (measured in docs/scoring.md, "Bulk rescore"): on PostgreSQL ``COPY`` into a temporary staging
-table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; elsewhere (SQLite, the demo) Django's
-``bulk_create(update_conflicts=True)``.
+table, then one ``INSERT ... SELECT``: into the run's own load table when the version is new
+(``scoring.score_partitions``: indexed and attached as the version's partition when the last chunk is
+done, so its scores appear at once), else into ``scoring_score`` with ``ON CONFLICT DO UPDATE``;
+elsewhere (SQLite, the demo) Django's ``bulk_create(update_conflicts=True)``.
 
 ``truncated`` (the caption was longer than the text tower's context) is a property of the text and the
 encoder, not of the heads; the features do not carry it, so a bulk row takes it from the same
@@ -41,6 +43,7 @@ from django.utils import timezone
 
 from pool.models import Caption, CaptionStatus, ImageStatus, RunStatus
 from pool.run_health import Heartbeat
+from scoring import score_partitions
 from scoring.encoder_names import is_vlm
 from scoring.models import Score, ScoringChunk, ScoringRun
 from scoring.services import (
@@ -247,12 +250,68 @@ def bulk_rescore_plan(*, run: ScoringRun) -> list[int]:
         with transaction.atomic():
             if not ScoringChunk.objects.filter(run=run).exists():
                 ScoringChunk.objects.bulk_create(chunks, batch_size=5000)
-                ScoringRun.objects.filter(pk=run.pk).update(total=total, chunks_total=len(chunks))
+                params = dict(run.params or {})
+                if _load_table_wanted(run):
+                    params["load_table"] = score_partitions.load_table_name(run.pk)
+                    score_partitions.load_table_create(params["load_table"])
+                ScoringRun.objects.filter(pk=run.pk).update(
+                    total=total, chunks_total=len(chunks), params=params
+                )
                 ScoringRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
                     status=RunStatus.RUNNING, started_at=timezone.now()
                 )
         run.refresh_from_db()
     return list(run.chunks.filter(done=False).order_by("index").values_list("index", flat=True))
+
+
+def _key(run: ScoringRun) -> tuple[str, str, int]:
+    return (run.encoder, run.encoder_fingerprint, run.reward_model_version)
+
+
+def _load_table_wanted(run: ScoringRun) -> bool:
+    """Load into a table of its own (``scoring.score_partitions``) when the version has no rows yet
+    (LOUPE_BULK_RESCORE_LOAD_TABLE=0 turns it off: every chunk upserts into ``scoring_score``)."""
+    if not getattr(settings, "LOUPE_BULK_RESCORE_LOAD_TABLE", True) or not score_partitions.partitioned():
+        return False
+    name = score_partitions.load_table_name(run.pk)
+    return score_partitions.table_state(name) != "attached" and not score_partitions.key_has_rows(_key(run))
+
+
+def loading_table(run: ScoringRun) -> str | None:
+    """The run's load table while it takes rows (None: write into ``scoring_score``)."""
+    params = run.params or {}
+    return None if params.get("load_finished") else params.get("load_table")
+
+
+def bulk_rescore_finish(*, run_id: int) -> ScoringRun:
+    """After the last chunk (or a cancel): index and attach the run's load table, and mark the run
+    succeeded, in one transaction under the run's row lock (readers never see a succeeded run without
+    its scores; two workers finishing at once do it once). A failed run keeps its table until resumed."""
+    run = ScoringRun.objects.get(pk=run_id)
+    name = loading_table(run)
+    complete = run.chunks_done >= run.chunks_total
+    if name and ((complete and run.status == RunStatus.RUNNING) or run.status == RunStatus.CANCELLED):
+        Heartbeat(model=ScoringRun, run_id=run.pk)()
+        with transaction.atomic():
+            locked = ScoringRun.objects.select_for_update().get(pk=run_id)
+            if loading_table(locked):
+                outcome = score_partitions.load_table_finish(
+                    name, _key(locked), update_fields=SCORE_UPDATE_FIELDS
+                )
+                logger.info("bulk rescore %s: load table %s %s", run_id, name, outcome)
+                ScoringRun.objects.filter(pk=run_id).update(
+                    params={**locked.params, "load_finished": outcome}
+                )
+            run_finish_if_complete(run_id)
+        score_partitions.table_vacuum(name)
+    else:
+        run_finish_if_complete(run_id)
+    # A finished run scored every usable pair once: its total is what it did, whether or not the
+    # planner's count (``bulk_rescore_total_count``) ran before it.
+    ScoringRun.objects.filter(pk=run_id, status=RunStatus.SUCCEEDED).exclude(total=F("done")).update(
+        total=F("done")
+    )
+    return ScoringRun.objects.get(pk=run_id)
 
 
 def bulk_rescore_total_count(*, run: ScoringRun) -> int:
@@ -562,11 +621,15 @@ def _stage(cursor, scores: ChunkScores, truncated: np.ndarray, *, text: bool = F
     )
 
 
-def _write_copy(run: ScoringRun, scores: ChunkScores, truncated: np.ndarray, now, *, mode: str) -> None:
-    """COPY into a temporary staging table, then into ``scoring_score`` in one statement:
-    ``upsert`` INSERT ... ON CONFLICT DO UPDATE; ``replace`` DELETE the rows of these captions, then a
-    plain INSERT; ``text_upsert`` like ``upsert`` with COPY's text format (rows formatted in Python)."""
-    table = Score._meta.db_table
+def _write_copy(
+    run: ScoringRun, scores: ChunkScores, truncated: np.ndarray, now, *, mode: str, table: str | None = None
+) -> None:
+    """COPY into a temporary staging table, then into ``table`` (default ``scoring_score``) in one
+    statement: ``upsert`` INSERT ... ON CONFLICT DO UPDATE; ``replace`` DELETE the rows of these
+    captions, then a plain INSERT; ``text_upsert`` like ``upsert`` with COPY's text format (rows
+    formatted in Python); ``load`` a plain INSERT into the run's load table (no index to conflict on:
+    the chunk's done flag, in the same transaction, is what keeps a chunk from writing twice)."""
+    table = connection.ops.quote_name(table or Score._meta.db_table)
     with connection.cursor() as cursor:
         select, key_params = _stage(cursor, scores, truncated, text=mode == "text_upsert")
         identity = [run.encoder, run.encoder_fingerprint, run.reward_model_version]
@@ -577,7 +640,7 @@ def _write_copy(run: ScoringRun, scores: ChunkScores, truncated: np.ndarray, now
                 identity,
             )
         conflict = ""
-        if mode != "replace":
+        if mode not in ("replace", "load"):
             updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in SCORE_UPDATE_FIELDS)
             conflict = (
                 " ON CONFLICT (caption_id, encoder, encoder_fingerprint, reward_model_version) "
@@ -608,6 +671,8 @@ def scores_write(*, run: ScoringRun, scores: ChunkScores, method: str | None = N
     truncated = _truncated_from_version0(run, scores)
     if method == "orm":
         _write_orm(run, scores, truncated, now)
+    elif (load := loading_table(run)) is not None:
+        _write_copy(run, scores, truncated, now, mode="load", table=load)
     else:
         _write_copy(run, scores, truncated, now, mode=method.removeprefix("copy_"))
 
@@ -652,12 +717,7 @@ def bulk_rescore_chunk(*, run_id: int, chunk_index: int, write_method: str | Non
         marked = chunk_mark_done(run=run, chunk=chunk, pairs=len(scores), failed=failed)
         ScoringRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
     if marked:
-        run_finish_if_complete(run.pk)
-        # A finished run scored every usable pair once: its total is what it did, whether or not the
-        # planner's count (``bulk_rescore_total_count``) ran before it.
-        ScoringRun.objects.filter(pk=run.pk, status=RunStatus.SUCCEEDED).exclude(total=F("done")).update(
-            total=F("done")
-        )
+        bulk_rescore_finish(run_id=run.pk)
     return "scored" if marked else "already done"
 
 

@@ -13,7 +13,8 @@ from pool.models import Caption, Run
 
 
 class Score(models.Model):
-    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="scores")
+    # No index of its own: the unique (caption, encoder, fingerprint, version) index leads with it.
+    caption = models.ForeignKey(Caption, on_delete=models.CASCADE, related_name="scores", db_index=False)
     encoder = models.CharField(max_length=255)
     # The weights behind the name (``scoring.encoder_names.encoder_fingerprint``): weights replaced at
     # the same path score into new rows, so filter runs made from the old scores keep them.

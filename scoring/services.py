@@ -230,12 +230,20 @@ def scoring_run_fail(*, run_id: int, error: str) -> None:
 
 
 def scoring_run_cancel(*, run: ScoringRun) -> bool:
-    """Stop a run: chunks not yet committed skip their work. False if it had already finished."""
-    return bool(
+    """Stop a run: chunks not yet committed skip their work. False if it had already finished.
+
+    A bulk rescore's committed chunks sit in its load table: a task attaches them (as a finished run's).
+    """
+    cancelled = bool(
         ScoringRun.objects.filter(pk=run.pk)
         .exclude(status__in=FINISHED)
         .update(status=RunStatus.CANCELLED, finished_at=timezone.now())
     )
+    if cancelled and (run.params or {}).get("load_table"):
+        from scoring.tasks import bulk_rescore_finish_task
+
+        transaction.on_commit(lambda: bulk_rescore_finish_task.delay(run.pk))
+    return cancelled
 
 
 def scoring_run_resume(*, run: ScoringRun) -> list[int]:
@@ -261,7 +269,13 @@ def scoring_run_resume(*, run: ScoringRun) -> list[int]:
     for index in pending:
         transaction.on_commit(lambda i=index: scoring_chunk_execute.delay(run.pk, i))
     if not pending:
-        run_finish_if_complete(run.pk)
+        if (run.params or {}).get("load_table"):
+            # A bulk rescore whose worker died after its last chunk, before its load table was attached.
+            from scoring.tasks import bulk_rescore_finish_task
+
+            transaction.on_commit(lambda: bulk_rescore_finish_task.delay(run.pk))
+        else:
+            run_finish_if_complete(run.pk)
     return pending
 
 

@@ -174,6 +174,20 @@ def bulk_rescore_execute(self, run_id: int) -> None:
 
 
 @shared_task(bind=True, max_retries=3, acks_late=True)
+def bulk_rescore_finish_task(self, run_id: int) -> str:
+    """Index and attach a bulk rescore's load table and finish the run (idempotent)."""
+    from scoring import bulk_rescore
+
+    return _piece_run(
+        self,
+        lambda: bulk_rescore.bulk_rescore_finish(run_id=run_id).status,
+        fail=partial(services.scoring_run_fail, run_id=run_id),
+        piece="finish",
+        log=f"bulk rescore {run_id} finish",
+    )
+
+
+@shared_task(bind=True, max_retries=3, acks_late=True)
 def bulk_rescore_shard_execute(self, run_id: int, chunk_index: int) -> str:
     """One shard of a bulk rescore; idempotent (a done chunk does nothing, a rerun replaces its rows)."""
     from scoring import bulk_rescore

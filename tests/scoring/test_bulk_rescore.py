@@ -1,5 +1,6 @@
 """Bulk rescore from the by-shard features: the same scores as today's path, shard chunks that rerun
-without doubling, the fallback for captions the features lack, and both write paths."""
+without doubling, the fallback for captions the features lack, both write paths, and (PostgreSQL) a
+new version loaded into a partition of its own."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from django.db import connection
 from django.db.models import Count
 
 from pool.models import Caption, Image, ImageStatus, RunStatus, Shard
-from scoring import bulk_rescore
+from scoring import bulk_rescore, score_partitions
 from scoring.active_model import ActiveModel, active_model_set
 from scoring.cache import EmbeddingCache
 from scoring.encoders import encoder_load
 from scoring.inference import scoring_run_sync
 from scoring.models import Score, ScoringChunk, ScoringRun
-from scoring.services import scoring_run_resume, scoring_run_start
+from scoring.services import scoring_run_cancel, scoring_run_resume, scoring_run_start
 from scoring.shard_features import shard_features_write
 from tests.conftest import image_bytes
 from tests.scoring.conftest import pool_caption, pool_image
@@ -256,3 +257,153 @@ def test_copy_write_on_sqlite_is_refused_with_a_clear_error(scored_pool, tiny_cl
         bulk_rescore.bulk_rescore_chunk(
             run_id=run.pk, chunk_index=scored_pool["shards"][0].pk, write_method="copy_upsert"
         )
+
+
+# --- a new version loaded into its own partition (PostgreSQL, scoring.score_partitions) ---------------
+# The same scores, visible all at once, attached once, recovered after a worker died between its last
+# chunk and the attach, merged when rows of the version appeared meanwhile, dropped as one table.
+
+
+requires_partitions = pytest.mark.skipif(
+    "connection.vendor != 'postgresql'", reason="partitions of scoring_score are PostgreSQL's"
+)
+
+
+def _partition_of(caption_id: int) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tableoid::regclass::text FROM scoring_score WHERE caption_id = %s AND reward_model_version = %s",
+            [caption_id, VERSION],
+        )
+        return cursor.fetchone()[0]
+
+
+def _start(tiny_clip_name) -> ScoringRun:
+    return bulk_rescore.bulk_rescore_start(encoder=tiny_clip_name, enqueue=False)
+
+
+@requires_partitions
+def test_the_scoring_table_is_partitioned_with_the_old_rows_in_its_default_partition():
+    assert score_partitions.partitioned()
+    assert score_partitions.table_state("scoring_score_default") == "attached"
+
+
+@requires_partitions
+def test_a_new_version_is_loaded_apart_and_attached_as_its_partition(scored_pool, tiny_clip_name):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    run.refresh_from_db()
+    name = run.params["load_table"]
+    assert name == f"scoring_score_r{run.pk}" and score_partitions.table_state(name) == "loading"
+    bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=pending[0])
+    # Nothing of the version is visible before the run finishes.
+    assert not Score.objects.filter(reward_model_version=VERSION).exists()
+    for index in pending[1:]:
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "attached"
+    assert score_partitions.table_state(name) == "attached"
+    _assert_close(_score_values(VERSION), scored_pool["expected"])
+    assert {_partition_of(c) for c in _score_values(VERSION)} == {name}
+    # The CLIPScore rows (version 0, written by today's path) stay in the default partition.
+    some = scored_pool["captions"]["shard1"][0]
+    assert Score.objects.get(caption_id=some, reward_model_version=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM ONLY scoring_score_default WHERE reward_model_version = %s", [VERSION]
+        )
+        assert cursor.fetchone()[0] == 0
+    # A forced rerun of a shard now upserts into the attached partition: replaced, never doubled.
+    shard = scored_pool["shards"][0].pk
+    ScoringRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING)
+    ScoringChunk.objects.filter(run=run, index=shard).update(done=False)
+    assert bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=shard) == "scored"
+    scores = Score.objects.filter(reward_model_version=VERSION)
+    assert not scores.values("caption_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    _assert_close(_score_values(VERSION), scored_pool["expected"])
+    # Deleting a caption cascades into the partition like anywhere else.
+    Caption.objects.filter(pk=some).delete()
+    assert not Score.objects.filter(caption_id=some).exists()
+
+
+@requires_partitions
+def test_a_version_with_rows_already_upserts_into_the_table(scored_pool, tiny_clip_name):
+    scoring_run_sync(run=scoring_run_start(encoder=tiny_clip_name, enqueue=False))
+    run = bulk_rescore.bulk_rescore_sync(run=_start(tiny_clip_name))
+    assert "load_table" not in run.params
+    assert {_partition_of(c) for c in _score_values(VERSION)} == {"scoring_score_default"}
+
+
+@requires_partitions
+def test_a_worker_that_died_before_the_attach_is_finished_by_the_resume(
+    scored_pool, tiny_clip_name, eager_celery, django_capture_on_commit_callbacks, monkeypatch
+):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    real_finish = bulk_rescore.bulk_rescore_finish
+    monkeypatch.setattr(bulk_rescore, "bulk_rescore_finish", lambda **kw: None)  # killed right after
+    for index in pending:
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.chunks_done == run.chunks_total
+    assert not Score.objects.filter(reward_model_version=VERSION).exists()
+    monkeypatch.setattr(bulk_rescore, "bulk_rescore_finish", real_finish)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert scoring_run_resume(run=run) == []  # what the stale-run sweep calls
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "attached"
+    _assert_close(_score_values(VERSION), scored_pool["expected"])
+    # A second finish (a redelivered task) changes nothing.
+    assert bulk_rescore.bulk_rescore_finish(run_id=run.pk).status == RunStatus.SUCCEEDED
+    assert Score.objects.filter(reward_model_version=VERSION).count() == len(scored_pool["expected"])
+
+
+@requires_partitions
+def test_a_cancelled_run_keeps_the_chunks_it_committed(
+    scored_pool, tiny_clip_name, eager_celery, django_capture_on_commit_callbacks
+):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=pending[1])
+    run.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert scoring_run_cancel(run=run)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.params["load_finished"] == "attached"
+    shard_captions = set(Caption.objects.filter(image__shard_id=pending[1]).values_list("id", flat=True))
+    got = set(_score_values(VERSION))
+    assert (
+        got
+        and got <= shard_captions
+        and Score.objects.filter(reward_model_version=VERSION).count() == run.done
+    )
+    # Chunks still in flight find the run cancelled and write nothing.
+    assert bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=pending[2]) == "run cancelled"
+
+
+@requires_partitions
+def test_rows_written_meanwhile_are_merged_not_doubled(scored_pool, tiny_clip_name):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    # Another run writes the same version into the parent while the bulk run loads its table.
+    scoring_run_sync(run=scoring_run_start(encoder=tiny_clip_name, enqueue=False))
+    for index in pending:
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "merged"
+    assert score_partitions.table_state(run.params["load_table"]) == "missing"
+    scores = Score.objects.filter(reward_model_version=VERSION)
+    assert not scores.values("caption_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    _assert_close(_score_values(VERSION), scored_pool["expected"])
+
+
+@requires_partitions
+def test_deleting_a_loaded_version_drops_its_partition(scored_pool, tiny_clip_name):
+    run = bulk_rescore.bulk_rescore_sync(run=_start(tiny_clip_name))
+    name = run.params["load_table"]
+    key = (run.encoder, run.encoder_fingerprint, VERSION)
+    removed = score_partitions.score_version_delete(key, tables=[name])
+    assert removed == len(scored_pool["expected"])
+    assert score_partitions.table_state(name) == "missing"
+    assert not Score.objects.filter(reward_model_version=VERSION).exists()
+    assert Score.objects.filter(reward_model_version=0).exists()

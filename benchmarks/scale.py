@@ -1100,6 +1100,34 @@ def _write_methods_measure(run, shard_ids: list[int]) -> dict:
     return out
 
 
+def _timed_stages(timing: dict):
+    """Time ``scoring.bulk_rescore``'s three stages (heads, writes, the load table's index build and
+    attach) into ``timing``; return the function that puts the real ones back."""
+    from scoring import bulk_rescore
+
+    names = {
+        "shard_scores": "compute_seconds",
+        "scores_write": "write_seconds",
+        "bulk_rescore_finish": "finish_seconds",
+    }
+    real = {name: getattr(bulk_rescore, name) for name in names}
+
+    def timed(name):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return real[name](*a, **k)
+            finally:
+                timing[names[name]] = timing.get(names[name], 0.0) + time.perf_counter() - t0
+
+        return call
+
+    for name in names:
+        timing.setdefault(names[name], 0.0)
+        setattr(bulk_rescore, name, timed(name))
+    return lambda: [setattr(bulk_rescore, name, fn) for name, fn in real.items()]
+
+
 def _rescore_worker(job) -> dict:
     """One spawned worker of ``rescore --workers N``: score the given chunks of the run."""
     database_url, cache_dir, model_dir, run_id, indexes, threads = job
@@ -1109,21 +1137,8 @@ def _rescore_worker(job) -> dict:
     from scoring import bulk_rescore
 
     torch.set_num_threads(threads)
-    timing = {"compute_seconds": 0.0, "write_seconds": 0.0}
-    real_scores, real_write = bulk_rescore.shard_scores, bulk_rescore.scores_write
-
-    def timed(name, real):
-        def call(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return real(*a, **k)
-            finally:
-                timing[name] += time.perf_counter() - t0
-
-        return call
-
-    bulk_rescore.shard_scores = timed("compute_seconds", real_scores)
-    bulk_rescore.scores_write = timed("write_seconds", real_write)
+    timing: dict = {}
+    _timed_stages(timing)
     clock = CpuClock()
     for index in indexes:
         bulk_rescore.bulk_rescore_chunk(run_id=run_id, chunk_index=index)
@@ -1171,26 +1186,8 @@ def rescore_bench(args) -> dict:
     # 1. The bulk rescore of every shard with a new version's heads (a fresh version: inserts).
     version = _register_version(encoder, fingerprint, like=base.reward_model_version, note="scale.py rescore")
     run = bulk_rescore.bulk_rescore_start(encoder=encoder, reward_model_version=version, enqueue=False)
-    compute = write = 0.0
-    real_scores, real_write = bulk_rescore.shard_scores, bulk_rescore.scores_write
-
-    def timed_scores(*a, **k):
-        nonlocal compute
-        t0 = time.perf_counter()
-        try:
-            return real_scores(*a, **k)
-        finally:
-            compute += time.perf_counter() - t0
-
-    def timed_write(*a, **k):
-        nonlocal write
-        t0 = time.perf_counter()
-        try:
-            return real_write(*a, **k)
-        finally:
-            write += time.perf_counter() - t0
-
-    bulk_rescore.shard_scores, bulk_rescore.scores_write = timed_scores, timed_write
+    timing: dict = {}
+    restore = _timed_stages(timing)
     clock = CpuClock()
     started = time.perf_counter()
     pending = bulk_rescore.bulk_rescore_plan(run=run)
@@ -1220,8 +1217,8 @@ def rescore_bench(args) -> dict:
         with context.Pool(args.workers) as workers:
             for result in workers.imap_unordered(_rescore_worker, jobs):
                 workers_cpu.append(result)
-                compute += result["compute_seconds"]
-                write += result["write_seconds"]
+                for key in ("compute_seconds", "write_seconds", "finish_seconds"):
+                    timing[key] += result[key]
                 print(f"  bulk: a worker finished {result['chunks']} chunks", flush=True)
     else:
         for i, index in enumerate(todo):
@@ -1233,8 +1230,17 @@ def rescore_bench(args) -> dict:
                     f"  bulk: {i + 1}/{len(pending)} chunks, {done:,} pairs, {done / elapsed:,.0f} pairs/s",
                     flush=True,
                 )
+    run.refresh_from_db()
+    if args.shards and run.status == "running":
+        # A sample: the run is not complete, so its load table would never be attached. Cancel it:
+        # the chunks it committed are attached as a cancelled run's are.
+        from scoring.services import scoring_run_cancel
+
+        scoring_run_cancel(run=run)
+        bulk_rescore.bulk_rescore_finish(run_id=run.pk)
     bulk_seconds = time.perf_counter() - started
-    bulk_rescore.shard_scores, bulk_rescore.scores_write = real_scores, real_write
+    restore()
+    compute, write = timing["compute_seconds"], timing["write_seconds"]
     run.refresh_from_db()
     record["bulk"] = {
         "run": run.pk,
@@ -1246,6 +1252,10 @@ def rescore_bench(args) -> dict:
         "plan_seconds": plan_seconds,
         "compute_seconds": compute,
         "write_seconds": write,
+        # The load table's index build and attach (scoring.score_partitions), in the last worker.
+        "finish_seconds": timing["finish_seconds"],
+        "load_table": (run.params or {}).get("load_table"),
+        "load_finished": (run.params or {}).get("load_finished"),
         "pairs_per_s": run.done / bulk_seconds,
         **_cpu_sum(clock.elapsed(), workers_cpu),
         "peak_rss_mb": max([peak_rss_mb(), *(w["peak_rss_mb"] for w in workers_cpu)]),
@@ -1256,7 +1266,7 @@ def rescore_bench(args) -> dict:
     }
     print(
         f"bulk rescore: {run.done:,} pairs in {bulk_seconds:.0f} s = {run.done / bulk_seconds:,.0f} pairs/s "
-        f"(compute {compute:.0f} s, write {write:.0f} s), peak RSS {peak_rss_mb():.0f} MB",
+        f"(compute {compute:.0f} s, write {write:.0f} s, index and attach {timing['finish_seconds']:.0f} s), peak RSS {peak_rss_mb():.0f} MB",
         flush=True,
     )
 
@@ -1344,7 +1354,12 @@ def rescore_bench(args) -> dict:
     if args.drop_rows:
         # The measured versions' rows are not needed afterwards: keep the database's size steady
         # between runs (autovacuum reuses the space).
-        dropped, _ = Score.objects.filter(reward_model_version__in=[version, baseline_version]).delete()
+        from scoring.score_partitions import score_version_delete
+
+        dropped = score_version_delete(
+            (encoder, fingerprint, version), tables=[record["bulk"]["load_table"] or ""]
+        )
+        dropped += score_version_delete((encoder, fingerprint, baseline_version))
         print(f"dropped {dropped:,} score rows of versions {version} and {baseline_version}", flush=True)
     results_record("rescore", f"{pairs}-{args.label}" if args.label else pairs, record)
     return record
@@ -1391,6 +1406,11 @@ def main() -> None:
     rescore.add_argument("--label", default="", help="results key suffix (several variants per pool size)")
     rescore.add_argument("--drop-rows", action="store_true", help="delete the measured versions' rows after")
     rescore.add_argument(
+        "--no-load-table",
+        action="store_true",
+        help="upsert every chunk into scoring_score (the path before scoring.score_partitions)",
+    )
+    rescore.add_argument(
         "--workers", type=int, default=1, help="processes scoring shards at once (like celery -c N)"
     )
     rescore.add_argument(
@@ -1405,6 +1425,7 @@ def main() -> None:
         pool_build(args)
     elif args.command == "rescore":
         os.environ["LOUPE_BULK_RESCORE_DTYPE"] = args.dtype
+        os.environ["LOUPE_BULK_RESCORE_LOAD_TABLE"] = "0" if args.no_load_table else "1"
         rescore_bench(args)
 
 

@@ -206,6 +206,9 @@ LOUPE_FINETUNE_GATE_MARGIN = float(os.environ.get("LOUPE_FINETUNE_GATE_MARGIN", 
 LOUPE_RESCORE_SECONDS_PER_PAIR = float(os.environ.get("LOUPE_RESCORE_SECONDS_PER_PAIR", "0.256"))
 # The two retraining thresholds, shown together on the console and the models page:
 # fewer judgments than this give a model whose held-out accuracy is noise; training refuses.
+# A bulk rescore of a new version loads a table of its own and attaches it as the version's partition
+# (PostgreSQL; docs/scoring.md, "Bulk rescore"). 0: every chunk upserts into scoring_score instead.
+LOUPE_BULK_RESCORE_LOAD_TABLE = env_bool("LOUPE_BULK_RESCORE_LOAD_TABLE", True)
 LOUPE_REWARD_MIN_JUDGMENTS = int(os.environ.get("LOUPE_REWARD_MIN_JUDGMENTS", "30"))
 # The schedule retrains a campaign once this many judgments arrived since its last model (a campaign can
 # override it with selection_mix["retrain_after"]): 50 judgments of 4 captions are 300 ranked pairs.

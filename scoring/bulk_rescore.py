@@ -271,7 +271,7 @@ def _key(run: ScoringRun) -> tuple[str, str, int]:
 def _load_table_wanted(run: ScoringRun) -> bool:
     """Load into a table of its own (``scoring.score_partitions``) when the version has no rows yet
     (LOUPE_BULK_RESCORE_LOAD_TABLE=0 turns it off: every chunk upserts into ``scoring_score``)."""
-    if not getattr(settings, "LOUPE_BULK_RESCORE_LOAD_TABLE", True) or not score_partitions.partitioned():
+    if not settings.LOUPE_BULK_RESCORE_LOAD_TABLE or not score_partitions.partitioned():
         return False
     name = score_partitions.load_table_name(run.pk)
     return score_partitions.table_state(name) != "attached" and not score_partitions.key_has_rows(_key(run))

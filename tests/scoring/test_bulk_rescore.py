@@ -359,6 +359,24 @@ def test_a_worker_that_died_before_the_attach_is_finished_by_the_resume(
 
 
 @requires_partitions
+def test_scores_of_captions_deleted_during_the_load_are_dropped_at_the_attach(
+    scored_pool, tiny_clip_name, monkeypatch
+):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    real_finish = bulk_rescore.bulk_rescore_finish
+    monkeypatch.setattr(bulk_rescore, "bulk_rescore_finish", lambda **kw: None)
+    for index in pending:
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+    gone = scored_pool["captions"]["shard2"][0]
+    Caption.objects.filter(pk=gone).delete()  # its row in the load table is not cascaded
+    run = real_finish(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "attached"
+    expected = {c: v for c, v in scored_pool["expected"].items() if c != gone}
+    _assert_close(_score_values(VERSION), expected)
+
+
+@requires_partitions
 def test_a_cancelled_run_keeps_the_chunks_it_committed(
     scored_pool, tiny_clip_name, eager_celery, django_capture_on_commit_callbacks
 ):

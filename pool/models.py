@@ -95,7 +95,10 @@ class Image(models.Model):
     # Where the bytes are, one of: a range of a shard (a tar member's data), a Parquet cell of a shard
     # (row group, row, the shard's image column), a file of its own (``uri``), or, for images imported
     # before pools were indexed in place, a copy under MEDIA_ROOT (``file``).
-    shard = models.ForeignKey(Shard, null=True, blank=True, on_delete=models.PROTECT, related_name="images")
+    # Indexed through Meta (image_shard_idx, covering status and id), not db_index.
+    shard = models.ForeignKey(
+        Shard, null=True, blank=True, on_delete=models.PROTECT, related_name="images", db_index=False
+    )
     uri = models.CharField(max_length=1024, blank=True, help_text="The image file, when it is one.")
     offset = models.PositiveBigIntegerField(null=True, blank=True)
     length = models.PositiveBigIntegerField(null=True, blank=True)
@@ -121,6 +124,8 @@ class Image(models.Model):
             models.Index(fields=["status"]),
             models.Index(fields=["source"]),
             models.Index(fields=["phash"], name="image_phash"),
+            # A shard's usable images from the index alone (PostgreSQL; the bulk rescore asks per shard).
+            models.Index(fields=["shard"], include=["status", "id"], name="image_shard_idx"),
         ]
 
     def __str__(self) -> str:
@@ -176,7 +181,8 @@ class CuratorDecision(models.TextChoices):
 
 
 class Caption(models.Model):
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions")
+    # Indexed through Meta (caption_image_idx, covering status and id), not db_index.
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions", db_index=False)
     text = models.TextField()
     text_sha256 = models.CharField(max_length=64)
     source = models.CharField(max_length=16, choices=CaptionSource.choices, default=CaptionSource.ALT)
@@ -214,6 +220,9 @@ class Caption(models.Model):
             # Curator rewrites are few; a filter run reads them all (candidates in their own right)
             # without scanning the pool's captions.
             models.Index(fields=["id"], condition=models.Q(source="rewrite"), name="caption_rewrite_idx"),
+            # An image's usable captions from the index alone (PostgreSQL; with image_shard_idx, a
+            # shard's usable pairs without reading the rows: the bulk rescore asks per shard).
+            models.Index(fields=["image"], include=["status", "id"], name="caption_image_idx"),
         ]
 
     def __str__(self) -> str:

@@ -394,7 +394,8 @@ def _concat(parts: list[ChunkScores], keys: list[str]) -> ChunkScores:
 
 def shard_scores(run: ScoringRun, shard_id: int, model, keys: list[str], progress=None) -> ChunkScores:
     """The scores of one shard's usable captions: heads over its features, today's path for the rest."""
-    feats = shard_features_read(_features_root(run) / str(int(shard_id)))
+    # whole=True: the kernel reads the feature files ahead while the database answers the query below.
+    feats = shard_features_read(_features_root(run) / str(int(shard_id)), whole=True)
     # One fetch (not a server-side cursor's round trips): a shard's ids are a few hundred kB.
     usable = np.array(
         list(_usable(Caption.objects.filter(image__shard_id=shard_id)).values_list("id", flat=True)),

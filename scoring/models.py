@@ -52,6 +52,8 @@ class Score(models.Model):
                 include=["caption", "cosine"],
                 name="score_weights_clip_idx",
             ),
+            # Few rows: a bulk rescore reads a shard's truncated captions from it, not from the rows.
+            models.Index(fields=["caption"], condition=models.Q(truncated=True), name="score_truncated_idx"),
         ]
 
 

@@ -138,6 +138,7 @@ def load_table_finish(name: str, key: tuple[str, str, int], *, update_fields: li
             "reward) INCLUDE (caption_id, cosine)",
             "clipscore index": "CREATE INDEX {clip} ON {t} (encoder, encoder_fingerprint, reward_model_version, "
             "clipscore) INCLUDE (caption_id, cosine)",
+            "truncated index": "CREATE INDEX {truncated} ON {t} (caption_id) WHERE truncated",
             "foreign key": "ALTER TABLE {t} ADD CONSTRAINT {fk} FOREIGN KEY (caption_id) REFERENCES pool_caption "
             "(id) DEFERRABLE INITIALLY DEFERRED",
             # Proves the rows fit the partition's bound, so ATTACH does not scan them again.
@@ -147,7 +148,7 @@ def load_table_finish(name: str, key: tuple[str, str, int], *, update_fields: li
         }
         names = {
             part: sql.Identifier(f"{name}_{part}")
-            for part in ("pk", "unique", "reward", "clip", "fk", "check")
+            for part in ("pk", "unique", "reward", "clip", "truncated", "fk", "check")
         }
         values = dict(
             t=table,

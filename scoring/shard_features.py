@@ -21,7 +21,9 @@ Plain Python + numpy: no Django (``root`` is passed in by callers).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -129,12 +131,15 @@ def shard_features_write(
     return final
 
 
-def shard_features_read(folder: str | os.PathLike) -> ShardFeatures:
+def shard_features_read(folder: str | os.PathLike, *, whole: bool = False) -> ShardFeatures:
+    """A shard's arrays, memory-mapped. ``whole=True`` (a reader that will touch every row, like the
+    bulk rescore) asks the kernel to read the feature files ahead, in large sequential reads, while
+    the caller does other work; otherwise pages are read as rows are touched."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / DONE).read_text())
         load = lambda name: np.load(folder / name, mmap_mode="r")  # noqa: E731
-        return ShardFeatures(
+        features = ShardFeatures(
             shard_id=int(meta["shard_id"]),
             image_ids=load("image_ids.i8.npy"),
             images=load("images.f16.npy"),
@@ -145,6 +150,20 @@ def shard_features_read(folder: str | os.PathLike) -> ShardFeatures:
         )
     except (OSError, ValueError, KeyError) as exc:
         raise CacheError(f"Unreadable shard features in {folder}: {exc}") from exc
+    if whole:
+        for array in (features.images, features.texts):
+            _read_ahead(array)
+    return features
+
+
+def _read_ahead(array: np.ndarray) -> None:
+    """madvise(WILLNEED) on a memory-mapped array's pages (no-op where the platform lacks it)."""
+    mapping = getattr(array, "_mmap", None)
+    advice = getattr(mmap, "MADV_WILLNEED", None)
+    if mapping is None or advice is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        mapping.madvise(advice)
 
 
 def shard_features_ids(root: str | os.PathLike, encoder_name: str, fingerprint: str = "") -> list[int]:

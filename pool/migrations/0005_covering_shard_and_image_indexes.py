@@ -44,6 +44,15 @@ def forwards(apps, schema_editor):
                 schema_editor.execute(f'DROP INDEX{concurrently} IF EXISTS "{old}"')
 
 
+def backwards(apps, schema_editor):
+    """The plain foreign-key indexes again, under Django's names for them, and the covering ones gone."""
+    concurrently = " CONCURRENTLY" if schema_editor.connection.vendor == "postgresql" else ""
+    for table, column, name in INDEXES:
+        plain = schema_editor.quote_name(schema_editor._create_index_name(table, [column]))
+        schema_editor.execute(f"CREATE INDEX{concurrently} IF NOT EXISTS {plain} ON {table} ({column})")
+        schema_editor.execute(f"DROP INDEX{concurrently} IF EXISTS {name}")
+
+
 class Migration(migrations.Migration):
     # CREATE INDEX CONCURRENTLY cannot run inside a transaction.
     atomic = False
@@ -86,6 +95,6 @@ class Migration(migrations.Migration):
                     index=models.Index(fields=["image"], include=("status", "id"), name="caption_image_idx"),
                 ),
             ],
-            database_operations=[migrations.RunPython(forwards, migrations.RunPython.noop)],
+            database_operations=[migrations.RunPython(forwards, backwards)],
         ),
     ]

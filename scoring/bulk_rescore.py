@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,6 +284,12 @@ def loading_table(run: ScoringRun) -> str | None:
     return None if params.get("load_finished") else params.get("load_table")
 
 
+def _params_merge(run_id: int, values: dict) -> None:
+    """Merge ``values`` into the run's ``params`` (read under the caller's lock, if any)."""
+    params = ScoringRun.objects.filter(pk=run_id).values_list("params", flat=True).first() or {}
+    ScoringRun.objects.filter(pk=run_id).update(params={**params, **values})
+
+
 def bulk_rescore_finish(*, run_id: int) -> ScoringRun:
     """After the last chunk (or a cancel): index and attach the run's load table, and mark the run
     succeeded, in one transaction under the run's row lock (readers never see a succeeded run without
@@ -292,15 +299,24 @@ def bulk_rescore_finish(*, run_id: int) -> ScoringRun:
     complete = run.chunks_done >= run.chunks_total
     if name and ((complete and run.status == RunStatus.RUNNING) or run.status == RunStatus.CANCELLED):
         Heartbeat(model=ScoringRun, run_id=run.pk)()
+        # Committed before the build, so the run's page can say what the run is doing meanwhile.
+        _params_merge(run_id, {"finishing_since": timezone.now().isoformat()})
+        started = time.perf_counter()
+        seconds: dict[str, float] = {}
         with transaction.atomic():
             locked = ScoringRun.objects.select_for_update().get(pk=run_id)
             if loading_table(locked):
                 outcome = score_partitions.load_table_finish(
-                    name, _key(locked), update_fields=SCORE_UPDATE_FIELDS
+                    name, _key(locked), update_fields=SCORE_UPDATE_FIELDS, seconds=seconds
                 )
                 logger.info("bulk rescore %s: load table %s %s", run_id, name, outcome)
-                ScoringRun.objects.filter(pk=run_id).update(
-                    params={**locked.params, "load_finished": outcome}
+                _params_merge(
+                    run_id,
+                    {
+                        "load_finished": outcome,
+                        "finish_seconds": round(time.perf_counter() - started, 1),
+                        "finish_steps": seconds,
+                    },
                 )
             run_finish_if_complete(run_id)
         score_partitions.table_vacuum(name)

@@ -105,9 +105,12 @@ def key_has_rows(key: tuple[str, str, int]) -> bool:
         return _key_has_rows(cursor, key)
 
 
-def load_table_finish(name: str, key: tuple[str, str, int], *, update_fields: list[str]) -> str:
+def load_table_finish(
+    name: str, key: tuple[str, str, int], *, update_fields: list[str], seconds: dict | None = None
+) -> str:
     """Index ``name`` and attach it as ``key``'s partition; or, when ``key`` has rows in the parent
-    already, upsert its rows there and drop it. Inside the caller's transaction. Returns what it did."""
+    already, upsert its rows there and drop it. Inside the caller's transaction. Returns what it did;
+    ``seconds`` (when given) receives each step's duration."""
     state = table_state(name)
     if state != "loading":
         return state
@@ -159,7 +162,7 @@ def load_table_finish(name: str, key: tuple[str, str, int], *, update_fields: li
             v1=sql.Literal(int(version) + 1),
             **names,
         )
-        seconds: dict[str, float] = {}
+        seconds = {} if seconds is None else seconds
         for step, statement in ddl.items():
             started = time.perf_counter()
             if step == "foreign key":

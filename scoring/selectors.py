@@ -133,3 +133,28 @@ def scoring_run_failures(*, run: ScoringRun, limit: int = 50) -> QuerySet[Score]
         .select_related("caption")
         .order_by("caption_id")[:limit]
     )
+
+
+def bulk_load_state(*, run: ScoringRun) -> dict | None:
+    """Where a bulk rescore's scores are (its load table, ``scoring.score_partitions``), for its page:
+    None for a run that writes into ``scoring_score`` directly."""
+    params = run.params or {}
+    table = params.get("load_table")
+    if not table:
+        return None
+    finished = params.get("load_finished")
+    if finished:
+        state = "attached" if finished == "attached" else "merged" if finished == "merged" else "gone"
+    elif params.get("finishing_since") and run.status == RunStatus.RUNNING:
+        state = "finishing"
+    elif run.chunks_total and run.chunks_done >= run.chunks_total and run.status == RunStatus.RUNNING:
+        state = "waiting"  # every chunk done, the finish not started (its worker died): resume finishes it
+    else:
+        state = "loading"
+    return {
+        "table": table,
+        "state": state,
+        "since": params.get("finishing_since"),
+        "seconds": params.get("finish_seconds"),
+        "steps": params.get("finish_steps") or {},
+    }

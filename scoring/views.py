@@ -85,6 +85,7 @@ def scoring_run_detail(request, run_id: int):
             "poll_url": reverse("scoring:run_progress", args=[run.pk]),
             "failures": selectors.scoring_run_failures(run=run),
             "pending_chunks": run.chunks.filter(done=False).count(),
+            "load": selectors.bulk_load_state(run=run),
             "is_admin": has_role(request.user, ADMIN),
         },
     )
@@ -112,5 +113,8 @@ def scoring_run_cancel(request, run_id: int):
 def scoring_run_resume(request, run_id: int):
     run = get_object_or_404(ScoringRun, pk=run_id)
     pending = services.scoring_run_resume(run=run)
-    messages.success(request, f"Scoring run {run.pk}: {len(pending)} unfinished chunks queued again.")
+    if not pending and (run.params or {}).get("load_table"):
+        messages.success(request, f"Scoring run {run.pk}: its finish (index build and attach) is queued.")
+    else:
+        messages.success(request, f"Scoring run {run.pk}: {len(pending)} unfinished chunks queued again.")
     return redirect("scoring:run_detail", run_id=run.pk)

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count
+from django.urls import reverse
 
 from pool.models import Caption, Image, ImageStatus, RunStatus, Shard
 from scoring import bulk_rescore, score_partitions
@@ -336,7 +337,13 @@ def test_a_version_with_rows_already_upserts_into_the_table(scored_pool, tiny_cl
 
 @requires_partitions
 def test_a_worker_that_died_before_the_attach_is_finished_by_the_resume(
-    scored_pool, tiny_clip_name, eager_celery, django_capture_on_commit_callbacks, monkeypatch
+    scored_pool,
+    tiny_clip_name,
+    eager_celery,
+    django_capture_on_commit_callbacks,
+    monkeypatch,
+    client,
+    admin_user,
 ):
     run = _start(tiny_clip_name)
     pending = bulk_rescore.bulk_rescore_plan(run=run)
@@ -348,10 +355,17 @@ def test_a_worker_that_died_before_the_attach_is_finished_by_the_resume(
     assert run.status == RunStatus.RUNNING and run.chunks_done == run.chunks_total
     assert not Score.objects.filter(reward_model_version=VERSION).exists()
     monkeypatch.setattr(bulk_rescore, "bulk_rescore_finish", real_finish)
+    # The run's page says so, and offers the admin the finish.
+    client.force_login(admin_user)
+    page = client.get(reverse("scoring:run_detail", args=[run.pk])).content.decode()
+    assert "is not attached yet" in page and "Finish: index and attach its scores" in page
     with django_capture_on_commit_callbacks(execute=True):
         assert scoring_run_resume(run=run) == []  # what the stale-run sweep calls
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "attached"
+    assert set(run.params["finish_steps"]) >= {"unique key", "reward index", "attach"}
+    page = client.get(reverse("scoring:run_detail", args=[run.pk])).content.decode()
+    assert f"in partition <code>scoring_score_r{run.pk}</code>" in page
     _assert_close(_score_values(VERSION), scored_pool["expected"])
     # A second finish (a redelivered task) changes nothing.
     assert bulk_rescore.bulk_rescore_finish(run_id=run.pk).status == RunStatus.SUCCEEDED

@@ -165,8 +165,8 @@ def load_table_finish(
         seconds = {} if seconds is None else seconds
         for step, statement in ddl.items():
             started = time.perf_counter()
-            if step == "foreign key":
-                _foreign_key_add(cursor, _q(sql.SQL(statement).format(**values)), name)
+            if step in REPAIRS:
+                _add_or_repair(cursor, _q(sql.SQL(statement).format(**values)), name, step)
             else:
                 cursor.execute(_q(sql.SQL(statement).format(**values)))
             seconds[step] = round(time.perf_counter() - started, 2)
@@ -174,21 +174,24 @@ def load_table_finish(
     return "attached"
 
 
-def _foreign_key_add(cursor, statement: str, name: str) -> None:
-    """Add the foreign key (one validating join). Captions deleted while the run scored them leave
-    orphans: then delete those and add it again."""
+# What a failed constraint step deletes before it tries again. The foreign key: scores of captions
+# deleted while the run scored them. The unique key: older copies of a caption's row, which only a
+# chunk forced to run again during the load (its done flag reset by hand) leaves.
+REPAIRS = {
+    "foreign key": "DELETE FROM {t} s WHERE NOT EXISTS (SELECT 1 FROM pool_caption c WHERE c.id = s.caption_id)",
+    "unique key": "DELETE FROM {t} a USING {t} b WHERE a.caption_id = b.caption_id AND a.id < b.id",
+}
+
+
+def _add_or_repair(cursor, statement: str, name: str, step: str) -> None:
+    """Add a constraint (one validating pass); if the rows break it, delete the offending ones as
+    ``REPAIRS`` says and add it again."""
     try:
         with transaction.atomic():
             cursor.execute(statement)
     except IntegrityError:
-        cursor.execute(
-            _q(
-                sql.SQL(
-                    "DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM pool_caption c WHERE c.id = s.caption_id)"
-                ).format(sql.Identifier(name))
-            )
-        )
-        logger.info("%s: %d scores of deleted captions dropped", name, cursor.rowcount)
+        cursor.execute(_q(sql.SQL(REPAIRS[step]).format(t=sql.Identifier(name))))
+        logger.warning("%s: %d rows deleted before adding its %s", name, cursor.rowcount, step)
         cursor.execute(statement)
 
 

@@ -391,6 +391,23 @@ def test_scores_of_captions_deleted_during_the_load_are_dropped_at_the_attach(
 
 
 @requires_partitions
+def test_a_chunk_forced_to_run_again_during_the_load_is_not_doubled(scored_pool, tiny_clip_name):
+    run = _start(tiny_clip_name)
+    pending = bulk_rescore.bulk_rescore_plan(run=run)
+    shard = scored_pool["shards"][0].pk
+    bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=shard)
+    ScoringChunk.objects.filter(run=run, index=shard).update(done=False)  # reset by hand
+    ScoringRun.objects.filter(pk=run.pk).update(chunks_done=0, done=0)
+    for index in pending:
+        bulk_rescore.bulk_rescore_chunk(run_id=run.pk, chunk_index=index)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.params["load_finished"] == "attached"
+    scores = Score.objects.filter(reward_model_version=VERSION)
+    assert not scores.values("caption_id").annotate(n=Count("id")).filter(n__gt=1).exists()
+    _assert_close(_score_values(VERSION), scored_pool["expected"])
+
+
+@requires_partitions
 def test_a_cancelled_run_keeps_the_chunks_it_committed(
     scored_pool, tiny_clip_name, eager_celery, django_capture_on_commit_callbacks
 ):
